@@ -1,0 +1,39 @@
+"""convlens: extract knowledge from convolutional neural networks.
+
+Imports are lazy so that ``convlens --help`` stays fast (torch takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Model": "convlens.model",
+    "load_model": "convlens.model",
+    "InputSpec": "convlens.inputspec",
+    "describe_layers": "convlens.summary",
+    "layer_shapes": "convlens.summary",
+    "capture": "convlens.probe",
+    "Capture": "convlens.probe",
+    "get_layer": "convlens.probe",
+    "frozen": "convlens.probe",
+    "Unit": "convlens.units",
+    "parse_unit": "convlens.units",
+    "load_dataset": "convlens.data",
+    "conform": "convlens.data",
+    "ImageDataset": "convlens.data",
+    "train": "convlens.train",
+    "TrainConfig": "convlens.train",
+    "evaluate": "convlens.train",
+    "build_report": "convlens.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'convlens' has no attribute {name!r}")

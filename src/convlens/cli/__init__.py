@@ -1,0 +1,26 @@
+"""The ``convlens`` command: a thin layer over the public API (parse, call, show progress)."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Extract knowledge from convolutional neural networks.",
+)
+
+# Each module registers its commands on `app` when imported.
+COMMAND_MODULES = [
+    "convlens.cli.core",
+]
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,117 @@
+"""What every command shares: model and data options, error reporting, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console(stderr=True)
+
+ModelArg = Annotated[str, typer.Argument(
+    help="Built-in model (lenet-digits), architecture (lenet, vgg4, 'M(64,0,64)', vgg16, "
+         "squeezenet1_1 ...), TorchScript/snapshot file, model card (.yaml) or file.py:function.")]
+DataArg = Annotated[str, typer.Argument(
+    help="Built-in data (digits, textures, gratings), a folder with one subfolder per class, "
+         "a CSV manifest (path,label) or an .npz (file.npz:test picks a split).")]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    "--weights", "-w", help="State-dict file (.pt .pth .safetensors .npz) for the architecture.")]
+InputSpecOpt = Annotated[str | None, typer.Option(
+    "--input-spec", help="Input preset (imagenet, caffe, unit-rgb, unit-gray) or a JSON/YAML file.")]
+ClassesOpt = Annotated[Path | None, typer.Option("--classes", help="Class names, one per line.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow loading a full pickle (runs code stored in the file).")]
+ResizeOpt = Annotated[str | None, typer.Option(
+    "--resize", help="Resize images: 'model' (the model's input size, default), 224 or 224x256, "
+                     "or 'none' to keep sizes.")]
+TileOpt = Annotated[int | None, typer.Option("--tile", help="Cut each image into a centred grid of tiles of this size (px).")]
+ClaheOpt = Annotated[bool, typer.Option("--clahe", help="Contrast-limited adaptive histogram equalisation.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error instead of skipped.")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use a seeded random sample of this many images.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, KeyError, FloatingPointError)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+
+
+def command(app: typer.Typer, *args, **kwargs) -> Callable:
+    """``app.command`` whose user errors print one clear line and exit with status 2."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*a, **kw):
+            setup_logging()
+            try:
+                return fn(*a, **kw)
+            except USER_ERRORS as e:
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                console.print("[yellow]interrupted[/]: finished results were kept; run again to resume")
+                raise typer.Exit(130) from None
+
+        return app.command(*args, **kwargs)(run)
+
+    return wrap
+
+
+def open_model(model: str, weights=None, input_spec=None, classes=None, trust_pickle=False):
+    from convlens.model import load_model
+
+    return load_model(model, weights=weights, input_spec=input_spec, classes=classes, trust_pickle=trust_pickle)
+
+
+def open_data(data: str, model=None, *, resize: str | None = "model", tile=None, clahe=False,
+              strict=False, limit=None, seed=0):
+    from convlens.data import conform, load_dataset
+
+    ds = load_dataset(data, strict=strict, limit=limit, seed=seed)
+    if model is None:
+        return ds
+    resize_value = None if (resize or "model").lower() == "none" else (resize or "model")
+    return conform(ds, model, resize=resize_value, tile=tile, clahe=clahe)
+
+
+@contextmanager
+def progress_bar(description: str, total: float | None = None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar; yields ``update(completed=None, total=None, advance=None, **fields)``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                  console=console, transient=False) as prog:
+        task = prog.add_task(description, total=total, info="")
+
+        def update(completed=None, total=None, advance=None, info: str | None = None):
+            kw = {}
+            if completed is not None:
+                kw["completed"] = completed
+            if total is not None:
+                kw["total"] = total
+            if advance is not None:
+                kw["advance"] = advance
+            if info is not None:
+                kw["info"] = info
+            prog.update(task, **kw)
+
+        yield update

@@ -1,0 +1,140 @@
+"""Foundation commands: layers, train, demo, models, datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from convlens.cli import app
+from convlens.cli._common import (
+    ClassesOpt,
+    DataArg,
+    InputSpecOpt,
+    LimitOpt,
+    ModelArg,
+    OutOpt,
+    SeedOpt,
+    StrictOpt,
+    TrustOpt,
+    WeightsOpt,
+    command,
+    console,
+    open_data,
+    open_model,
+    progress_bar,
+)
+
+
+@command(app, "layers")
+def layers(model: ModelArg, weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
+           classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+           csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None):
+    """Print every layer: name, type, output shape for the input spec, parameters."""
+    from convlens.summary import describe_layers
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    info = describe_layers(m)
+    s = m.spec
+    t = Table(title=f"{m.name}: input {s.channels}x{s.size[0]}x{s.size[1]} {s.channel_order} "
+                    f"in {list(s.value_range)}, mean {list(s.mean)}, std {list(s.std)}")
+    for col in ("layer", "type", "output shape", "params"):
+        t.add_column(col, justify="right" if col == "params" else "left")
+    for i in info:
+        t.add_row("  " * i.depth + i.name, i.type, "x".join(map(str, i.shape)) if i.shape else "-", f"{i.params:,}")
+    t.caption = f"{sum(p.numel() for p in m.net.parameters()):,} parameters"
+    from rich.console import Console
+
+    Console().print(t)
+    if csv:
+        import csv as _csv
+
+        from convlens.files import atomic_path
+
+        with atomic_path(csv) as tmp, tmp.open("w", newline="") as f:
+            w = _csv.writer(f)
+            w.writerow(["layer", "type", "output_shape", "params"])
+            for i in info:
+                w.writerow([i.name, i.type, "x".join(map(str, i.shape)) if i.shape else "", i.params])
+
+
+@command(app, "train")
+def train_cmd(
+    arch: Annotated[str, typer.Argument(help="Architecture: lenet, vgg4, 'M(64,32,64)', 'C(64,32,64)', ...")],
+    data: DataArg,
+    out: OutOpt = Path("runs/train"),
+    epochs: Annotated[int | None, typer.Option(help="Epochs (ignored when --steps is given).")] = 20,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    optimizer: Annotated[str, typer.Option(help="adam, sgd, adadelta or rmsprop.")] = "adam",
+    lr: Annotated[float | None, typer.Option(help="Learning rate (optimizer default if unset).")] = None,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
+    val_fraction: Annotated[float, typer.Option(help="Held-out fraction (stratified, seeded).")] = 0.2,
+    snapshot_every: Annotated[int | None, typer.Option(help="Write a snapshot every N steps.")] = None,
+    augment_shift: Annotated[int, typer.Option(help="Random shifts of up to N pixels.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the last snapshot in --out.")] = False,
+    seed: SeedOpt = 0,
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    strict: StrictOpt = False,
+    limit: LimitOpt = None,
+):
+    """Train a network with snapshots, a training curve and held-out accuracy."""
+    import torch
+
+    from convlens.train import TrainConfig, train
+
+    torch.manual_seed(seed)
+    cfg = TrainConfig(seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer,
+                      lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
+                      snapshot_every=snapshot_every, augment_shift=augment_shift)
+    m = open_model(arch, weights, input_spec)
+    ds = open_data(data, strict=strict, limit=limit, seed=seed)
+    with progress_bar(f"training {m.name}") as update:
+        def cb(rec):
+            info = f"loss {rec['loss']:.3f}"
+            if "val_accuracy" in rec:
+                info += f"  held-out {rec['val_accuracy']:.2%}"
+            update(completed=rec["step"], total=rec["total"], info=info)
+
+        _, result = train(m, ds, cfg, out=out, resume=resume, callback=cb)
+    console.print(f"held-out accuracy {result.val_accuracy:.2%}; model card {out / 'model.json'}")
+
+
+@command(app, "demo")
+def demo(out: OutOpt = Path("results/demo"), seed: SeedOpt = 0,
+         force: Annotated[list[str] | None, typer.Option(help="Recompute this section.")] = None):
+    """The main job on the built-in default: a report on the built-in LeNet over digits."""
+    from convlens.data import load_dataset
+    from convlens.model import load_model
+    from convlens.report import build_report
+
+    model = load_model("lenet-digits")
+    ds = load_dataset("digits")
+    with progress_bar("report", total=None) as update:
+        index = build_report(model, ds, out, seed=seed, force=tuple(force or ()),
+                             progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
+    console.print(f"report written: {index}")
+
+
+@command(app, "models")
+def models():
+    """List built-in models and architectures."""
+    from convlens.model import BUILTIN_MODELS
+    from convlens.nets import ARCHITECTURES
+
+    for name, text in BUILTIN_MODELS.items():
+        console.print(f"[bold]{name}[/]  {text}")
+    for name, a in ARCHITECTURES.items():
+        console.print(f"[bold]{name}[/]  {a.summary}")
+
+
+@command(app, "datasets")
+def datasets():
+    """List built-in datasets."""
+    from convlens.data import BUILTIN_DATASETS
+
+    for name, fn in BUILTIN_DATASETS.items():
+        console.print(f"[bold]{name}[/]  {(fn.__doc__ or '').strip().splitlines()[0]}")

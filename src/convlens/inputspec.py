@@ -1,0 +1,138 @@
+"""What a network expects as input, and the conversion from convlens' display space to it.
+
+Everywhere in convlens an image is a float tensor ``(N, C, H, W)`` in ``[0, 1]``, channels in RGB
+order (or one grey channel): the *display space*. :class:`InputSpec` maps it to what the network
+was trained on (channel order, value range, mean and standard deviation) and back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Input size, channels and normalisation of a network.
+
+    ``mean`` and ``std`` are given in the network's channel order and value range, as the
+    original training code wrote them (Caffe's BGR mean ``[104, 117, 123]`` for example).
+    """
+
+    size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    channel_order: str = "RGB"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    class_names: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self):
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) not in (1, self.channels):
+                raise ValueError(f"{name} needs 1 or {self.channels} values, got {len(v)}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+
+    # -- conversions -------------------------------------------------------------------------
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return mean, std
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Display space ``[0, 1]`` RGB -> network input. Differentiable."""
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"expected images of shape (N, {self.channels}, H, W), got {tuple(x.shape)}; "
+                "convert them with convlens.data.conform(dataset, model)"
+            )
+        if self.channel_order == "BGR" and self.channels == 3:
+            x = x.flip(1)
+        lo, hi = self.value_range
+        x = x * (hi - lo) + lo
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Network input -> display space (not clipped)."""
+        mean, std = self._stats(x)
+        x = x * std + mean
+        lo, hi = self.value_range
+        x = (x - lo) / (hi - lo)
+        if self.channel_order == "BGR" and self.channels == 3:
+            x = x.flip(1)
+        return x
+
+    # -- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        d = dict(d)
+        for key in ("size", "value_range", "mean", "std", "class_names"):
+            if key in d and d[key] is not None:
+                d[key] = tuple(d[key])
+        if isinstance(d.get("size"), tuple) and len(d["size"]) == 1:
+            d["size"] = (d["size"][0], d["size"][0])
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown input-spec keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+    def with_classes(self, names) -> InputSpec:
+        return replace(self, class_names=tuple(str(n) for n in names))
+
+
+PRESETS: dict[str, InputSpec] = {
+    # torchvision's ImageNet models
+    "imagenet": InputSpec((224, 224), 3, "RGB", (0.0, 1.0), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Caffe models (the SqueezeNet in ../shared/models): BGR, 0-255, minus the mean, no std
+    "caffe": InputSpec((227, 227), 3, "BGR", (0.0, 255.0), (104.0, 117.0, 123.0), (1.0, 1.0, 1.0)),
+    "unit-rgb": InputSpec((224, 224), 3, "RGB", (0.0, 1.0), (0.0,), (1.0,)),
+    "unit-gray": InputSpec((28, 28), 1, "RGB", (0.0, 1.0), (0.0,), (1.0,)),
+}
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """One class name per line (blank lines ignored), or a JSON list."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"class-name file not found: {p}; give a text file with one name per line")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json":
+        return tuple(str(n) for n in json.loads(text))
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def resolve_input_spec(value: str | dict | InputSpec | None, default: InputSpec) -> InputSpec:
+    """A preset name, a JSON/YAML file, a dict of overrides, or an InputSpec."""
+    if value is None:
+        return default
+    if isinstance(value, InputSpec):
+        return value
+    if isinstance(value, dict):
+        merged = {**default.to_dict(), **value}
+        return InputSpec.from_dict(merged)
+    if value in PRESETS:
+        preset = PRESETS[value]
+        return replace(preset, class_names=default.class_names)
+    p = Path(value)
+    if p.is_file():
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return resolve_input_spec(yaml.safe_load(p.read_text()), default)
+        return resolve_input_spec(json.loads(p.read_text()), default)
+    raise ValueError(
+        f"unknown input spec {value!r}: give a preset ({', '.join(PRESETS)}) or a JSON/YAML file"
+    )

@@ -1,0 +1,72 @@
+"""Jinja2 with autoescaping and strict undefined variables; helpers for figures and tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+from functools import lru_cache
+from pathlib import Path
+
+from markupsafe import Markup, escape
+
+from convlens.files import atomic_path, write_text
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+
+@lru_cache(maxsize=1)
+def _env():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_page(out: Path, template: str, **values) -> Path:
+    """Render ``template`` to ``out`` (atomically). Every value is escaped unless it is Markup."""
+    html = _env().get_template(template).render(**values)
+    return write_text(out, html)
+
+
+def figure(src: str, caption: str = "", alt: str | None = None) -> Markup:
+    return Markup('<figure><img src="{}" alt="{}" loading="lazy"><figcaption>{}</figcaption></figure>').format(
+        src, alt if alt is not None else caption, caption
+    )
+
+
+def csv_table(folder: Path, name: str, columns: list[str], rows: list[list], caption: str = "",
+              max_rows: int | None = 200) -> Markup:
+    """Write ``folder/name.csv`` and return an HTML table linking to it (cells escaped)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(columns)
+    w.writerows(rows)
+    with atomic_path(folder / f"{name}.csv") as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    shown = rows if max_rows is None else rows[:max_rows]
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return v
+
+    head = Markup("").join(Markup("<th>{}</th>").format(c) for c in columns)
+    body = Markup("").join(
+        Markup("<tr>{}</tr>").format(Markup("").join(Markup("<td>{}</td>").format(fmt(v)) for v in r))
+        for r in shown
+    )
+    more = Markup("<p class=note>{} more rows in the CSV.</p>").format(len(rows) - len(shown)) if len(shown) < len(rows) else ""
+    link = Markup('<a class=csv href="{}" download>CSV</a>').format(f"{folder.name}/{name}.csv")
+    cap = Markup("<caption>{} {}</caption>").format(caption, link)
+    return Markup('<table class="data">{}<thead><tr>{}</tr></thead><tbody>{}</tbody></table>{}').format(
+        cap, head, body, more
+    )
+
+
+__all__ = ["Markup", "csv_table", "escape", "figure", "render_page"]

@@ -1,0 +1,127 @@
+"""The foundation's sections: the model summary and its training curve and accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+from markupsafe import Markup
+
+from convlens.files import read_json, save_figure, write_json
+from convlens.report._build import Context, Section, register_section
+from convlens.report._html import csv_table, figure
+
+
+def _summary_compute(ctx: Context) -> None:
+    from convlens.summary import describe_layers
+
+    layers = [i.to_dict() for i in describe_layers(ctx.model)]
+    m = ctx.model
+    write_json(ctx.dir("summary") / "result.json", {
+        "name": m.name,
+        "parameters": int(sum(p.numel() for p in m.net.parameters())),
+        "input_spec": m.spec.to_dict(),
+        "layers": layers,
+        "dataset": {"name": ctx.dataset.name, "images": len(ctx.dataset),
+                    "classes": list(ctx.dataset.class_names)},
+    })
+
+
+def _summary_render(ctx: Context) -> Markup:
+    r = read_json(ctx.out / "summary" / "result.json")
+    spec = r["input_spec"]
+    head = Markup(
+        "<p><span class=metric>{}</span> parameters · input {}×{}×{} {} in [{}, {}], mean {}, std {} · "
+        "{} classes · data <b>{}</b>: {} images</p>"
+    ).format(
+        f"{r['parameters']:,}", spec["channels"], spec["size"][0], spec["size"][1], spec["channel_order"],
+        spec["value_range"][0], spec["value_range"][1], spec["mean"], spec["std"],
+        len(spec["class_names"]), r["dataset"]["name"], r["dataset"]["images"],
+    )
+    rows = [[ly["name"], ly["type"], "×".join(map(str, ly["shape"])) if ly["shape"] else "not run", ly["params"]]
+            for ly in r["layers"]]
+    return head + csv_table(ctx.out / "summary", "layers", ["layer", "type", "output shape", "parameters"],
+                            rows, "Layers", max_rows=None)
+
+
+def _training_compute(ctx: Context) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from convlens.train import evaluate
+
+    m, ds = ctx.model, ctx.dataset
+    train_info = m.meta.get("train") or {}
+    history = train_info.get("history") or []
+    cfg = train_info.get("config") or {}
+    out = ctx.dir("training")
+    result: dict = {"history": history, "config": cfg}
+    if ds.has_labels:
+        from convlens.data import conform
+
+        data = conform(ds, m)
+        held_out = None
+        if cfg.get("val_fraction") and train_info.get("dataset") == ds.name:
+            _, held_out = data.split(cfg["val_fraction"], cfg.get("seed", 0))
+        ev_all = evaluate(m, data)
+        result["accuracy_all"] = ev_all["accuracy"]
+        if held_out is not None:
+            ev = evaluate(m, held_out)
+            result["held_out_accuracy"] = ev["accuracy"]
+            result["held_out_images"] = len(held_out)
+            preds, labels = ev["predictions"], held_out.labels
+        else:
+            preds, labels = ev_all["predictions"], data.labels
+        k = max(len(ds.class_names), int(labels.max()) + 1, int(preds.max()) + 1)
+        cm = np.zeros((k, k), dtype=int)
+        np.add.at(cm, (labels, preds), 1)
+        result["confusion"] = cm.tolist()
+    if history:
+        steps = [h["step"] for h in history]
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+        ax[0].plot(steps, [h["loss"] for h in history], label="training loss (batch)")
+        if any("val_loss" in h for h in history):
+            ax[0].plot([h["step"] for h in history if "val_loss" in h],
+                       [h["val_loss"] for h in history if "val_loss" in h], label="held-out loss")
+        ax[0].set_xlabel("step")
+        ax[0].set_yscale("log")
+        ax[0].legend()
+        va = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
+        if va:
+            ax[1].plot(*zip(*va), color="C2")
+            ax[1].set_ylabel("held-out accuracy")
+            ax[1].set_xlabel("step")
+            ax[1].set_ylim(max(0.0, min(a for _, a in va) - 0.05), 1.0)
+        save_figure(fig, out / "curve.png")
+        result["curve"] = "training/curve.png"
+    write_json(out / "result.json", result)
+
+
+def _training_render(ctx: Context) -> Markup:
+    r = read_json(ctx.out / "training" / "result.json")
+    parts = []
+    if "held_out_accuracy" in r:
+        parts.append(Markup("<p>Held-out accuracy <span class=metric>{:.2%}</span> on {} images "
+                            "(the split used in training); {:.2%} on all images.</p>").format(
+            r["held_out_accuracy"], r["held_out_images"], r["accuracy_all"]))
+    elif "accuracy_all" in r:
+        parts.append(Markup("<p>Accuracy on these images <span class=metric>{:.2%}</span>.</p>").format(
+            r["accuracy_all"]))
+    if r.get("curve"):
+        parts.append(figure(r["curve"], "Training curve: batch loss, held-out loss and accuracy."))
+    cfg = r.get("config") or {}
+    if cfg:
+        parts.append(Markup("<p class=note>Trained with {}.</p>").format(
+            ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None)))
+    if "confusion" in r:
+        names = list(ctx.dataset.class_names) or [str(i) for i in range(len(r["confusion"]))]
+        rows = [[names[i] if i < len(names) else i, *row] for i, row in enumerate(r["confusion"])]
+        cols = ["true \\ predicted", *[names[j] if j < len(names) else str(j) for j in range(len(r["confusion"]))]]
+        parts.append(csv_table(ctx.out / "training", "confusion", cols, rows, "Confusion matrix"))
+    if not parts:
+        parts.append(Markup("<p class=note>No training history and no labels.</p>"))
+    return Markup("").join(parts)
+
+
+register_section(Section("summary", "Model", _summary_compute, _summary_render, order=0))
+register_section(Section("training", "Training and accuracy", _training_compute, _training_render, order=1))

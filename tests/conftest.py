@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared, or skip the test when it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent")
+    return p
+
+
+@pytest.fixture(scope="session")
+def lenet():
+    from convlens import load_model
+
+    return load_model("lenet-digits")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from convlens import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -6,7 +6,19 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+def _find_shared() -> Path:
+    """``../shared`` beside the repository (CI), or beside any folder above it (worktrees)."""
+    env = os.environ.get("CONVLENS_SHARED")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[1]
+    for parent in repo.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared"
+    return repo.parent / "shared"
+
+
+SHARED = _find_shared()
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 

@@ -175,8 +175,9 @@ def _load_factory(spec: str) -> tuple[nn.Module, str]:
 
 
 def _default_spec_for(net: nn.Module) -> InputSpec:
-    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = first.in_channels if first is not None else 3
+    # the first 4-D weight is the first convolution's (works for TorchScript modules too)
+    first = next((p for n, p in net.named_parameters() if p.ndim == 4 and n.endswith("weight")), None)
+    channels = int(first.shape[1]) if first is not None else 3
     return PRESETS["unit-gray"] if channels == 1 else PRESETS["unit-rgb"]
 
 

@@ -1,4 +1,4 @@
-from convlens.train import evaluate
+from convlens.training import evaluate
 
 
 def test_builtin_lenet_reaches_97_percent_held_out(lenet, digits):

@@ -24,9 +24,9 @@ _EXPORTS = {
     "load_dataset": "convlens.data",
     "conform": "convlens.data",
     "ImageDataset": "convlens.data",
-    "train": "convlens.train",
-    "TrainConfig": "convlens.train",
-    "evaluate": "convlens.train",
+    "train": "convlens.training",
+    "TrainConfig": "convlens.training",
+    "evaluate": "convlens.training",
     "build_report": "convlens.report",
 }
 

@@ -32,6 +32,7 @@ ResizeOpt = Annotated[str | None, typer.Option(
     "--resize", help="Resize images: 'model' (the model's input size, default), 224 or 224x256, "
                      "or 'none' to keep sizes.")]
 TileOpt = Annotated[int | None, typer.Option("--tile", help="Cut each image into a centred grid of tiles of this size (px).")]
+GridOpt = Annotated[str | None, typer.Option("--tile-grid", help="Rows x columns of tiles, e.g. 7x8 (default: as many as fit).")]
 ClaheOpt = Annotated[bool, typer.Option("--clahe", help="Contrast-limited adaptive histogram equalisation.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are an error instead of skipped.")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use a seeded random sample of this many images.")]
@@ -75,14 +76,15 @@ def open_model(model: str, weights=None, input_spec=None, classes=None, trust_pi
 
 
 def open_data(data: str, model=None, *, resize: str | None = "model", tile=None, clahe=False,
-              strict=False, limit=None, seed=0):
-    from convlens.data import conform, load_dataset
+              strict=False, limit=None, seed=0, grid: str | None = None):
+    from convlens.data import conform, load_dataset, parse_size
 
     ds = load_dataset(data, strict=strict, limit=limit, seed=seed)
     if model is None:
         return ds
     resize_value = None if (resize or "model").lower() == "none" else (resize or "model")
-    return conform(ds, model, resize=resize_value, tile=tile, clahe=clahe)
+    return conform(ds, model, resize=resize_value, tile=tile, clahe=clahe,
+                   grid=parse_size(grid) if grid else None)
 
 
 @contextmanager

@@ -84,7 +84,7 @@ def train_cmd(
     """Train a network with snapshots, a training curve and held-out accuracy."""
     import torch
 
-    from convlens.train import TrainConfig, train
+    from convlens.training import TrainConfig, train
 
     torch.manual_seed(seed)
     cfg = TrainConfig(seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer,

@@ -175,12 +175,13 @@ def load_dataset(spec: str | Path | ImageDataset, *, strict: bool = False, limit
     return ds
 
 
-def tiled(ds: ImageDataset, tile: int) -> ImageDataset:
-    """Each image replaced by the centred grid of ``tile``-px tiles; ids get ``#rRcC``."""
+def tiled(ds: ImageDataset, tile: int, grid: tuple[int, int] | None = None) -> ImageDataset:
+    """Each image replaced by a centred grid of ``tile``-px tiles (the largest grid, or
+    ``grid=(rows, cols)``); ids get ``#r<top>c<left>``."""
     ids, labels, where = [], [], []
     for i in range(len(ds)):
         x = ds.image(i)
-        for top, left in tile_grid(x.shape[1], x.shape[2], tile):
+        for top, left in tile_grid(x.shape[1], x.shape[2], tile, grid):
             ids.append(f"{ds.ids[i]}#r{top}c{left}")
             labels.append(ds.labels[i])
             where.append((i, top, left))
@@ -190,18 +191,21 @@ def tiled(ds: ImageDataset, tile: int) -> ImageDataset:
         return ds.image(i)[:, top : top + tile, left : left + tile]
 
     return ImageDataset(ids, load, labels, ds.class_names, ds.name,
-                        source_fingerprint=ds.fingerprint + f"|tile{tile}")
+                        source_fingerprint=ds.fingerprint + f"|tile{tile}|{grid}")
 
 
 def conform(ds: ImageDataset, model, *, resize: str | int | tuple | None = "model",
-            clahe: bool = False, tile: int | None = None) -> ImageDataset:
+            clahe: bool = False, tile: int | None = None, grid: tuple[int, int] | None = None
+            ) -> ImageDataset:
     """Fit ``ds`` to ``model``'s input spec: tiles (optional), channel count, size, CLAHE.
 
     ``resize="model"`` resizes to the model's input size; an int or ``"HxW"`` to that size;
     ``None`` keeps sizes (images of different sizes then fail with a clear message).
+    ``tile`` cuts each image into a centred grid of tiles first (``grid=(rows, cols)`` or the
+    largest that fits).
     """
     if tile:
-        ds = tiled(ds, tile)
+        ds = tiled(ds, tile, grid)
     transforms: list = [ToChannels(model.spec.channels)]
     if clahe:
         transforms.append(CLAHE())

@@ -57,12 +57,16 @@ class CLAHE:
         return torch.from_numpy(out.astype(np.float32))
 
 
-def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int]]:
-    """Top-left corners of the largest centred grid of ``tile``-pixel tiles (Kitahara & Holm cut
-    2048x1768 micrographs into 8x7 = 56 tiles of 224 px)."""
-    rows, cols = height // tile, width // tile
-    if rows == 0 or cols == 0:
-        raise ValueError(f"a {height}x{width} image is smaller than one {tile}-pixel tile")
+def tile_grid(height: int, width: int, tile: int, grid: tuple[int, int] | None = None
+              ) -> list[tuple[int, int]]:
+    """Top-left corners of a centred grid of ``tile``-pixel tiles, row by row: ``grid=(rows,
+    cols)``, or the largest grid that fits. Kitahara & Holm cut their 2048x1768 fracture
+    micrographs into a centred grid of 56 tiles of 224 px: ``grid=(7, 8)``."""
+    rows, cols = grid if grid is not None else (height // tile, width // tile)
+    if rows <= 0 or cols <= 0 or rows * tile > height or cols * tile > width:
+        raise ValueError(
+            f"a {rows}x{cols} grid of {tile}-pixel tiles does not fit a {height}x{width} image"
+        )
     top = (height - rows * tile) // 2
     left = (width - cols * tile) // 2
     return [(top + r * tile, left + c * tile) for r in range(rows) for c in range(cols)]

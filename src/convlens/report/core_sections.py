@@ -48,7 +48,7 @@ def _training_compute(ctx: Context) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from convlens.train import evaluate
+    from convlens.training import evaluate
 
     m, ds = ctx.model, ctx.dataset
     train_info = m.meta.get("train") or {}

@@ -138,6 +138,7 @@ def train(
     ``callback`` receives ``{"step", "total", "loss", ...}`` after every step (progress bars).
     """
     cfg = config or TrainConfig()
+    torch.manual_seed(cfg.seed)  # a model built here from its name gets seeded initial weights
     model = load_model(model) if isinstance(model, str) else model
     arch = _arch_of(model)
     if not model.class_names and dataset.class_names:

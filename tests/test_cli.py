@@ -27,12 +27,19 @@ def test_user_errors_are_one_clear_line():
 
 def test_demo_writes_report(tmp_path):
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--only", "summary", "--only", "training"])
-    if r.exit_code != 0 and "No such option" in r.output:
-        r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output
     html = (tmp_path / "demo" / "index.html").read_text()
     assert "Held-out accuracy" in html and "conv1" in html
     assert (tmp_path / "demo" / "summary" / "layers.csv").is_file()
+    assert (tmp_path / "demo" / "training" / "curve.png").stat().st_size > 1000
+
+
+def test_train_command_writes_curve_and_card(tmp_path):
+    r = runner.invoke(app, ["train", "lenet", "digits", "--steps", "6", "--batch-size", "16",
+                            "--limit", "200", "--snapshot-every", "3", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "curve.png").is_file() and (tmp_path / "model.json").is_file()
+    assert (tmp_path / "snapshots" / "step_0000006.json").is_file()
 
 
 def test_help_is_fast_and_lazy():

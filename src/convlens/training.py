@@ -258,3 +258,32 @@ def snapshot_step(path: str | Path) -> int:
 def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def plot_training_curve(history: list[dict], path: str | Path) -> Path:
+    """Batch loss and held-out loss (log scale) beside held-out accuracy, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from convlens.files import save_figure
+
+    if not history:
+        raise ValueError("no training history to plot")
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(steps, [h["loss"] for h in history], label="training loss (batch)")
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if val:
+        ax[0].plot(*zip(*val), label="held-out loss")
+    ax[0].set_xlabel("step")
+    ax[0].set_yscale("log")
+    ax[0].legend()
+    acc = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
+    if acc:
+        ax[1].plot(*zip(*acc), color="C2")
+        ax[1].set_ylabel("held-out accuracy")
+        ax[1].set_xlabel("step")
+        ax[1].set_ylim(max(0.0, min(a for _, a in acc) - 0.05), 1.0)
+    return save_figure(fig, path)

@@ -100,12 +100,17 @@ def train_cmd(
             update(completed=rec["step"], total=rec["total"], info=info)
 
         _, result = train(m, ds, cfg, out=out, resume=resume, callback=cb)
-    console.print(f"held-out accuracy {result.val_accuracy:.2%}; model card {out / 'model.json'}")
+    from convlens.training import plot_training_curve
+
+    plot_training_curve(result.history, out / "curve.png")
+    acc = "n/a" if result.val_accuracy is None else f"{result.val_accuracy:.2%}"
+    console.print(f"held-out accuracy {acc}; curve {out / 'curve.png'}; model card {out / 'model.json'}")
 
 
 @command(app, "demo")
 def demo(out: OutOpt = Path("results/demo"), seed: SeedOpt = 0,
-         force: Annotated[list[str] | None, typer.Option(help="Recompute this section.")] = None):
+         only: Annotated[list[str] | None, typer.Option(help="Compute only this section (repeatable).")] = None,
+         force: Annotated[list[str] | None, typer.Option(help="Recompute this section (repeatable).")] = None):
     """The main job on the built-in default: a report on the built-in LeNet over digits."""
     from convlens.data import load_dataset
     from convlens.model import load_model
@@ -114,7 +119,7 @@ def demo(out: OutOpt = Path("results/demo"), seed: SeedOpt = 0,
     model = load_model("lenet-digits")
     ds = load_dataset("digits")
     with progress_bar("report", total=None) as update:
-        index = build_report(model, ds, out, seed=seed, force=tuple(force or ()),
+        index = build_report(model, ds, out, seed=seed, only=only or None, force=tuple(force or ()),
                              progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
     console.print(f"report written: {index}")
 

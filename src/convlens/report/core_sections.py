@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from markupsafe import Markup
 
-from convlens.files import read_json, save_figure, write_json
+from convlens.files import read_json, write_json
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
 
@@ -43,12 +43,7 @@ def _summary_render(ctx: Context) -> Markup:
 
 
 def _training_compute(ctx: Context) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from convlens.training import evaluate
+    from convlens.training import evaluate, plot_training_curve
 
     m, ds = ctx.model, ctx.dataset
     train_info = m.meta.get("train") or {}
@@ -77,22 +72,7 @@ def _training_compute(ctx: Context) -> None:
         np.add.at(cm, (labels, preds), 1)
         result["confusion"] = cm.tolist()
     if history:
-        steps = [h["step"] for h in history]
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-        ax[0].plot(steps, [h["loss"] for h in history], label="training loss (batch)")
-        if any("val_loss" in h for h in history):
-            ax[0].plot([h["step"] for h in history if "val_loss" in h],
-                       [h["val_loss"] for h in history if "val_loss" in h], label="held-out loss")
-        ax[0].set_xlabel("step")
-        ax[0].set_yscale("log")
-        ax[0].legend()
-        va = [(h["step"], h["val_accuracy"]) for h in history if "val_accuracy" in h]
-        if va:
-            ax[1].plot(*zip(*va), color="C2")
-            ax[1].set_ylabel("held-out accuracy")
-            ax[1].set_xlabel("step")
-            ax[1].set_ylim(max(0.0, min(a for _, a in va) - 0.05), 1.0)
-        save_figure(fig, out / "curve.png")
+        plot_training_curve(history, out / "curve.png")
         result["curve"] = "training/curve.png"
     write_json(out / "result.json", result)
 

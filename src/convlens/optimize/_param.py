@@ -1,0 +1,251 @@
+"""Parametrizations: parameters plus a function that makes the image from them.
+
+Every parametrization answers two questions: which tensors does the optimizer change
+(:meth:`Parametrization.parameters`) and what image do they make (:meth:`Parametrization.image`,
+a differentiable ``(N, C, H, W)`` tensor in display space ``[0, 1]``). Nothing else is assumed,
+so a generator code ``c -> G(c)`` or a clean image plus a perturbation ``x0 + delta`` are
+parametrizations like the pixel grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+# Lucent's square root of the ImageNet colour correlation (its SVD), used to decorrelate colour:
+# the optimizer moves independent colour components, the image mixes them back into RGB.
+_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+_COLOR_SQRT_NORMALIZED = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def _check_shape(n: int, channels: int, size) -> tuple[int, int, int, int]:
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    for name, v in (("n", n), ("height", h), ("width", w)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    return int(n), int(channels), int(h), int(w)
+
+
+def decorrelate_color(t: torch.Tensor) -> torch.Tensor:
+    """Map decorrelated colour components ``(N, 3, H, W)`` to RGB (Lucent's recipe)."""
+    m = _COLOR_SQRT_NORMALIZED.to(t.device, t.dtype)
+    return torch.einsum("nchw,dc->ndhw", t, m)
+
+
+class Parametrization:
+    """Base class: the tensors to optimize and the function that makes the image.
+
+    Subclasses set ``self.batch_size`` and implement :meth:`parameters` and :meth:`image`.
+    Parameters whose first dimension is the batch size are *batch-first*: the render loop can
+    normalise their gradient per image and stop single images (see ``render``).
+    """
+
+    batch_size: int
+
+    def parameters(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def image(self) -> torch.Tensor:
+        """The images, ``(N, C, H, W)`` in display space, differentiable in the parameters."""
+        raise NotImplementedError
+
+    def __call__(self) -> torch.Tensor:
+        return self.image()
+
+    def __repr__(self) -> str:
+        shapes = [tuple(p.shape) for p in self.parameters()]
+        return f"{type(self).__name__}(batch_size={self.batch_size}, parameters={shapes})"
+
+
+class FunctionParam(Parametrization):
+    """Any parameters and any function that makes the image from them.
+
+    Parameters
+    ----------
+    params : the leaf tensors to optimize (``requires_grad`` is switched on)
+    make_image : ``() -> Tensor (N, C, H, W)`` in display space, built from ``params``
+    batch_size : the number of images; read from one call of ``make_image`` when omitted
+
+    Examples
+    --------
+    A generator's code space (DGN-AM): the optimizer moves ``code``, the network sees ``G(code)``.
+
+    >>> code = torch.zeros(8, 128)                                    # doctest: +SKIP
+    >>> param = FunctionParam([code], lambda: G(code).clamp(0, 1))    # doctest: +SKIP
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], make_image: Callable[[], torch.Tensor],
+                 batch_size: int | None = None):
+        params = list(params)
+        if not params or not all(isinstance(p, torch.Tensor) for p in params):
+            raise TypeError("params must be a non-empty list of tensors")
+        if not callable(make_image):
+            raise TypeError(f"make_image must be callable, got {type(make_image).__name__}")
+        self._params = [p if p.requires_grad else p.requires_grad_(True) for p in params]
+        if any(not p.is_leaf for p in self._params):
+            raise ValueError("params must be leaf tensors (create them with torch.zeros(...), "
+                             "not as results of other operations)")
+        self._make = make_image
+        if batch_size is None:
+            with torch.no_grad():
+                batch_size = int(make_image().shape[0])
+        self.batch_size = int(batch_size)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self._params)
+
+    def image(self) -> torch.Tensor:
+        return self._make()
+
+
+class PixelImage(Parametrization):
+    """Free pixels.
+
+    Parameters
+    ----------
+    n, channels, size : batch size, 1 or 3 channels, ``H`` or ``(H, W)``
+    init : starting images ``(N, C, H, W)`` in ``[0, 1]`` (default: mid-grey plus noise of
+        standard deviation ``sd``)
+    sd : noise of the default start
+    squash : ``"none"`` -- the parameters *are* the pixels (keep them in range with a
+        ``ClampPixels`` projection); ``"sigmoid"`` -- pixels are ``sigmoid(parameters)``, always
+        in range
+    decorrelate : optimize decorrelated colour components instead of RGB (3 channels only)
+    seed : an int or a ``torch.Generator`` for the noise
+    """
+
+    def __init__(self, n: int = 1, channels: int = 3, size: int | tuple[int, int] = 224, *,
+                 init: torch.Tensor | None = None, sd: float = 0.01, squash: str = "none",
+                 decorrelate: bool = False, seed: int | torch.Generator | None = 0,
+                 device: str | torch.device = "cpu"):
+        if squash not in ("none", "sigmoid"):
+            raise ValueError(f"squash must be 'none' or 'sigmoid', got {squash!r}")
+        if init is not None:
+            if not isinstance(init, torch.Tensor) or init.ndim != 4:
+                raise ValueError("init must be a tensor (N, C, H, W) in [0, 1]")
+            n, channels, size = init.shape[0], init.shape[1], tuple(init.shape[2:])
+        n, channels, h, w = _check_shape(n, channels, size)
+        if decorrelate and channels != 3:
+            raise ValueError("decorrelate=True needs 3 colour channels")
+        self.batch_size, self.squash, self.decorrelate = n, squash, decorrelate
+        if init is None:
+            g = _generator(seed)
+            start = 0.5 + sd * torch.randn(n, channels, h, w, generator=g)
+        else:
+            start = init.detach().float().clone()
+        start = start.clamp(1e-4, 1 - 1e-4) if squash == "sigmoid" else start
+        value = torch.logit(start) if squash == "sigmoid" else start
+        if decorrelate:  # solve for the components that make ``value`` through the colour matrix
+            inv = torch.linalg.inv(_COLOR_SQRT_NORMALIZED)
+            value = torch.einsum("nchw,dc->ndhw", value, inv)
+        self.pixels = value.to(device).requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.pixels]
+
+    def image(self) -> torch.Tensor:
+        x = decorrelate_color(self.pixels) if self.decorrelate else self.pixels
+        return torch.sigmoid(x) if self.squash == "sigmoid" else x
+
+
+def _rfft2d_freqs(h: int, w: int) -> np.ndarray:
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    return np.sqrt(fx * fx + fy * fy)
+
+
+class FourierImage(Parametrization):
+    """Images whose parameters are a scaled 2-D Fourier spectrum (Olah et al.; Lucent's
+    ``fft_image``): frequencies are scaled by ``1 / f**decay_power``, so that plain gradient
+    steps favour low frequencies; colour decorrelated (3 channels), then a sigmoid.
+
+    Parameters
+    ----------
+    n, channels, size : batch size, 1 or 3 channels, ``H`` or ``(H, W)``
+    sd : standard deviation of the random start of the spectrum
+    decay_power : how strongly high frequencies are damped
+    decorrelate : decorrelate colour (3 channels)
+    seed : an int or a ``torch.Generator``
+    """
+
+    def __init__(self, n: int = 1, channels: int = 3, size: int | tuple[int, int] = 224, *,
+                 sd: float = 0.01, decay_power: float = 1.0, decorrelate: bool = True,
+                 seed: int | torch.Generator | None = 0, device: str | torch.device = "cpu"):
+        n, channels, h, w = _check_shape(n, channels, size)
+        self.batch_size, self.size = n, (h, w)
+        self.decorrelate = decorrelate and channels == 3
+        freqs = _rfft2d_freqs(h, w)
+        scale = 1.0 / np.maximum(freqs, 1.0 / max(h, w)) ** decay_power
+        self._scale = torch.tensor(scale, dtype=torch.float32, device=device)[None, None, ..., None]
+        g = _generator(seed)
+        spectrum = sd * torch.randn(n, channels, *freqs.shape, 2, generator=g)
+        self.spectrum = spectrum.to(device).requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.spectrum]
+
+    def image(self) -> torch.Tensor:
+        spec = torch.view_as_complex((self._scale * self.spectrum).contiguous())
+        x = torch.fft.irfftn(spec, s=self.size, norm="ortho") / 4.0  # Lucent's "magic" 4
+        if self.decorrelate:
+            x = decorrelate_color(x)
+        return torch.sigmoid(x)
+
+
+class Perturbation(Parametrization):
+    """A clean image plus a perturbation: ``clip(x0 + delta, 0, 1)`` (adversarial examples).
+
+    Parameters
+    ----------
+    x0 : clean images ``(N, C, H, W)`` in ``[0, 1]`` (kept fixed)
+    init : ``"zeros"`` or ``"uniform"`` (uniform in ``[-eps, eps]``, PGD's random start)
+    eps : the size of the uniform start
+    seed : an int or a ``torch.Generator``
+
+    Keep ``delta`` inside a budget with the ``LinfBall`` or ``L2Ball`` projection.
+    """
+
+    def __init__(self, x0: torch.Tensor, *, init: str = "zeros", eps: float = 0.0,
+                 seed: int | torch.Generator | None = 0):
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 4:
+            raise ValueError("x0 must be a tensor (N, C, H, W) in [0, 1]")
+        if init not in ("zeros", "uniform"):
+            raise ValueError(f"init must be 'zeros' or 'uniform', got {init!r}")
+        self.x0 = x0.detach().float()
+        self.batch_size = int(x0.shape[0])
+        delta = torch.zeros_like(self.x0)
+        if init == "uniform":
+            g = _generator(seed)
+            delta = (torch.rand(self.x0.shape, generator=g) * 2 - 1).to(x0.device) * eps
+            delta = (self.x0 + delta).clamp(0, 1) - self.x0
+        self.delta = delta.requires_grad_(True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.delta]
+
+    def image(self) -> torch.Tensor:
+        return (self.x0 + self.delta).clamp(0, 1)
+
+
+def to_param(p) -> Parametrization:
+    """Accept a :class:`Parametrization`, or a ``(params, make_image)`` pair."""
+    if isinstance(p, Parametrization):
+        return p
+    if isinstance(p, tuple) and len(p) == 2 and callable(p[1]):
+        return FunctionParam(p[0], p[1])
+    raise TypeError(
+        f"expected a Parametrization (PixelImage, FourierImage, Perturbation, FunctionParam) or a "
+        f"(params, make_image) pair, got {type(p).__name__}"
+    )

@@ -28,6 +28,7 @@ _EXPORTS = {
     "TrainConfig": "convlens.training",
     "evaluate": "convlens.training",
     "build_report": "convlens.report",
+    "check_report": "convlens.report",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,6 +16,7 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = [
     "convlens.cli.core",
+    "convlens.cli.report",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,10 +1,26 @@
-"""Sections, the context they share, and the build loop (resume, force, render)."""
+"""Sections, the context they share, and the build loop (resume, force, render).
+
+A section's ``compute(ctx)`` writes its results under ``ctx.dir(name)``; when it returns, the
+build writes ``name/_done.json`` with a key made of the model's weights, the data's
+fingerprint, the section's options, its budget and the seed. A later build skips a section whose
+marker matches, recomputes one whose inputs changed or that ``force`` names, and computes one
+that has no marker (it failed or was interrupted). A section that raises is recorded in
+``name/_error.json``; the others still run, the pages are still written, and the build ends with
+:class:`ReportError` naming the failures.
+
+Sections choose their sizes from ``ctx.budget_for(name)`` (images, units, steps, samples,
+seconds; see :class:`~convlens.report._budget.Budget`) and their options from
+``ctx.options(name)``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import shutil
+import re
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +28,15 @@ from pathlib import Path
 from markupsafe import Markup
 
 from convlens.files import read_json, write_json
-from convlens.report._html import STATIC, render_page
+from convlens.report._budget import Budget, fit_budget
+from convlens.report._config import ReportConfig, load_config, parse_config
+from convlens.report._html import STATIC, copy_static, csv_table, render_page
 
 log = logging.getLogger(__name__)
+
+
+class ReportError(RuntimeError):
+    """Some sections failed (or the report is not self-contained); the rest was written."""
 
 
 @dataclass
@@ -27,28 +49,42 @@ class Context:
     seed: int = 0
     config: dict = field(default_factory=dict)  # per-section options: config[section_name]
     progress: Callable[[str, float], None] | None = None
+    budget: Budget = field(default_factory=Budget)  # the report-wide budget
+    budgets: dict = field(default_factory=dict)  # per-section budget overrides
+    layers: list[dict] = field(default_factory=list)  # LayerInfo dicts, in model order
 
     def dir(self, name: str) -> Path:
-        d = self.out / name
+        d = Path(self.out) / name
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     def options(self, name: str) -> dict:
         return dict(self.config.get(name) or {})
 
+    def budget_for(self, name: str) -> Budget:
+        """The report budget with this section's overrides (``<name>: {budget: {...}}``)."""
+        return self.budget.updated(self.budgets.get(name), f"{name}.budget")
+
+    def layer_href(self, layer: str) -> str:
+        """Relative link (from the report root) to the page of ``layer``."""
+        return layer_page_name(layer)
+
     def page(self, path: str, title: str, body: Markup, scripts: tuple[str, ...] = ()) -> Path:
         """Write a page of the report at ``out/path`` with the shared navigation."""
         depth = path.count("/")
+        nav = [{"href": f"{s.name}.html" if s.page else f"index.html#{s.name}", "title": s.title}
+               for s in sections() if self._done(s)]
+        if self.layers:
+            nav.append({"href": "index.html#layers", "title": "Layers"})
         return render_page(
-            self.out / path, "page.html", title=title, body=body, root="../" * depth,
-            nav=[{"href": f"{s.name}.html" if s.page else f"index.html#{s.name}", "title": s.title}
-                 for s in sections() if self._done(s)],
-            scripts=scripts, version=_version(), model_name=getattr(self.model, "name", "model"),
+            Path(self.out) / path, "page.html", title=title, body=body, root="../" * depth,
+            nav=nav, scripts=scripts, version=_version(),
+            model_name=getattr(self.model, "name", "model"),
             data_name=getattr(self.dataset, "name", "data"),
         )
 
     def _done(self, s: Section) -> bool:
-        return (self.out / s.name / "_done.json").is_file()
+        return (Path(self.out) / s.name / "_done.json").is_file()
 
 
 @dataclass(frozen=True)
@@ -71,6 +107,9 @@ _SECTIONS: dict[str, Section] = {}
 
 
 def register_section(section: Section) -> Section:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", section.name):
+        raise ValueError(f"section name {section.name!r} must be lower-case letters, digits, '_' or '-' "
+                         "(it names a folder and a page)")
     _SECTIONS[section.name] = section
     return section
 
@@ -102,6 +141,66 @@ def _version() -> str:
         return "dev"
 
 
+def layer_page_name(layer: str) -> str:
+    """``layer-<name>.html`` with anything outside ``[A-Za-z0-9_.-]`` replaced, plus a short
+    hash when the name had to change (so two layers never share a page)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip("._") or "layer"
+    if slug != layer:
+        slug = f"{slug[:60]}_{hashlib.sha1(layer.encode()).hexdigest()[:6]}"
+    return f"layer-{slug}.html"
+
+
+def _section_key(ctx: Context, s: Section, ident: dict) -> str:
+    blob = json.dumps({**ident, "section": s.name, "options": ctx.options(s.name),
+                       "budget": ctx.budget_for(s.name).to_dict(), "seed": ctx.seed},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _identity(model, dataset) -> dict:
+    wh = model.weights_hash() if hasattr(model, "weights_hash") else getattr(model, "name", "?")
+    return {"model": wh, "data": getattr(dataset, "fingerprint", getattr(dataset, "name", "?"))}
+
+
+def _resolve_config(config, names: list[str]) -> ReportConfig:
+    if isinstance(config, ReportConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return load_config(config, names)
+    return parse_config(config, names)
+
+
+def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
+    """Compute one section unless its marker matches; returns an error message or None."""
+    folder = Path(ctx.out) / s.name
+    done, err = folder / "_done.json", folder / "_error.json"
+    if done.is_file() and not forced:
+        try:
+            if read_json(done).get("key") == key:
+                log.info("section %s: reusing saved results", s.name)
+                return None
+        except (OSError, ValueError):
+            pass
+        log.info("section %s: model, data or options changed; recomputing", s.name)
+    done.unlink(missing_ok=True)
+    if ctx.progress:
+        ctx.progress(s.title, 0.0)
+    t0 = time.perf_counter()
+    try:
+        s.compute(ctx)
+    except Exception as e:  # a failing section must not take the others down
+        log.error("section %s failed: %s", s.name, e, exc_info=True)
+        write_json(ctx.dir(s.name) / "_error.json", {
+            "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        return f"{type(e).__name__}: {e}"
+    err.unlink(missing_ok=True)
+    write_json(ctx.dir(s.name) / "_done.json",
+               {"key": key, "seconds": round(time.perf_counter() - t0, 3), "seed": ctx.seed})
+    if ctx.progress:
+        ctx.progress(s.title, 1.0)
+    return None
+
+
 def build_report(
     model,
     dataset,
@@ -109,48 +208,132 @@ def build_report(
     *,
     only: list[str] | None = None,
     force: tuple[str, ...] | list[str] = (),
-    config: dict | None = None,
-    seed: int = 0,
+    config: dict | str | Path | ReportConfig | None = None,
+    seed: int | None = None,
+    budget: Budget | dict | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> Path:
-    """Compute the chosen sections (all by default) that have no saved result, then render
-    ``index.html``. Returns its path."""
+    """Compute the chosen sections that have no up-to-date saved result, then write
+    ``index.html``, one page per layer and each section's pages. Returns the index path.
+
+    Parameters
+    ----------
+    model, dataset
+        A :class:`~convlens.model.Model` and an :class:`~convlens.data.ImageDataset`.
+    out
+        The report folder; it holds every file the pages need.
+    only
+        Section names to compute (default: the configuration's ``sections``, else all).
+    force
+        Section names to recompute even when their saved results are up to date.
+    config
+        A mapping or YAML path: ``sections``, ``seed``, ``budget`` and per-section options
+        (see :mod:`convlens.report._config`).
+    seed
+        Seed given to every section (default: the configuration's, else 0).
+    budget
+        Report-wide budget overrides; the defaults are fitted to the model and the data.
+    progress
+        Called with ``(section title, fraction done)``.
+
+    Raises
+    ------
+    ReportError
+        When a section failed or a page loads something from outside the folder; everything
+        else has been written, and a rerun computes only what is missing.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = sections()
-    names = [s.name for s in chosen]
+    every = sections()
+    names = [s.name for s in every]
+    cfg = _resolve_config(config, names)
     for n in list(only or []) + list(force):
         if n not in names:
             raise ValueError(f"unknown report section {n!r}; sections: {', '.join(names)}")
-    if only:
-        chosen = [s for s in chosen if s.name in only]
-    ctx = Context(model=model, dataset=dataset, out=out, seed=seed, config=config or {}, progress=progress)
-    shutil.copytree(STATIC, out / "static", dirs_exist_ok=True)
+    wanted = set(only or cfg.sections or names) | set(force)
+    chosen = [s for s in every if s.name in wanted]
+    fitted = budget if isinstance(budget, Budget) else fit_budget(model, dataset)
+    if isinstance(budget, dict):
+        fitted = fitted.updated(budget)
+    fitted = fitted.updated(cfg.budget)
+    ctx = Context(model=model, dataset=dataset, out=out, config=cfg.options, progress=progress,
+                  seed=seed if seed is not None else (cfg.seed or 0), budget=fitted,
+                  budgets=cfg.budgets, layers=_layer_infos(model))
+    copy_static(STATIC, out / "static")
+    ident = _identity(model, dataset)
+    failures: dict[str, str] = {}
     for s in chosen:
-        done = out / s.name / "_done.json"
-        if done.is_file() and s.name not in force:
-            log.info("section %s: reusing saved results", s.name)
-            continue
-        if done.is_file():
-            done.unlink()
-        t0 = time.perf_counter()
-        if progress:
-            progress(s.title, 0.0)
-        s.compute(ctx)
-        write_json(done, {"seconds": time.perf_counter() - t0, "seed": seed})
-        if progress:
-            progress(s.title, 1.0)
-    parts = []
-    for s in sections():
-        if not ctx._done(s):
-            continue
-        body = s.render(ctx)
-        parts.append(Markup('<section id="{}"><h2>{}</h2>{}</section>').format(s.name, s.title, body))
-    index = ctx.page("index.html", f"{getattr(model, 'name', 'model')}: what this network has learned",
-                     Markup("").join(parts))
-    write_json(out / "report.json", {"sections": [s.name for s in sections() if ctx._done(s)]})
+        msg = _compute(ctx, s, _section_key(ctx, s, ident), s.name in force)
+        if msg:
+            failures[s.name] = msg
+    index = _render_all(ctx, failures)
+    from convlens.report._check import check_report
+
+    check = check_report(out)
+    for p in check.problems():
+        log.warning("report check: %s", p)
+    write_json(out / "report.json", {
+        "sections": [s.name for s in every if ctx._done(s)], "failed": failures,
+        "budget": ctx.budget.to_dict(), "problems": check.problems(),
+        "seconds": {s.name: read_json(out / s.name / "_done.json").get("seconds")
+                    for s in every if ctx._done(s)},
+    })
+    if failures:
+        raise ReportError("report written, but section(s) failed: "
+                          + "; ".join(f"{k}: {v}" for k, v in failures.items())
+                          + f" (details in {out}/<section>/_error.json; run again to retry them)")
+    if check.external:
+        raise ReportError("the report loads resources from outside its folder: "
+                          + "; ".join(check.external[:5]))
     return index
 
 
+def _layer_infos(model) -> list[dict]:
+    from convlens.summary import describe_layers
+
+    return [i.to_dict() for i in describe_layers(model) if i.shape is not None]
+
+
+def _safe(fn: Callable, what: str, failures: dict, key: str):
+    """Call a render function; on error log it, remember it and return an escaped note."""
+    try:
+        return fn()
+    except Exception as e:
+        log.error("%s failed: %s", what, e, exc_info=True)
+        failures.setdefault(key, f"rendering failed: {type(e).__name__}: {e}")
+        return Markup('<p class="error">{} could not be shown: {}: {}</p>').format(
+            what, type(e).__name__, e)
+
+
+def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
+    parts = []
+    for s in sections():
+        if s.name in failures:
+            parts.append(Markup('<section id="{}"><h2>{}</h2><p class="error">This analysis failed: '
+                                '{}. Run the report again to retry it.</p></section>').format(
+                s.name, s.title, failures[s.name]))
+            continue
+        if not ctx._done(s):
+            continue
+        body = _safe(lambda s=s: s.render(ctx), f"section {s.name!r}", failures, s.name)
+        parts.append(Markup('<section id="{}"><h2>{}</h2>{}</section>').format(s.name, s.title, body))
+    if ctx.layers:
+        from convlens.report._layers import layers_table, write_layer_pages
+
+        fragments = write_layer_pages(ctx, failures)
+        parts.append(Markup('<section id="layers"><h2>Layers</h2>{}</section>').format(
+            layers_table(ctx, fragments)))
+    b = ctx.budget
+    parts.append(Markup('<p class="note">Budget: {} images, {} units per layer, {} steps, {} sample '
+                        'images, about {:g} s per analysis (forward pass {:.3g} ms per image).</p>').format(
+        b.images, b.units, b.steps, b.samples, b.seconds, b.forward_ms))
+    return ctx.page("index.html", f"{getattr(ctx.model, 'name', 'model')}: what this network has learned",
+                    Markup("").join(parts))
+
+
 def read_result(ctx: Context, name: str, file: str = "result.json"):
-    return read_json(ctx.out / name / file)
+    return read_json(Path(ctx.out) / name / file)
+
+
+__all__ = ["Context", "ReportError", "Section", "build_report", "csv_table", "layer_page_name",
+           "read_result", "register_section", "sections"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,9 +41,27 @@ def figure(src: str, caption: str = "", alt: str | None = None) -> Markup:
     )
 
 
+def copy_static(src: Path, dest: Path) -> None:
+    """Copy the report's scripts and styles into ``dest`` (each file atomically, only when
+    it changed), so the report folder stands alone."""
+    for f in sorted(src.rglob("*")):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        target = dest / f.relative_to(src)
+        data = f.read_bytes()
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+
+
 def csv_table(folder: Path, name: str, columns: list[str], rows: list[list], caption: str = "",
-              max_rows: int | None = 200) -> Markup:
-    """Write ``folder/name.csv`` and return an HTML table linking to it (cells escaped)."""
+              max_rows: int | None = 200, links: dict[str, Callable] | None = None) -> Markup:
+    """Write ``folder/name.csv`` and return an HTML table linking to it (cells escaped).
+
+    ``links`` maps a column name to a function of the cell's value that returns a relative
+    URL (or None): those cells become links. ``folder`` must be a direct child of the report
+    folder, and the table must appear on a page at the report's top level."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(columns)
@@ -56,9 +75,17 @@ def csv_table(folder: Path, name: str, columns: list[str], rows: list[list], cap
             return f"{v:.4g}"
         return v
 
+    link_fns = {columns.index(c): fn for c, fn in (links or {}).items() if c in columns}
+
+    def cell(j, v):
+        href = link_fns[j](v) if j in link_fns else None
+        if href:
+            return Markup('<td><a href="{}">{}</a></td>').format(href, fmt(v))
+        return Markup("<td>{}</td>").format(fmt(v))
+
     head = Markup("").join(Markup("<th>{}</th>").format(c) for c in columns)
     body = Markup("").join(
-        Markup("<tr>{}</tr>").format(Markup("").join(Markup("<td>{}</td>").format(fmt(v)) for v in r))
+        Markup("<tr>{}</tr>").format(Markup("").join(cell(j, v) for j, v in enumerate(r)))
         for r in shown
     )
     more = Markup("<p class=note>{} more rows in the CSV.</p>").format(len(rows) - len(shown)) if len(shown) < len(rows) else ""
@@ -69,4 +96,4 @@ def csv_table(folder: Path, name: str, columns: list[str], rows: list[list], cap
     )
 
 
-__all__ = ["Markup", "csv_table", "escape", "figure", "render_page"]
+__all__ = ["Markup", "copy_static", "csv_table", "escape", "figure", "render_page"]

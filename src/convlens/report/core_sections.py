@@ -38,8 +38,10 @@ def _summary_render(ctx: Context) -> Markup:
     )
     rows = [[ly["name"], ly["type"], "×".join(map(str, ly["shape"])) if ly["shape"] else "not run", ly["params"]]
             for ly in r["layers"]]
+    paged = {ly["name"] for ly in ctx.layers}
     return head + csv_table(ctx.out / "summary", "layers", ["layer", "type", "output shape", "parameters"],
-                            rows, "Layers", max_rows=None)
+                            rows, "Layers", max_rows=None,
+                            links={"layer": lambda n: ctx.layer_href(n) if n in paged else None})
 
 
 def _training_compute(ctx: Context) -> None:
@@ -103,5 +105,48 @@ def _training_render(ctx: Context) -> Markup:
     return Markup("").join(parts)
 
 
+def _data_compute(ctx: Context) -> None:
+    from convlens.report._images import thumbnails
+
+    ds = ctx.dataset
+    per_class = int(ctx.options("data").get("per_class", 6))
+    rng = np.random.default_rng(ctx.seed)
+    labels = np.asarray(ds.labels)
+    groups = [(c, np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    pick: list[int] = []
+    for _, idx in groups[:20]:
+        pick += sorted(rng.choice(idx, min(per_class, len(idx)), replace=False).tolist())
+    names = list(ds.class_names)
+    classes = [{"label": int(c), "name": names[c] if 0 <= c < len(names) else ("unlabelled" if c < 0 else str(c)),
+                "images": int(len(idx))} for c, idx in groups]
+    thumbs = thumbnails(ctx, pick)
+    write_json(ctx.dir("data") / "result.json", {
+        "name": ds.name, "images": len(ds), "classes": classes,
+        "unreadable": list(getattr(ds, "unreadable", []) or []),
+        "samples": [{"index": i, "id": ds.ids[i], "label": int(labels[i]), "thumb": t}
+                    for i, t in zip(pick, thumbs)],
+    })
+
+
+def _data_render(ctx: Context) -> Markup:
+    from pathlib import PurePath
+
+    r = read_json(ctx.out / "data" / "result.json")
+    names = {c["label"]: c["name"] for c in r["classes"]}
+    parts = [Markup("<p><b>{}</b>: {} images in {} classes.</p>").format(r["name"], r["images"], len(r["classes"])),
+             csv_table(ctx.out / "data", "classes", ["label", "class", "images"],
+                       [[c["label"], c["name"], c["images"]] for c in r["classes"]], "Images per class")]
+    if r["unreadable"]:
+        parts.append(Markup("<p class=note>{} unreadable file(s) were skipped: {}</p>").format(
+            len(r["unreadable"]), ", ".join(r["unreadable"][:10])))
+    figs = Markup("").join(
+        Markup('<figure class="sample" title="{}"><img src="{}" alt="{}"><figcaption>{}<br>{}</figcaption></figure>').format(
+            s["id"], s["thumb"], PurePath(s["id"]).name, PurePath(s["id"]).name, names.get(s["label"], ""))
+        for s in r["samples"])
+    parts.append(Markup('<h3>Sample images</h3><div class="grid">{}</div>').format(figs))
+    return Markup("").join(parts)
+
+
 register_section(Section("summary", "Model", _summary_compute, _summary_render, order=0))
 register_section(Section("training", "Training and accuracy", _training_compute, _training_render, order=1))
+register_section(Section("data", "Data", _data_compute, _data_render, order=2))

@@ -1,0 +1,88 @@
+"""``convlens report MODEL DATA``: one self-contained HTML report for one network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli import app
+from convlens.cli._common import (
+    ClaheOpt,
+    ClassesOpt,
+    DataArg,
+    InputSpecOpt,
+    LimitOpt,
+    ModelArg,
+    OutOpt,
+    ResizeOpt,
+    StrictOpt,
+    TileOpt,
+    TrustOpt,
+    WeightsOpt,
+    command,
+    console,
+    open_data,
+    open_model,
+    progress_bar,
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML file: sections to run, their options and budgets "
+                           "(sections: [...], budget: {images: N, ...}, <section>: {...}).")]
+OnlyOpt = Annotated[list[str] | None, typer.Option(
+    "--only", help="Run only these sections (repeat, or separate with commas).")]
+ForceOpt = Annotated[list[str] | None, typer.Option(
+    "--force", help="Recompute this section even if its saved results are up to date (repeatable).")]
+
+
+def _names(values: list[str] | None) -> list[str]:
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+@command(app, "report")
+def report(
+    model: ModelArg,
+    data: DataArg,
+    config: ConfigOpt = None,
+    only: OnlyOpt = None,
+    force: ForceOpt = None,
+    out: OutOpt = Path("results/report"),
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+    resize: ResizeOpt = None,
+    tile: TileOpt = None,
+    clahe: ClaheOpt = False,
+    strict: StrictOpt = False,
+    limit: LimitOpt = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: the config's, else 0).")] = None,
+):
+    """Write a report folder that opens offline: model summary, a page per layer and every
+    analysis; an interrupted run resumes where it stopped."""
+    from convlens.report import ReportError, build_report, sections
+
+    names = [s.name for s in sections()]
+    config_obj = None
+    if config is not None:
+        from convlens.report import load_config
+
+        config_obj = load_config(config, names)
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    transform = resize is not None or tile is not None or clahe
+    ds = open_data(data, m if transform else None, resize=resize, tile=tile, clahe=clahe,
+                   strict=strict, limit=limit, seed=seed or 0)
+    with progress_bar("report", total=None) as update:
+        try:
+            index = build_report(
+                m, ds, out, only=_names(only) or None, force=tuple(_names(force)), config=config_obj,
+                seed=seed, progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
+        except ReportError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
+    console.print(f"report written: {index}")
+
+
+__all__ = ["report"]

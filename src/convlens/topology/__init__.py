@@ -1,0 +1,31 @@
+"""Topology of filter weights (Gabrielsson & Carlsson): filter clouds, density filtration,
+Mapper, persistence barcodes, reference patch models and the multi-network study."""
+
+from convlens.topology._cloud import (
+    FilterCloud,
+    conv_layers,
+    filter_cloud,
+    model_filters,
+    normalize_filters,
+    spatial_filters,
+)
+from convlens.topology._cluster import GapSingleLinkage, gap_threshold
+from convlens.topology._density import density_filtration, knn_distance
+from convlens.topology._mapper import Mapper, MapperGraph, nerve_edges
+from convlens.topology._persistence import Bar, Barcodes, barcodes, maxmin_landmarks
+from convlens.topology._reference import (
+    CircleScore,
+    gaussian_patches,
+    klein_bottle_patches,
+    primary_circle_patches,
+    primary_circle_score,
+    three_circle_patches,
+)
+
+__all__ = [
+    "Bar", "Barcodes", "CircleScore", "FilterCloud", "GapSingleLinkage", "Mapper", "MapperGraph", "gap_threshold", "nerve_edges",
+    "barcodes", "conv_layers", "density_filtration",
+    "filter_cloud", "gaussian_patches", "klein_bottle_patches", "knn_distance", "maxmin_landmarks",
+    "model_filters", "normalize_filters", "primary_circle_patches", "primary_circle_score",
+    "spatial_filters", "three_circle_patches",
+]

@@ -172,9 +172,8 @@ def test_one_by_one_filters_are_refused():
 
 
 def test_filter_cloud_from_run_folder_and_files(tmp_path, digits):
-    from convlens.train import TrainConfig, train
-
     from convlens.model import load_model
+    from convlens.training import TrainConfig, train
 
     for seed in range(2):
         train(load_model("M(8,0,16)"), digits.subset(np.arange(200)),

@@ -203,7 +203,7 @@ def _is_run(path: Path) -> bool:
 def _run_files(run: Path, step) -> list[tuple[Path, int]]:
     """(file, step) pairs of a training run for ``step``: None/'last' (final model, else the last
     snapshot), 'all' (every snapshot), an int or a list of ints."""
-    from convlens.train import list_snapshots, snapshot_step
+    from convlens.training import list_snapshots, snapshot_step
 
     snaps = [(s, snapshot_step(s)) for s in list_snapshots(run)]
     if step in (None, "last"):

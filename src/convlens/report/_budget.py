@@ -69,16 +69,18 @@ def _clamp(v: float, lo: int, hi: int) -> int:
 def time_forward(model, batch: int = 8, repeats: int = 2) -> tuple[float, float]:
     """Seconds per image for a forward pass and for a forward+backward pass on the model's
     example input: best of ``repeats`` after one warm-up pass; a slow model (over 0.1 s for
-    the warm-up image) is timed once on one image."""
+    one image) is timed once on one image."""
     import torch
 
     from convlens.probe import frozen
 
     fwd, fb = float("inf"), float("inf")
     with frozen(model.net):
-        t0 = time.perf_counter()
+        one = model.example_input(1)
         with torch.no_grad():
-            model(model.example_input(1))
+            model(one)  # warm-up: lazy initialisation makes the first call slow
+            t0 = time.perf_counter()
+            model(one)
         if time.perf_counter() - t0 > 0.1:
             batch, repeats = 1, 1
         x = model.example_input(batch)

@@ -201,3 +201,119 @@ def test_top_images_save_load(lenet, digits, tmp_path):
     back = TopImages.load(tmp_path)
     assert back.layer == "fc1" and back.units.tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(back.projections, top.projections)
+
+
+# -- LIME ------------------------------------------------------------------------------------------
+class RegionNet(nn.Module):
+    """Class 0's logit grows with the mean brightness of one known block (rows 8-15, cols
+    16-23); class 1's logit is 0. Nothing else in the image matters."""
+
+    def forward(self, x):
+        region = x[:, :, 8:16, 16:24].mean((1, 2, 3))
+        return torch.stack([12 * (region - 0.4), torch.zeros_like(region)], 1)
+
+
+def _blocks_image():
+    rng = np.random.default_rng(0)
+    colours = rng.uniform(0.3, 1.0, size=(4, 4, 3))
+    img = np.kron(colours, np.ones((8, 8, 1))).transpose(2, 0, 1)
+    return torch.as_tensor(img + rng.normal(0, 0.02, img.shape), dtype=torch.float32).clamp(0, 1)
+
+
+def test_lime_ranks_the_planted_region_first():
+    from convlens.attribute import lime
+
+    m = load_model(RegionNet(), input_spec={"size": (32, 32), "channels": 3})
+    x = _blocks_image()
+    r = lime(m, x, labels=[0, 1], n_segments=16, num_samples=400, hide=0.0, seed=0)
+    region = np.zeros((32, 32), bool)
+    region[8:16, 16:24] = True
+    top = r.segments == r.ranking(0)[0]
+    assert (top & region).sum() / (top | region).sum() > 0.7
+    assert r.weights(0)[r.ranking(0)[0]] > 5 * np.abs(r.weights(0)[r.ranking(0)[1:]]).max()
+    # the other class is explained with the opposite sign (its probability is 1 - p0)
+    assert r.ranking(1)[-1] == r.ranking(0)[0]
+    # the sparse K-LASSO model keeps at most K superpixels, the planted one first
+    sparse = lime(m, x, labels=[0], n_segments=16, num_samples=400, hide=0.0, num_features=3)
+    assert np.count_nonzero(sparse.weights(0)) <= 3 and sparse.ranking(0)[0] == r.ranking(0)[0]
+
+
+def test_lime_deletion_area_beats_random_order_on_lenet(lenet, digits):
+    from convlens.attribute import deletion_curve, lime, random_order
+
+    x, _ = digits.subset(range(0, 60, 12)).tensors()
+    ours, rand = [], []
+    for img in x:
+        r = lime(lenet, img, num_samples=300, n_segments=30, top_labels=1, seed=1)
+        ours.append(deletion_curve(lenet, img, r.heatmap(r.labels[0]), r.labels[0], steps=20).area)
+        rand.append(np.mean([deletion_curve(lenet, img, random_order((28, 28), s), r.labels[0], steps=20).area
+                             for s in range(3)]))
+    assert np.mean(ours) < 0.6 * np.mean(rand), (ours, rand)
+
+
+def test_lime_result_round_trip_and_class_names(tmp_path):
+    from convlens.attribute import LimeResult, lime
+
+    m = load_model(RegionNet(), input_spec={"size": (32, 32), "channels": 3}, classes=["bright", "other"])
+    r = lime(m, _blocks_image(), labels=["bright"], num_samples=50, n_segments=9, hide=0.0)
+    r.save(tmp_path)
+    back = LimeResult.load(tmp_path)
+    np.testing.assert_array_equal(back.weights("bright"), r.weights(0))
+    with pytest.raises(ValueError, match="no class named 'brite'.*Closest: bright"):
+        lime(m, _blocks_image(), labels=["brite"], num_samples=10)
+
+
+# -- occlusion, faithfulness, grids, monitoring ------------------------------------------------------
+def test_occlusion_agrees_with_captum(lenet, digits):
+    from captum.attr import Occlusion
+
+    from convlens.attribute import occlusion
+
+    x = digits.image(3)[None]
+    o = occlusion(lenet, x, window=6, stride=2, value=0.5, unit="conv2:1")
+    theirs = Occlusion(lambda z: torch.softmax(lenet(z), 1)).attribute(
+        x, sliding_window_shapes=(1, 6, 6), strides=(1, 2, 2), baselines=0.5, target=o.target)
+    np.testing.assert_allclose(o.sensitivity, theirs[0, 0].double().numpy(), atol=1e-5)
+    assert o.probs.shape == (12, 12) and o.unit_activity.shape == (12, 12)
+    assert o.probs.min() < o.base_prob
+
+
+def test_deletion_and_insertion_curves(lenet, digits):
+    from convlens.attribute import deletion_curve, insertion_curve
+
+    x = digits.image(0)
+    bright = x[0].numpy()  # delete the digit's strokes first
+    d = deletion_curve(lenet, x, bright, steps=10)
+    assert d.fractions[0] == 0 and d.fractions[-1] == 1 and len(d.probs) == 11
+    assert d.probs[0] > 0.9 and d.area < deletion_curve(lenet, x, -bright, steps=10).area
+    i = insertion_curve(lenet, x, bright, steps=10)
+    assert i.probs[-1] == pytest.approx(d.probs[0], rel=1e-5)
+    with pytest.raises(ValueError, match=r"attribution map of shape \(27, 27\) does not match"):
+        deletion_curve(lenet, x, np.zeros((27, 27)))
+
+
+def test_activation_grid_every_layer(lenet, digits, tmp_path):
+    from convlens import capture
+    from convlens.attribute import ActivationGrid, activation_grid
+
+    x = digits.image(7)
+    g = activation_grid(lenet, x)
+    assert g.layers == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2"]
+    ref = capture(lenet, x[None], "conv2")["conv2"][0]
+    np.testing.assert_allclose(g.maps["conv2"], ref.numpy())
+    assert g.strongest["conv2"] == int(ref.flatten(1).max(1).values.argmax())
+    with pytest.raises(ValueError, match="have no spatial maps"):
+        activation_grid(lenet, x, ["fc1"])
+    assert ActivationGrid.load(g.save(tmp_path)).layers == g.layers
+
+
+def test_monitor_unit_across_snapshots(digits, tmp_path):
+    from convlens.attribute import monitor_unit, top_images
+    from convlens.training import TrainConfig, list_snapshots, train
+
+    small = digits.subset(range(200))
+    train("lenet", small, TrainConfig(steps=6, snapshot_every=3, batch_size=32, val_fraction=0.2), out=tmp_path)
+    mon = monitor_unit(tmp_path, small, "conv2:2", k=4)
+    assert mon.steps.tolist() == [3, 6] and mon.projections.shape == (2, 4, 1, 28, 28)
+    last = top_images(load_model(list_snapshots(tmp_path)[-1]), small, "conv2", k=4, units=[2])
+    np.testing.assert_array_equal(mon.indices[-1], last.indices[0])

@@ -1,5 +1,7 @@
 """What in an image excites a unit: DeconvNet, guided backprop, saliency, top images,
-activation grids, LIME, occlusion, deletion/insertion curves, monitoring over training."""
+activation grids, LIME, occlusion, deletion/insertion curves, monitoring over training.
+
+Figures are made from results by the ``plot_*`` functions."""
 
 from convlens.attribute._backprop import (
     RULES,
@@ -11,9 +13,42 @@ from convlens.attribute._backprop import (
     saliency,
 )
 from convlens.attribute._checks import check_images, resolve_class
+from convlens.attribute._faithful import (
+    Curve,
+    blurred,
+    deletion_curve,
+    insertion_curve,
+    perturbation_curve,
+    random_order,
+)
+from convlens.attribute._grid import ActivationGrid, activation_grid, spatial_layers
+from convlens.attribute._lime import (
+    LimeResult,
+    fit_local_model,
+    lime,
+    perturbation_probs,
+    superpixels,
+)
+from convlens.attribute._monitor import UnitMonitor, monitor_unit
+from convlens.attribute._occlusion import OcclusionResult, occlusion
+from convlens.attribute._plot import (
+    plot_activation_grid,
+    plot_curves,
+    plot_lime,
+    plot_monitor,
+    plot_occlusion,
+    plot_projections,
+    plot_top_images,
+    projection_image,
+)
 from convlens.attribute._top import TopImages, project_top, top_images
 
 __all__ = [
-    "RULES", "Projection", "backproject", "check_images", "deconvnet", "guided_backprop",
-    "project_top", "receptive_fields", "resolve_class", "saliency", "TopImages", "top_images",
+    "RULES", "ActivationGrid", "Curve", "LimeResult", "OcclusionResult", "Projection", "TopImages",
+    "UnitMonitor", "activation_grid", "backproject", "blurred", "check_images", "deconvnet",
+    "deletion_curve", "fit_local_model", "guided_backprop", "insertion_curve", "lime", "monitor_unit",
+    "occlusion", "perturbation_curve", "perturbation_probs", "plot_activation_grid", "plot_curves",
+    "plot_lime", "plot_monitor", "plot_occlusion", "plot_projections", "plot_top_images",
+    "project_top", "projection_image", "random_order", "receptive_fields", "resolve_class",
+    "saliency", "spatial_layers", "superpixels", "top_images",
 ]

@@ -150,9 +150,26 @@ def layer_page_name(layer: str) -> str:
     return f"layer-{slug}.html"
 
 
+def _fitted_budget(model, dataset, out: Path, ident: dict) -> Budget:
+    """The default budget, measured once per model and data and kept in ``_budget.json`` so
+    that a rerun (whose timing differs) keeps the same sizes and reuses saved results."""
+    saved = out / "_budget.json"
+    try:
+        rec = read_json(saved)
+        if rec.get("identity") == ident:
+            return Budget(**rec["budget"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    b = fit_budget(model, dataset)
+    write_json(saved, {"identity": ident, "budget": b.to_dict()})
+    return b
+
+
 def _section_key(ctx: Context, s: Section, ident: dict) -> str:
+    budget = ctx.budget_for(s.name).to_dict()
+    budget.pop("forward_ms")  # a measurement, not a choice
     blob = json.dumps({**ident, "section": s.name, "options": ctx.options(s.name),
-                       "budget": ctx.budget_for(s.name).to_dict(), "seed": ctx.seed},
+                       "budget": budget, "seed": ctx.seed},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -252,7 +269,8 @@ def build_report(
             raise ValueError(f"unknown report section {n!r}; sections: {', '.join(names)}")
     wanted = set(only or cfg.sections or names) | set(force)
     chosen = [s for s in every if s.name in wanted]
-    fitted = budget if isinstance(budget, Budget) else fit_budget(model, dataset)
+    ident = _identity(model, dataset)
+    fitted = budget if isinstance(budget, Budget) else _fitted_budget(model, dataset, out, ident)
     if isinstance(budget, dict):
         fitted = fitted.updated(budget)
     fitted = fitted.updated(cfg.budget)
@@ -260,7 +278,6 @@ def build_report(
                   seed=seed if seed is not None else (cfg.seed or 0), budget=fitted,
                   budgets=cfg.budgets, layers=_layer_infos(model))
     copy_static(STATIC, out / "static")
-    ident = _identity(model, dataset)
     failures: dict[str, str] = {}
     for s in chosen:
         msg = _compute(ctx, s, _section_key(ctx, s, ident), s.name in force)

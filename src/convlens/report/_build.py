@@ -323,6 +323,7 @@ def _safe(fn: Callable, what: str, failures: dict, key: str):
 
 
 def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
+    out = Path(ctx.out)
     parts = []
     for s in sections():
         if s.name in failures:
@@ -340,6 +341,12 @@ def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
         fragments = write_layer_pages(ctx, failures)
         parts.append(Markup('<section id="layers"><h2>Layers</h2>{}</section>').format(
             layers_table(ctx, fragments)))
+    timing = [[s.title, read_json(out / s.name / "_done.json").get("seconds")] for s in sections()
+              if ctx._done(s)]
+    if timing:
+        parts.append(Markup('<section id="timing"><h2>Time per analysis</h2>{}</section>').format(
+            csv_table(ctx.dir("timing"), "seconds", ["analysis", "seconds"], timing,
+                      "Compute time when each result was made (reused results keep their time)")))
     b = ctx.budget
     parts.append(Markup('<p class="note">Budget: {} images, {} units per layer, {} steps, {} sample '
                         'images, about {:g} s per analysis (forward pass {:.3g} ms per image).</p>').format(

@@ -13,6 +13,7 @@ from convlens.attribute._backprop import (
     saliency,
 )
 from convlens.attribute._checks import check_images, resolve_class
+from convlens.attribute._compare import attribution_maps, compare_methods
 from convlens.attribute._faithful import (
     Curve,
     blurred,
@@ -45,7 +46,7 @@ from convlens.attribute._top import TopImages, project_top, top_images
 
 __all__ = [
     "RULES", "ActivationGrid", "Curve", "LimeResult", "OcclusionResult", "Projection", "TopImages",
-    "UnitMonitor", "activation_grid", "backproject", "blurred", "check_images", "deconvnet",
+    "UnitMonitor", "activation_grid", "attribution_maps", "compare_methods", "backproject", "blurred", "check_images", "deconvnet",
     "deletion_curve", "fit_local_model", "guided_backprop", "insertion_curve", "lime", "monitor_unit",
     "occlusion", "perturbation_curve", "perturbation_probs", "plot_activation_grid", "plot_curves",
     "plot_lime", "plot_monitor", "plot_occlusion", "plot_projections", "plot_top_images",

@@ -17,6 +17,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "convlens.cli.core",
     "convlens.cli.report",
+    "convlens.cli.attribute",
 ]
 
 for _name in COMMAND_MODULES:

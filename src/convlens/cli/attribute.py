@@ -1,0 +1,247 @@
+"""Attribution commands: deconv, saliency, lime, occlusion, faithfulness, top-images,
+activations, monitor. Each writes its result (NPZ + JSON) and figures (PNG) under --out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli import app
+from convlens.cli._common import (
+    ClassesOpt,
+    DataArg,
+    InputSpecOpt,
+    LimitOpt,
+    ModelArg,
+    OutOpt,
+    ResizeOpt,
+    SeedOpt,
+    StrictOpt,
+    TrustOpt,
+    WeightsOpt,
+    command,
+    console,
+    open_data,
+    open_model,
+    progress_bar,
+)
+
+ImageArg = Annotated[str, typer.Argument(
+    help="An image file, or a dataset (built-in name, folder, manifest, .npz) with --index.")]
+IndexOpt = Annotated[list[int] | None, typer.Option(
+    "--index", "-i", help="Image index in the dataset (repeatable; default 0).")]
+UnitOpt = Annotated[str, typer.Option("--unit", "-u", help="Unit LAYER:INDEX, optionally @ROW,COL.")]
+ClassOpt = Annotated[list[str] | None, typer.Option(
+    "--label", "-l", help="Class to explain, index or name (repeatable; default: top classes).")]
+
+
+def _model(model, weights, input_spec, classes, trust_pickle):
+    return open_model(model, weights, input_spec, classes, trust_pickle)
+
+
+def _images(spec: str, m, index: list[int] | None, resize: str | None):
+    """``(N, C, H, W)`` display-space images fitted to the model, and their names."""
+    import torch
+
+    from convlens.data import Resize, ToChannels, parse_size, read_image
+    from convlens.data._io import IMAGE_SUFFIXES
+
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        x = ToChannels(m.spec.channels)(read_image(path))
+        size = tuple(m.spec.size) if (resize or "model") == "model" else parse_size(resize)
+        if size is not None:
+            x = Resize(size)(x)
+        return x[None], [path.stem]
+    ds = open_data(spec, m, resize=resize)
+    idx = index or [0]
+    bad = [i for i in idx if not 0 <= i < len(ds)]
+    if bad:
+        raise ValueError(f"--index {bad[0]} is out of range: {spec} has {len(ds)} images (0-{len(ds) - 1})")
+    return torch.stack([ds.image(i) for i in idx]), [f"{ds.name}-{i}" for i in idx]
+
+
+def _save(fig, out: Path, name: str) -> Path:
+    from convlens.files import save_figure
+
+    path = save_figure(fig, out / name)
+    console.print(f"wrote {path}")
+    return path
+
+
+@command(app, "deconv")
+def deconv(model: ModelArg, image: ImageArg, unit: UnitOpt, index: IndexOpt = None,
+           rule: Annotated[str, typer.Option(help="deconv (Zeiler & Fergus), guided or gradient.")] = "deconv",
+           spread: Annotated[str, typer.Option(help="max: the strongest activation; map: the whole map.")] = "max",
+           out: OutOpt = Path("results/deconv"), weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
+           classes: ClassesOpt = None, trust_pickle: TrustOpt = False, resize: ResizeOpt = None):
+    """Project a unit back to pixels: DeconvNet (switches, ReLU on the way back), guided
+    backpropagation or the gradient."""
+    from convlens.attribute import backproject, plot_projections
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names = _images(image, m, index, resize)
+    p = backproject(m, x, unit, rule=rule, spread=spread)
+    p.save(out)
+    _save(plot_projections({f"{rule} {unit}": p}, p.images, names), out, "projection.png")
+
+
+@command(app, "saliency")
+def saliency_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+                 label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
+                 out: OutOpt = Path("results/saliency"), weights: WeightsOpt = None,
+                 input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                 resize: ResizeOpt = None):
+    """Gradient saliency (Simonyan et al.) and guided backpropagation of a class score."""
+    from convlens.attribute import guided_backprop, plot_projections, saliency
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names = _images(image, m, index, resize)
+    s = saliency(m, x, label)
+    s.save(out / "saliency")
+    projs = {"saliency": s}
+    if label is not None:
+        projs["guided"] = guided_backprop(m, x, label)
+    _save(plot_projections(projs, s.images, names), out, "saliency.png")
+
+
+@command(app, "lime")
+def lime_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None, label: ClassOpt = None,
+             top_labels: Annotated[int, typer.Option(help="Explain the N most probable classes.")] = 2,
+             segments: Annotated[str, typer.Option(help="Superpixels: slic or quickshift.")] = "slic",
+             n_segments: Annotated[int, typer.Option(help="SLIC: about this many superpixels.")] = 50,
+             samples: Annotated[int, typer.Option(help="Perturbed images.")] = 1000,
+             batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+             hide: Annotated[str, typer.Option(help="Switched-off superpixels: mean or a value in [0, 1].")] = "mean",
+             features: Annotated[int | None, typer.Option(help="K for a sparse K-LASSO model.")] = None,
+             k: Annotated[int, typer.Option(help="Superpixels in the top-k views.")] = 5,
+             seed: SeedOpt = 0, out: OutOpt = Path("results/lime"), weights: WeightsOpt = None,
+             input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+             resize: ResizeOpt = None):
+    """LIME with superpixels: the views of Lees' Figs. 24-25 for each class."""
+    from convlens.attribute import lime, plot_lime
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names = _images(image, m, index, resize)
+    hide_value = hide if hide == "mean" else float(hide)
+    for img, name in zip(x, names):
+        with progress_bar(f"LIME {name}", total=samples) as update:
+            r = lime(m, img, labels=label or None, top_labels=top_labels, method=segments, n_segments=n_segments,
+                     num_samples=samples, batch_size=batch_size, hide=hide_value, num_features=features,
+                     seed=seed, callback=lambda done, total: update(completed=done))
+        r.save(out / name)
+        _save(plot_lime(r, k=k), out, f"{name}-lime.png")
+        for lab, sc in zip(r.labels, r.scores):
+            cname = m.class_names[lab] if lab < len(m.class_names) else lab
+            console.print(f"{name}: {cname} p={r.probs[lab]:.3f}, local fit R^2={sc:.2f}")
+
+
+@command(app, "occlusion")
+def occlusion_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+                  label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
+                  window: Annotated[int, typer.Option(help="Occluder size (px).")] = 8,
+                  stride: Annotated[int, typer.Option(help="Occluder step (px).")] = 4,
+                  value: Annotated[float, typer.Option(help="Occluder grey level in [0, 1].")] = 0.5,
+                  unit: Annotated[str | None, typer.Option(help="Also record this unit's activity.")] = None,
+                  out: OutOpt = Path("results/occlusion"), weights: WeightsOpt = None,
+                  input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                  resize: ResizeOpt = None):
+    """Occlusion sensitivity (Zeiler & Fergus, Fig. 7)."""
+    from convlens.attribute import occlusion, plot_occlusion
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names = _images(image, m, index, resize)
+    for img, name in zip(x, names):
+        o = occlusion(m, img, label, window=window, stride=stride, value=value, unit=unit)
+        o.save(out / name)
+        _save(plot_occlusion(o, m.class_names), out, f"{name}-occlusion.png")
+
+
+@command(app, "faithfulness")
+def faithfulness_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+                     label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
+                     samples: Annotated[int, typer.Option(help="LIME perturbations.")] = 500,
+                     steps: Annotated[int, typer.Option(help="Points on each curve.")] = 50,
+                     seed: SeedOpt = 0, out: OutOpt = Path("results/faithfulness"), weights: WeightsOpt = None,
+                     input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                     resize: ResizeOpt = None):
+    """Deletion and insertion curves and areas of saliency, guided backprop, LIME, occlusion and
+    a random order on the same images."""
+    from convlens.attribute import plot_curves
+    from convlens.attribute._compare import compare_methods
+    from convlens.files import write_json
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names = _images(image, m, index, resize)
+    for img, name in zip(x, names):
+        curves = compare_methods(m, img, label, lime_samples=samples, steps=steps, seed=seed)
+        write_json(out / f"{name}-curves.json", {k: c.to_dict() for k, c in curves.items()})
+        _save(plot_curves(curves), out, f"{name}-curves.png")
+        for k, c in curves.items():
+            console.print(f"{name}: {k:20s} area {c.area:.3f}")
+
+
+@command(app, "top-images")
+def top_images_cmd(model: ModelArg, data: DataArg, layer: Annotated[str, typer.Option(help="Layer name.")],
+                   k: Annotated[int, typer.Option(help="Images per unit.")] = 9,
+                   units: Annotated[str, typer.Option(help="all, 0-15 or 1,5,9.")] = "all",
+                   project: Annotated[str | None, typer.Option(
+                       help="Units to project with DeconvNet (all, 0-15 ...); default the first 16.")] = None,
+                   batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
+                   out: OutOpt = Path("results/top-images"), weights: WeightsOpt = None,
+                   input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                   resize: ResizeOpt = None, strict: StrictOpt = False, limit: LimitOpt = None, seed: SeedOpt = 0):
+    """The k images that excite each unit most, found in one pass, with DeconvNet projections
+    cropped to the receptive field (Zeiler & Fergus, Fig. 2)."""
+    from convlens.attribute import plot_top_images, project_top, top_images
+    from convlens.units import parse_unit_list
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    ds = open_data(data, m, resize=resize, strict=strict, limit=limit, seed=seed)
+    with progress_bar(f"top images of {layer}", total=len(ds)) as update:
+        top = top_images(m, ds, layer, k=k, units=units, batch_size=batch_size,
+                         callback=lambda done, total: update(completed=done))
+    chosen = top.units.tolist()[:16] if project is None else \
+        [u for u in parse_unit_list(project, max(top.units) + 1) if u in top.units]
+    project_top(m, ds, top, [u for u in chosen if u not in top.dead])
+    top.save(out)
+    _save(plot_top_images(top, chosen), out, f"{layer}-top-images.png")
+    if top.dead:
+        console.print(f"[yellow]units that never activate on these {len(ds)} images:[/] {top.dead}")
+
+
+@command(app, "activations")
+def activations_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+                    layer: Annotated[list[str] | None, typer.Option(help="Layers (default: every layer with maps).")] = None,
+                    max_channels: Annotated[int, typer.Option(help="Channels shown per layer.")] = 64,
+                    out: OutOpt = Path("results/activations"), weights: WeightsOpt = None,
+                    input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                    resize: ResizeOpt = None):
+    """Activation grids (Lees): every channel of every layer for one image, strongest marked."""
+    from convlens.attribute import activation_grid, plot_activation_grid
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names = _images(image, m, index, resize)
+    for img, name in zip(x, names):
+        g = activation_grid(m, img, layer)
+        g.save(out / name)
+        for ly in g.layers:
+            _save(plot_activation_grid(g, ly, max_channels=max_channels), out / name, f"{ly}.png")
+
+
+@command(app, "monitor")
+def monitor_cmd(run: Annotated[Path, typer.Argument(help="A training run folder (convlens train --snapshot-every).")],
+                data: DataArg, unit: UnitOpt, k: Annotated[int, typer.Option(help="Images per snapshot.")] = 9,
+                every: Annotated[int, typer.Option(help="Use every N-th snapshot (and the last).")] = 1,
+                out: OutOpt = Path("results/monitor"), strict: StrictOpt = False, limit: LimitOpt = None,
+                seed: SeedOpt = 0):
+    """One unit's top images and projections across the snapshots of a training run."""
+    from convlens.attribute import monitor_unit, plot_monitor
+
+    ds = open_data(data, strict=strict, limit=limit, seed=seed)
+    with progress_bar(f"snapshots of {run}") as update:
+        mon = monitor_unit(run, ds, unit, k=k, every=every, callback=lambda d, t: update(completed=d, total=t))
+    mon.save(out)
+    _save(plot_monitor(mon), out, "monitor.png")

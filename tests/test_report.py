@@ -209,8 +209,30 @@ def test_cli_report_writes_index_layer_pages_and_csv(tmp_path):
     check = check_report(out)
     assert check.ok, check.problems()
     assert len(check.pages) == 13
+    before = {n: (out / n / "_done.json").read_text() for n in ("summary", "data")}
+    r = CliRunner().invoke(app, ["report", "lenet-digits", "digits", "--config", str(cfg), "--out", str(out),
+                                 "--only", "summary,data", "--force", "data"])
+    assert r.exit_code == 0, r.output
+    assert (out / "summary" / "_done.json").read_text() == before["summary"]  # reused
+    assert (out / "data" / "_done.json").read_text() != before["data"]  # recomputed
     r = CliRunner().invoke(app, ["report", "lenet-digits", "digits", "--only", "sumary", "--out", str(out)])
     assert r.exit_code == 2 and "unknown report section 'sumary'" in r.output
+
+
+def test_cli_report_exits_1_naming_a_failed_section(tmp_path, scratch_sections):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    def broken(ctx):
+        raise FloatingPointError("loss is NaN")
+
+    scratch_sections(Section("t_broken", "Broken", broken, lambda ctx: Markup("")))
+    r = CliRunner().invoke(app, ["report", "lenet-digits", "digits", "--only", "summary,t_broken",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 1
+    assert "t_broken: FloatingPointError: loss is NaN" in r.output
+    assert (tmp_path / "index.html").is_file() and (tmp_path / "summary" / "_done.json").is_file()
 
 
 def _evil_folder(root: Path) -> Path:

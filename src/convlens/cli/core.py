@@ -112,16 +112,12 @@ def demo(out: OutOpt = Path("results/demo"), seed: SeedOpt = 0,
          only: Annotated[list[str] | None, typer.Option(help="Compute only this section (repeatable).")] = None,
          force: Annotated[list[str] | None, typer.Option(help="Recompute this section (repeatable).")] = None):
     """The main job on the built-in default: a report on the built-in LeNet over digits."""
+    from convlens.cli.report import run_report
     from convlens.data import load_dataset
     from convlens.model import load_model
-    from convlens.report import build_report
 
-    model = load_model("lenet-digits")
-    ds = load_dataset("digits")
-    with progress_bar("report", total=None) as update:
-        index = build_report(model, ds, out, seed=seed, only=only or None, force=tuple(force or ()),
-                             progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
-    console.print(f"report written: {index}")
+    run_report(load_model("lenet-digits"), load_dataset("digits"), out, seed=seed, only=only or None,
+               force=tuple(force or ()))
 
 
 @command(app, "models")

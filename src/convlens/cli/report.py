@@ -62,7 +62,7 @@ def report(
 ):
     """Write a report folder that opens offline: model summary, a page per layer and every
     analysis; an interrupted run resumes where it stopped."""
-    from convlens.report import ReportError, build_report, sections
+    from convlens.report import sections
 
     names = [s.name for s in sections()]
     config_obj = None
@@ -74,15 +74,24 @@ def report(
     transform = resize is not None or tile is not None or clahe
     ds = open_data(data, m if transform else None, resize=resize, tile=tile, clahe=clahe,
                    strict=strict, limit=limit, seed=seed or 0)
+    run_report(m, ds, out, only=_names(only) or None, force=tuple(_names(force)), config=config_obj,
+               seed=seed)
+
+
+def run_report(model, dataset, out: Path, **kwargs) -> Path:
+    """``build_report`` with a progress bar; failed sections end the command with status 1."""
+    from convlens.report import ReportError, build_report
+
     with progress_bar("report", total=None) as update:
         try:
             index = build_report(
-                m, ds, out, only=_names(only) or None, force=tuple(_names(force)), config=config_obj,
-                seed=seed, progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
+                model, dataset, out, **kwargs,
+                progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
         except ReportError as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(1) from None
     console.print(f"report written: {index}")
+    return index
 
 
-__all__ = ["report"]
+__all__ = ["report", "run_report"]

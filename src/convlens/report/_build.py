@@ -212,7 +212,8 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
         return f"{type(e).__name__}: {e}"
     err.unlink(missing_ok=True)
     write_json(ctx.dir(s.name) / "_done.json",
-               {"key": key, "seconds": round(time.perf_counter() - t0, 3), "seed": ctx.seed})
+               {"key": key, "seconds": round(time.perf_counter() - t0, 3), "seed": ctx.seed,
+                "finished": round(time.time(), 6)})
     if ctx.progress:
         ctx.progress(s.title, 1.0)
     return None

@@ -1,0 +1,206 @@
+"""The two streaming statistics of network dissection, both mergeable across shards.
+
+- :class:`TopQuantile`: per unit, the threshold ``T`` with ``P(a > T) = q`` over every spatial
+  position of every image (Bau et al. 2017, Sec. 3.2; the survey's step (2)). Only the top
+  ``q`` of the values can matter, so each unit keeps a bounded buffer of its largest values;
+  with the total count known in advance the result equals ``numpy.quantile(all, 1 - q)``
+  (``method="linear"``) exactly, and buffers from shards merge exactly.
+- :class:`IoUTally`: intersection and union counts per unit and concept (the survey's Eq. 19),
+  accumulated for all units of a layer at once with one batched matrix product per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MAX_BUFFER_BYTES = 3 * 2**30
+
+
+def quantile_position(n: int, q: float) -> tuple[int, int, float]:
+    """Ascending order-statistic indices ``(lo, hi)`` and weight ``gamma`` that
+    ``numpy.quantile(a, 1 - q)`` (linear method) interpolates between, computed as numpy does."""
+    p = 1.0 - q
+    virtual = (n - 1) * p  # numpy's 'linear' get_virtual_index
+    if virtual >= n - 1:
+        return n - 1, n - 1, 0.0
+    if virtual < 0:
+        return 0, 0, 0.0
+    lo = math.floor(virtual)
+    return lo, lo + 1, virtual - lo
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """numpy's ``_lerp`` (monotone linear interpolation), so thresholds match it bit for bit."""
+    diff = b - a
+    return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+
+
+@dataclass
+class TopQuantile:
+    """Exact streaming upper quantile per unit.
+
+    Parameters
+    ----------
+    units : number of units
+    total : how many values each unit will see in all (images x height x width)
+    q : upper tail probability (0.005 in Bau et al.)
+    """
+
+    units: int
+    total: int
+    q: float
+    buffer: torch.Tensor = field(init=False)
+    minimum: torch.Tensor = field(init=False)
+    seen: int = field(init=False, default=0)
+
+    def __post_init__(self):
+        if not 0 < self.q < 1:
+            raise ValueError(f"the quantile must be in (0, 1), got {self.q}")
+        lo, _, _ = quantile_position(self.total, self.q)
+        self.k = self.total - lo
+        need = self.units * self.k * 4
+        if need > MAX_BUFFER_BYTES:
+            raise ValueError(
+                f"an exact {self.q} quantile over {self.total:,} values per unit needs "
+                f"{need / 2**30:.1f} GiB for {self.units} units: use fewer images (--limit), "
+                "shard over more machines, or a larger quantile")
+        self.buffer = torch.full((self.units, 0), -math.inf)
+        self.minimum = torch.full((self.units,), math.inf)
+
+    def update(self, values: torch.Tensor) -> None:
+        """``values``: ``(units, m)`` float32, any number of new values per unit."""
+        values = values.detach().to(torch.float32).cpu()
+        if values.shape[1] == 0:
+            return
+        self.seen += values.shape[1]
+        if self.seen > self.total:
+            raise ValueError(f"TopQuantile saw {self.seen} values per unit, more than the {self.total} declared")
+        self.minimum = torch.minimum(self.minimum, values.min(1).values)
+        both = torch.cat([self.buffer, values], 1)
+        k = min(self.k, both.shape[1])
+        self.buffer = both.topk(k, dim=1, sorted=False).values if k < both.shape[1] else both
+
+    def merge(self, other: TopQuantile) -> TopQuantile:
+        """Combine with a shard that saw other values of the same units (exact)."""
+        if (other.units, other.total, other.q) != (self.units, self.total, self.q):
+            raise ValueError("cannot merge quantile trackers of different units, totals or q")
+        out = TopQuantile(self.units, self.total, self.q)
+        both = torch.cat([self.buffer, other.buffer], 1)
+        k = min(self.k, both.shape[1])
+        out.buffer = both.topk(k, dim=1, sorted=False).values if k < both.shape[1] else both
+        out.minimum = torch.minimum(self.minimum, other.minimum)
+        out.seen = self.seen + other.seen
+        return out
+
+    def thresholds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(T, strict)``: the float64 threshold per unit, equal to ``numpy.quantile(a, 1 - q)``,
+        and whether the mask must be strict (``a > T``) because ``T`` is the unit's floor (a unit
+        that is constant, e.g. zero after a ReLU, on more than ``1 - q`` of the positions)."""
+        if self.seen != self.total:
+            raise ValueError(f"TopQuantile saw {self.seen} values per unit but {self.total} were declared")
+        desc = self.buffer.sort(dim=1, descending=True).values.double().numpy()
+        lo, hi, gamma = quantile_position(self.total, self.q)
+        a = desc[:, self.total - 1 - lo]
+        b = desc[:, self.total - 1 - hi]
+        t = _lerp(a, b, gamma)
+        strict = t <= self.minimum.double().numpy()
+        return t, strict
+
+
+def float32_at_least(t: np.ndarray) -> np.ndarray:
+    """The smallest float32 >= each float64 ``t``: ``a >= t`` equals ``a >= float32_at_least(t)``
+    for float32 ``a``."""
+    t32 = t.astype(np.float32)
+    low = t32.astype(np.float64) < t
+    t32[low] = np.nextafter(t32[low], np.float32(np.inf))
+    return t32
+
+
+def unit_masks(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarray,
+               mask_size: tuple[int, int]) -> torch.Tensor:
+    """``M_f(x) = S(A_f(x)) >= T_f`` (Bau et al. Eq. 1): activations ``(B, U, h, w)`` upsampled
+    bilinearly to ``mask_size`` and thresholded; ``(B, U, H*W)`` bool. Units flagged ``strict``
+    use ``>`` (their threshold is their floor)."""
+    acts = acts.to(torch.float32)
+    if tuple(acts.shape[2:]) != tuple(mask_size):
+        acts = F.interpolate(acts, size=mask_size, mode="bilinear", align_corners=False)
+    t = torch.from_numpy(float32_at_least(thresholds)).view(1, -1, 1, 1)
+    s = torch.from_numpy(np.asarray(strict, dtype=bool)).view(1, -1, 1, 1)
+    m = torch.where(s, acts > t, acts >= t)
+    return m.flatten(2)
+
+
+def annotate_present(annotated: np.ndarray, labels: list[tuple[np.ndarray, np.ndarray]],
+                     concept_category: np.ndarray) -> np.ndarray:
+    """A category is annotated in every image where one of its concepts is present."""
+    annotated = np.array(annotated, dtype=bool, copy=True)
+    for i, (ids, _) in enumerate(labels):
+        annotated[i, concept_category[np.asarray(ids, dtype=np.int64)]] = True
+    return annotated
+
+
+@dataclass
+class IoUTally:
+    """Counts for the IoU of every unit with every concept, summed over images.
+
+    ``IoU[u, c] = inter[u, c] / (unit_area[u, cat(c)] + label_area[c] - inter[u, c])`` where
+    ``unit_area[u, k]`` counts the unit's mask pixels over images that annotate category ``k``
+    (as NetDissect does, so an unlabelled category does not count against a unit).
+    """
+
+    units: int
+    concept_category: np.ndarray
+    n_categories: int
+    inter: np.ndarray = field(init=False)
+    unit_area: np.ndarray = field(init=False)
+    label_area: np.ndarray = field(init=False)
+    images: int = field(init=False, default=0)
+
+    def __post_init__(self):
+        c = len(self.concept_category)
+        self.inter = np.zeros((self.units, c), dtype=np.int64)
+        self.unit_area = np.zeros((self.units, self.n_categories), dtype=np.int64)
+        self.label_area = np.zeros(c, dtype=np.int64)
+
+    def update(self, masks: torch.Tensor, labels: list[tuple[np.ndarray, np.ndarray]],
+               annotated: np.ndarray) -> None:
+        """``masks``: ``(B, U, P)`` bool unit masks; ``labels``: per image ``(ids, (k, H, W))``;
+        ``annotated``: ``(B, n_categories)`` bool."""
+        b, u, p = masks.shape
+        annotated = annotate_present(annotated, labels, self.concept_category)
+        kmax = max(1, max(len(ids) for ids, _ in labels))
+        lab = torch.zeros((b, kmax, p), dtype=torch.float32)
+        ids = torch.full((b, kmax), len(self.label_area), dtype=torch.int64)
+        for i, (cid, m) in enumerate(labels):
+            if len(cid):
+                lab[i, : len(cid)] = torch.from_numpy(m.reshape(len(cid), -1))
+                ids[i, : len(cid)] = torch.from_numpy(cid)
+        mf = masks.to(torch.float32)
+        inter = torch.bmm(mf, lab.transpose(1, 2))  # (B, U, kmax): exact integer counts in fp32
+        acc = torch.zeros((u, len(self.label_area) + 1), dtype=torch.float64)
+        acc.index_add_(1, ids.reshape(-1), inter.permute(1, 0, 2).reshape(u, -1).double())
+        self.inter += acc[:, :-1].round().long().numpy()
+        area = mf.sum(2).double()  # (B, U)
+        self.unit_area += (area.T @ torch.from_numpy(annotated.astype(np.float64))).round().long().numpy()
+        la = torch.zeros(len(self.label_area) + 1, dtype=torch.float64)
+        la.index_add_(0, ids.reshape(-1), lab.sum(2).reshape(-1).double())
+        self.label_area += la[:-1].round().long().numpy()
+        self.images += b
+
+    def merge(self, other: IoUTally) -> IoUTally:
+        out = IoUTally(self.units, self.concept_category, self.n_categories)
+        out.inter = self.inter + other.inter
+        out.unit_area = self.unit_area + other.unit_area
+        out.label_area = self.label_area + other.label_area
+        out.images = self.images + other.images
+        return out
+
+    def iou(self) -> np.ndarray:
+        union = self.unit_area[:, self.concept_category] + self.label_area[None] - self.inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(union > 0, self.inter / np.maximum(union, 1), 0.0)

@@ -5,6 +5,27 @@ A :class:`Section` has ``compute(ctx)`` (writes its results under ``ctx.dir(name
 (HTML for the page of one layer). :func:`build_report` computes what is missing or out of date
 (so an interrupted run resumes), recomputes what ``force`` names, and renders every page;
 :func:`check_report` checks that a report folder stands alone and offline.
+
+Writing a section (one module, one line in ``_build.SECTION_MODULES``)::
+
+    def compute(ctx):                        # results only, under ctx.dir(NAME)
+        b = ctx.budget_for(NAME)             # images, units, steps, samples, seconds
+        opts = ctx.options(NAME)             # the user's ``NAME: {...}`` from analyses.yaml
+        ...; result.save(ctx.dir(NAME))
+
+    def render(ctx):                         # HTML for the index, from saved results only
+        return csv_table(ctx.out / NAME, "scores", cols, rows, "Scores") + figure(f"{NAME}/map.png")
+
+    def layer_fragment(ctx, layer):          # HTML for layer-<name>.html, or None
+        ...
+
+    register_section(Section(NAME, "Title", compute, render, order=30, layer_fragment=layer_fragment))
+
+Rules the build checks: paths are relative to the report folder (every page that shows a
+section's HTML sits at its top level); nothing is loaded from outside it (a ``https://``
+script, style or image fails the build); every table is a :func:`csv_table`; names from the
+user go through ``Markup(...).format(...)`` so they are escaped; extra pages are written with
+``ctx.page("NAME.html", ...)`` (``page=True`` links it in the navigation) and must be linked.
 """
 
 from convlens.report._budget import Budget, fit_budget

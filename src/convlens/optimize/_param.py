@@ -142,7 +142,7 @@ class PixelImage(Parametrization):
         self.batch_size, self.squash, self.decorrelate = n, squash, decorrelate
         if init is None:
             g = _generator(seed)
-            start = 0.5 + sd * torch.randn(n, channels, h, w, generator=g)
+            start = (0.5 + sd * torch.randn(n, channels, h, w, generator=g)).clamp(0, 1)
         else:
             start = init.detach().float().clone()
         start = start.clamp(1e-4, 1 - 1e-4) if squash == "sigmoid" else start

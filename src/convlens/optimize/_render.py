@@ -268,7 +268,7 @@ def render(
 
 
 def _update(opt, params, done: torch.Tensor, n: int, step: int, proj, param) -> None:
-    """Optimizer step, then restore stopped images and apply the projections."""
+    """Optimizer step and projections, then restore the stopped images."""
     if done.any():
         if not all(_batch_first(p, n) for p in params):
             raise ValueError("stopping single images needs batch-first parameters (first "
@@ -276,7 +276,7 @@ def _update(opt, params, done: torch.Tensor, n: int, step: int, proj, param) -> 
         keep = [p.detach()[done].clone() for p in params]
     opt.step()
     with torch.no_grad():
-        if done.any():
+        proj(param, step)
+        if done.any():  # after the projections too: a stopped image stays exactly as it was seen
             for p, k in zip(params, keep):
                 p[done] = k
-        proj(param, step)

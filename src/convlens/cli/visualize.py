@@ -1,0 +1,247 @@
+"""``convlens visualize|class-model|invert|fool|style``: input optimization from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli import app
+from convlens.cli._common import (
+    ClassesOpt,
+    InputSpecOpt,
+    ModelArg,
+    OutOpt,
+    SeedOpt,
+    TrustOpt,
+    WeightsOpt,
+    command,
+    console,
+    open_data,
+    open_model,
+    progress_bar,
+)
+
+StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+SizeOpt = Annotated[int | None, typer.Option("--size", help="Image size in px (default: the model's).")]
+ImageArg = Annotated[str, typer.Argument(
+    help="An image file, or DATA:INDEX (e.g. digits:0) for an image of a dataset.")]
+
+
+def read_input(spec: str, model):
+    """An image file, or ``DATA:INDEX``, as a ``(C, H, W)`` tensor fitted to the model."""
+    from convlens.data import Resize, ToChannels
+    from convlens.data._io import read_image
+
+    path = Path(spec)
+    if not path.is_file() and ":" in spec:
+        data, _, index = spec.rpartition(":")
+        if not index.isdigit():
+            raise ValueError(f"cannot read {spec!r}: give an image file or DATA:INDEX such as digits:0")
+        ds = open_data(data, model)
+        i = int(index)
+        if not 0 <= i < len(ds):
+            raise ValueError(f"image {i} is out of range: {data!r} has {len(ds)} images (0-{len(ds) - 1})")
+        return ds.image(i)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {spec} (give an image file or DATA:INDEX such as digits:0)")
+    x = ToChannels(model.spec.channels)(read_image(path))
+    return Resize(tuple(model.spec.size))(x)
+
+
+@command(app, "visualize")
+def visualize(
+    model: ModelArg,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (`convlens layers MODEL`).")],
+    units: Annotated[str, typer.Option("--units", "-u", help="all, 0-63 or 1,5,9-12.")] = "all",
+    reference: Annotated[str | None, typer.Option(
+        "--reference", help="Dataset: show each unit beside the image that excites it most.")] = None,
+    objective: Annotated[str, typer.Option(help="channel (map mean) or unit (centre neuron).")] = "channel",
+    param: Annotated[str, typer.Option(help="fourier (decorrelated colour) or pixel.")] = "fourier",
+    transforms: Annotated[str, typer.Option(help="standard (jitter, scale, rotation) or none.")] = "standard",
+    tv: Annotated[float, typer.Option(help="Total-variation weight (per pixel).")] = 0.0,
+    l2: Annotated[float, typer.Option(help="L2-decay weight (per pixel).")] = 0.0,
+    normalize_grad: Annotated[bool, typer.Option(help="Divide gradients by their RMS (Lees).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Units optimized together.")] = 64,
+    steps: StepsOpt = 256,
+    lr: LrOpt = 0.05,
+    size: SizeOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/visualize"),
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Activation maximization: an image per unit, a gallery per layer, dead units listed."""
+    from convlens.visualize import activation_maximization, save_unit_pngs, unit_gallery
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    ref = open_data(reference, m) if reference else None
+    with progress_bar(f"{layer} units") as update:
+        r = activation_maximization(
+            m, layer, units, size=size, steps=steps, lr=lr, param=param, objective=objective,
+            transforms=transforms, tv=tv, l2=l2, normalize_grad=normalize_grad, batch_size=batch_size,
+            reference=ref, seed=seed, callback=lambda done, total: update(completed=done, total=total))
+    folder = out / layer
+    r.save(folder)
+    save_unit_pngs(r, folder / "units", scale=max(1, 128 // max(r.images.shape[-2:])))
+    gallery = unit_gallery(r, folder / "gallery.png")
+    s = r.summary()
+    if r.dead:
+        console.print(f"dead units (skipped): {r.dead}")
+    if s.get("median_ratio") is not None:
+        console.print(f"median activation reached / dataset maximum: {s['median_ratio']:.3f}; "
+                      f"{s['fraction_at_least_dataset_max']:.0%} of live units reach the dataset maximum")
+    console.print(f"{len(r.order)} unit images in {folder / 'units'}; gallery {gallery}")
+
+
+@command(app, "class-model")
+def class_model_cmd(
+    model: ModelArg,
+    target: Annotated[str, typer.Option("--class", help="all, a class name or index, or several "
+                                                        "separated by commas.")] = "all",
+    l2: Annotated[float, typer.Option(help="L2 weight lambda (per pixel).")] = 1.0,
+    tv: Annotated[float, typer.Option(help="Total-variation weight (per pixel).")] = 0.0,
+    param: Annotated[str, typer.Option(help="pixel (Simonyan et al.) or fourier.")] = "pixel",
+    transforms: Annotated[str, typer.Option(help="standard or none.")] = "standard",
+    steps: StepsOpt = 256,
+    lr: LrOpt = 0.05,
+    size: SizeOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/class-model"),
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Class model visualization: an L2-regularised image maximizing a class score."""
+    from convlens.visualize import class_gallery, class_model, save_png
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    chosen = target if target == "all" else [c.strip() for c in target.split(",")]
+    with progress_bar("class models") as update:
+        r = class_model(m, chosen, size=size, steps=steps, lr=lr, l2=l2, tv=tv, param=param,
+                        transforms=transforms, seed=seed)
+        update(completed=1, total=1)
+    r.save(out)
+    for k, name in enumerate(r.names):
+        save_png(r.images[k], out / f"class_{int(r.classes[k]):04d}.png")
+        console.print(f"{name}: score {r.scores[k]:.2f}, confidence {r.confidence[k]:.4f}")
+    console.print(f"gallery {class_gallery(r, out / 'gallery.png')}")
+
+
+@command(app, "invert")
+def invert_cmd(
+    model: ModelArg,
+    image: ImageArg,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="Comma-separated layers (default: every layer).")] = None,
+    perturb: Annotated[list[str] | None, typer.Option(
+        help="Also rebuild from perturbed features: binarize, dropout (repeatable).")] = None,
+    tv: Annotated[float, typer.Option(help="Total-variation weight (per pixel).")] = 0.05,
+    beta: Annotated[float, typer.Option(help="Total-variation exponent beta.")] = 2.0,
+    alpha_weight: Annotated[float, typer.Option(help="alpha-norm weight (per pixel).")] = 0.0,
+    alpha: Annotated[float, typer.Option(help="alpha of the alpha-norm.")] = 6.0,
+    steps: StepsOpt = 300,
+    lr: LrOpt = 0.05,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/invert"),
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Network inversion: rebuild an image from each layer's features; relative feature error
+    and pixel error per layer."""
+    from rich.table import Table
+
+    from convlens.visualize import inversion_figure, invert
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    x = read_input(image, m)
+    names = [n.strip() for n in layers.split(",")] if layers else None
+    results = []
+    modes = [None, *(perturb or [])]
+    with progress_bar("inverting", total=len(modes)) as update:
+        for mode in modes:
+            results.append(invert(m, x, names, steps=steps, lr=lr, tv=tv, beta=beta, alpha=alpha,
+                                  alpha_weight=alpha_weight, perturb=mode, seed=seed))
+            results[-1].save(out)
+            update(advance=1, info=mode or "features")
+    t = Table(title="relative feature error / pixel RMSE")
+    t.add_column("layer")
+    for r in results:
+        t.add_column(r.perturb or "features", justify="right")
+    for k, name in enumerate(results[0].layers):
+        t.add_row(name, *[f"{r.feature_error[k]:.3g} / {r.pixel_error[k]:.3g}" for r in results])
+    console.print(t)
+    console.print(f"figure {inversion_figure(results, out / 'inversion.png')}")
+
+
+@command(app, "fool")
+def fool_cmd(
+    model: ModelArg,
+    target_class: Annotated[str, typer.Option("--class", help="all, or class names/indices separated by commas.")] = "all",
+    target: Annotated[float, typer.Option(help="Softmax confidence to reach.")] = 0.9999,
+    max_steps: Annotated[int, typer.Option(help="Step cap.")] = 500,
+    regularize: Annotated[bool, typer.Option(help="L2 decay and blur (Nguyen et al.'s regularized variant).")] = False,
+    lr: LrOpt = 0.05,
+    size: SizeOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/fool"),
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Fooling images: ascend each class score from noise until the confidence reaches a target."""
+    from convlens.visualize import class_gallery, fooling_images
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    chosen = target_class if target_class == "all" else [c.strip() for c in target_class.split(",")]
+    with progress_bar("fooling", total=max_steps) as update:
+        r = fooling_images(m, chosen, target=target, max_steps=max_steps, lr=lr, regularize=regularize,
+                           size=size, seed=seed,
+                           callback=lambda step, worst: update(completed=step + 1, info=f"lowest p {worst:.5f}"))
+    r.save(out)
+    for k, name in enumerate(r.names):
+        st = "not reached" if r.steps[k] < 0 else f"step {r.steps[k]}"
+        console.print(f"{name}: confidence {r.confidence[k]:.6f} ({st})")
+    console.print(f"gallery {class_gallery(r, out / 'gallery.png')}")
+
+
+@command(app, "style")
+def style_cmd(
+    model: ModelArg,
+    content: ImageArg,
+    style: ImageArg,
+    content_layer: Annotated[str, typer.Option(help="Layer for the content loss.")],
+    style_layers: Annotated[str, typer.Option(help="Comma-separated layers for the style loss.")],
+    ratio: Annotated[list[float] | None, typer.Option(
+        help="alpha/beta, content against style (repeatable; default 1e-3).")] = None,
+    init: Annotated[str, typer.Option(help="content, style or noise.")] = "content",
+    steps: StepsOpt = 300,
+    lr: LrOpt = 0.02,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/style"),
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Style transfer (Gatys et al.): content at one layer, Gram-matrix style over several."""
+    from convlens.visualize import style_figure, style_transfer
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    with progress_bar("style transfer") as update:
+        r = style_transfer(m, read_input(content, m), read_input(style, m), content_layer=content_layer,
+                           style_layers=[s.strip() for s in style_layers.split(",")],
+                           ratios=ratio or [1e-3], steps=steps, lr=lr, init=init, seed=seed)
+        update(completed=1, total=1)
+    r.save(out)
+    for k, a in enumerate(r.ratios):
+        console.print(f"alpha/beta {a:g}: content loss {r.content_loss[k]:.4g}, style loss {r.style_loss[k]:.4g}")
+    console.print(f"figure {style_figure(r, out / 'style.png')}")

@@ -1,0 +1,213 @@
+"""Activation maximization (Erhan et al.; Simonyan et al.; Yosinski et al.; Lees): an image per
+unit of a layer, many units per batch, dead units skipped and listed, each unit compared with
+the highest activation a reference dataset gives it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convlens.attribute._store import load_result, save_result
+from convlens.optimize import objectives, render
+from convlens.probe import capture, get_layer
+from convlens.units import parse_unit_list
+from convlens.visualize._common import image_size, make_param, make_transforms, model_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UnitVisualization:
+    """Activation maximization of units of one layer.
+
+    ``units (U,)``; ``images (U, C, H, W)`` in ``[0, 1]``; ``reached (U,)``: the unit's
+    activation on its image (the maximum of its map, as for ``reference_max``); ``dead``: units
+    skipped (no gradient, or stuck at or below zero); ``reference_max (U,)`` and
+    ``reference_images (U, C, H, W)``: the highest activation any image of the reference data
+    gives the unit, and that image (when a dataset was given). ``order``: the live units, highest
+    activation first.
+    """
+
+    layer: str
+    units: np.ndarray
+    images: np.ndarray
+    reached: np.ndarray
+    dead: list[int] = field(default_factory=list)
+    reference_max: np.ndarray | None = None
+    reference_images: np.ndarray | None = None
+    reference_ids: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def live(self) -> np.ndarray:
+        return np.array([u not in set(self.dead) for u in self.units.tolist()], dtype=bool)
+
+    @property
+    def order(self) -> list[int]:
+        """Rows of the live units, highest activation reached first."""
+        rows = np.flatnonzero(self.live)
+        return [int(r) for r in rows[np.argsort(-self.reached[rows], kind="stable")]]
+
+    @property
+    def ratio(self) -> np.ndarray | None:
+        """Activation reached over the dataset maximum, per unit (NaN where the maximum <= 0)."""
+        if self.reference_max is None:
+            return None
+        ref = self.reference_max.astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(ref > 0, self.reached / ref, np.nan)
+
+    def summary(self) -> dict:
+        out = {"layer": self.layer, "units": len(self.units), "dead": self.dead}
+        r = self.ratio
+        if r is not None:
+            ok = r[self.live & np.isfinite(r)]
+            out.update(median_ratio=float(np.median(ok)) if ok.size else None,
+                       fraction_at_least_dataset_max=float((ok >= 1).mean()) if ok.size else None)
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        arrays = {"units": self.units, "images": self.images.astype(np.float32), "reached": self.reached,
+                  "reference_max": self.reference_max, "reference_images": self.reference_images}
+        return save_result(folder, "units", arrays, {"layer": self.layer, "dead": self.dead,
+                                                     "reference_ids": self.reference_ids,
+                                                     "params": self.params, "summary": self.summary()})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> UnitVisualization:
+        a, info = load_result(folder, "units")
+        return cls(info["layer"], a["units"], a["images"], a["reached"], info["dead"],
+                   a.get("reference_max"), a.get("reference_images"), info["reference_ids"],
+                   info["params"])
+
+
+def _map_max(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Each row's own unit: the maximum of its map (its value for a dense layer)."""
+    a = acts[torch.arange(len(units)), units]
+    return a.flatten(1).amax(1) if a.ndim > 1 else a
+
+
+def _objective(kind: str, layer: str, idx: list[int], ndim: int):
+    if kind == "channel":
+        if ndim != 4:
+            raise ValueError(
+                f"a channel objective needs a layer with spatial dimensions; {layer!r} gives "
+                f"{ndim}-D outputs. Use objective='unit' for a dense layer"
+            )
+        return objectives.channel(layer, idx)
+    if kind == "unit":
+        return objectives.unit(layer, idx)
+    raise ValueError(f"objective must be 'channel' or 'unit', got {kind!r}")
+
+
+def _reference(model, dataset, layer: str, units: np.ndarray, batch_size: int):
+    from convlens.attribute import top_images
+
+    top = top_images(model, dataset, layer, k=1, units=[int(u) for u in units], batch_size=batch_size)
+    images = torch.stack([dataset.image(int(i)) for i in top.indices[:, 0]]).numpy()
+    return top.values[:, 0], images, [row[0] for row in top.ids]
+
+
+def activation_maximization(
+    model,
+    layer: str,
+    units: str | list[int] | None = "all",
+    *,
+    size: int | tuple[int, int] | None = None,
+    steps: int = 256,
+    lr: float = 0.05,
+    param: str = "fourier",
+    objective: str = "channel",
+    transforms: str | None = "standard",
+    tv: float = 0.0,
+    l2: float = 0.0,
+    normalize_grad: bool = False,
+    batch_size: int = 64,
+    reference=None,
+    seed: int = 0,
+    callback: Callable[[int, int], None] | None = None,
+) -> UnitVisualization:
+    """An image that maximizes each unit of ``layer``, ``batch_size`` units per optimization.
+
+    Parameters
+    ----------
+    model : a :class:`convlens.Model`
+    layer : layer name (``convlens layers MODEL`` lists them)
+    units : ``"all"``, ``"0-63"``, ``"1,5,9-12"`` or a list of indices
+    size : image size (default: the model's input size)
+    steps, lr : optimizer steps and Adam's learning rate
+    param : ``"fourier"`` (decorrelated colour, default) or ``"pixel"`` (clamped to [0, 1])
+    objective : ``"channel"`` -- the map's mean (Lees, Yosinski) -- or ``"unit"`` -- the centre
+        neuron (or a dense layer's unit)
+    transforms : ``"standard"`` (jitter, scale, rotation) or ``None``
+    tv, l2 : weights of the total-variation and L2-decay priors (per pixel)
+    normalize_grad : divide gradients by their RMS (Lees' Keras recipe)
+    reference : an :class:`~convlens.data.ImageDataset` conformed to the model; each unit is
+        compared with the highest activation an image of it gives (same statistic: map maximum)
+    callback : ``callback(units_done, units_total)``
+
+    Returns
+    -------
+    UnitVisualization
+    """
+    get_layer(model.net, layer)
+    h, w = image_size(model, size)
+    c = model.spec.channels
+    probe = capture(model, torch.full((1, c, h, w), 0.5, device=model.device), [layer])[layer]
+    sel = (parse_unit_list(units, probe.shape[1]) if units is None or isinstance(units, str)
+           else [int(u) for u in units])
+    for u in sel:
+        if not 0 <= u < probe.shape[1]:
+            raise ValueError(f"unit {u} is out of range: layer {layer!r} has {probe.shape[1]} units "
+                             f"(0-{probe.shape[1] - 1})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _objective(objective, layer, sel[:1], probe.ndim)  # validate before any work
+    tf = make_transforms(transforms, (h, w))
+    images, reached, dead = [], [], []
+    for start in range(0, len(sel), batch_size):
+        idx = sel[start:start + batch_size]
+        p, proj = make_param(param, len(idx), c, (h, w), seed + start)
+        obj = _objective(objective, layer, idx, probe.ndim)
+        if tv:
+            obj = obj + tv / (h * w) * objectives.total_variation()
+        if l2:
+            obj = obj + l2 / (h * w) * objectives.l2()
+        moved = torch.zeros(len(idx), dtype=torch.bool)
+
+        def watch(step, loss, state, moved=moved, p=p):
+            for t in p.parameters():
+                if t.grad is not None:
+                    moved.logical_or_(t.grad.flatten(1).abs().amax(1) > 0)
+
+        r = render(model, obj, p, steps=steps, lr=lr, transforms=tf, project=proj,
+                   normalize_grad=normalize_grad, seed=seed + start, callback=watch)
+        acts = capture(model, r.images, [layer])[layer]
+        value = _map_max(acts, torch.as_tensor(idx))
+        for u, v, m in zip(idx, value.tolist(), moved.tolist()):
+            if not m or v <= 1e-6:
+                dead.append(u)
+        images.append(r.images.cpu().numpy())
+        reached.append(value.cpu().numpy())
+        if callback:
+            callback(start + len(idx), len(sel))
+    if dead:
+        log.info("layer %s: dead units skipped (no gradient or stuck at zero): %s", layer, dead)
+    out = UnitVisualization(layer, np.array(sel), np.concatenate(images), np.concatenate(reached),
+                            dead, params=dict(size=[h, w], steps=steps, lr=lr, param=param,
+                                              objective=objective, transforms=transforms, tv=tv, l2=l2,
+                                              normalize_grad=normalize_grad, batch_size=batch_size,
+                                              seed=seed, **model_info(model)))
+    if reference is not None:
+        out.reference_max, out.reference_images, out.reference_ids = _reference(
+            model, reference, layer, out.units, 128)
+        out.params["reference"] = {"name": reference.name, "images": len(reference),
+                                   "fingerprint": reference.fingerprint}
+    return out
+
+

@@ -1,0 +1,187 @@
+"""Class models (Simonyan et al.) and fooling images (Nguyen et al.): images that drive class
+scores up, with a record of the confidence the network gives them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convlens.attribute._store import load_result, save_result
+from convlens.optimize import BlurEvery, objectives, render
+from convlens.optimize.objectives import OUTPUT
+from convlens.visualize._common import image_size, make_param, make_transforms, model_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassImages:
+    """Images made for classes: ``classes (K,)``, ``names``, ``images (K, C, H, W)``,
+    ``scores (K,)`` (the class score before softmax), ``confidence (K,)`` (softmax
+    probability of the class), ``steps (K,)`` (steps taken; for fooling images the step at which
+    the target confidence was reached, -1 if never), and the parameters."""
+
+    kind: str
+    classes: np.ndarray
+    names: list[str]
+    images: np.ndarray
+    scores: np.ndarray
+    confidence: np.ndarray
+    steps: np.ndarray
+    params: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        out = {"kind": self.kind, "classes": len(self.classes),
+               "min_confidence": float(self.confidence.min()) if len(self.confidence) else None}
+        if self.kind == "fooling":
+            target = self.params.get("target", 0.9999)
+            out.update(reached=int((self.confidence >= target).sum()),
+                       max_steps=int(self.steps.max()) if len(self.steps) else 0)
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        arrays = {"classes": self.classes, "images": self.images.astype(np.float32),
+                  "scores": self.scores, "confidence": self.confidence, "steps": self.steps}
+        return save_result(folder, self.kind, arrays, {"kind": self.kind, "names": self.names,
+                                                       "params": self.params, "summary": self.summary()})
+
+    @classmethod
+    def load(cls, folder: str | Path, kind: str = "class_model") -> ClassImages:
+        a, info = load_result(folder, kind)
+        return cls(info["kind"], a["classes"], info["names"], a["images"], a["scores"],
+                   a["confidence"], a["steps"], info["params"])
+
+
+def resolve_classes(model, classes) -> list[int]:
+    """``"all"``, a class name, an index, or a list of them -> indices."""
+    names = list(model.class_names)
+    n = _n_classes(model)
+    if classes is None or (isinstance(classes, str) and classes.lower() == "all"):
+        return list(range(n))
+    items = classes if isinstance(classes, (list, tuple)) else [classes]
+    out = []
+    for c in items:
+        if isinstance(c, str) and not c.strip().isdigit():
+            if c not in names:
+                close = [x for x in names if c.lower() in x.lower()][:5]
+                raise ValueError(f"no class named {c!r}" + (f"; close: {close}" if close else
+                                 "; pass --classes FILE to name the model's classes"))
+            out.append(names.index(c))
+        else:
+            i = int(c)
+            if not 0 <= i < n:
+                raise ValueError(f"class {i} is out of range: the model has {n} classes (0-{n - 1})")
+            out.append(i)
+    return out
+
+
+def _n_classes(model) -> int:
+    with torch.no_grad():
+        return int(model(model.example_input(1)).shape[1])
+
+
+def _scores(model, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    from convlens.probe import frozen
+
+    with frozen(model.net), torch.no_grad():
+        logits = model(images)
+    idx = torch.arange(len(classes)), torch.as_tensor(classes)
+    return logits[idx].cpu().numpy(), torch.softmax(logits, 1)[idx].cpu().numpy()
+
+
+def _names(model, classes: list[int]) -> list[str]:
+    names = list(model.class_names)
+    return [names[c] if c < len(names) else str(c) for c in classes]
+
+
+def class_model(
+    model,
+    classes="all",
+    *,
+    size: int | tuple[int, int] | None = None,
+    steps: int = 256,
+    lr: float = 0.05,
+    l2: float = 1.0,
+    param: str = "pixel",
+    transforms: str | None = "standard",
+    tv: float = 0.0,
+    seed: int = 0,
+) -> ClassImages:
+    """Simonyan et al.'s class model: ``argmax_I S_c(I) - lambda ||I||^2`` for each class,
+    all classes in one batch.
+
+    ``S_c`` is the class score before softmax; ``l2`` is ``lambda`` per pixel (the penalty is
+    ``l2 / (H W) * sum (I - 0.5)^2``, about mid-grey since images live in ``[0, 1]``). ``param``
+    ``"pixel"`` is the paper's; ``"fourier"`` and ``transforms="standard"`` give more natural
+    images on large networks.
+    """
+    cls = resolve_classes(model, classes)
+    h, w = image_size(model, size)
+    p, proj = make_param(param, len(cls), model.spec.channels, (h, w), seed)
+    obj = objectives.class_logit(cls)
+    if l2:
+        obj = obj + l2 / (h * w) * objectives.l2()
+    if tv:
+        obj = obj + tv / (h * w) * objectives.total_variation()
+    r = render(model, obj, p, steps=steps, lr=lr, project=proj, seed=seed,
+               transforms=make_transforms(transforms, (h, w)))
+    s, conf = _scores(model, r.images, cls)
+    return ClassImages("class_model", np.array(cls), _names(model, cls), r.images.cpu().numpy(), s,
+                       conf, np.full(len(cls), r.steps),
+                       dict(size=[h, w], steps=steps, lr=lr, l2=l2, tv=tv, param=param,
+                            transforms=transforms, seed=seed, **model_info(model)))
+
+
+def fooling_images(
+    model,
+    classes="all",
+    *,
+    target: float = 0.9999,
+    max_steps: int = 500,
+    lr: float = 0.05,
+    regularize: bool = False,
+    l2: float = 0.1,
+    blur: float = 0.5,
+    size: int | tuple[int, int] | None = None,
+    seed: int = 0,
+    callback: Callable[[int, float], None] | None = None,
+) -> ClassImages:
+    """Nguyen et al.'s fooling images: ascend each class score from noise until the softmax
+    confidence of the class reaches ``target`` (99.99 % by default) or ``max_steps`` pass.
+
+    Without ``regularize`` the pixels are free (kept in ``[0, 1]``); with it, an L2 decay
+    (``l2`` per pixel) and a Gaussian blur of ``blur`` px every 4 steps make the images
+    smoother, usually at the cost of more steps. Each image stops as soon as it reaches the
+    target; ``steps`` records when (-1: never).
+    """
+    if not 0 < target < 1:
+        raise ValueError(f"target confidence must be in (0, 1), got {target}")
+    cls = resolve_classes(model, classes)
+    h, w = image_size(model, size)
+    p, proj = make_param("pixel", len(cls), model.spec.channels, (h, w), seed)
+    obj = objectives.class_logit(cls)
+    if regularize:
+        obj = obj + l2 / (h * w) * objectives.l2()
+        proj = proj + [BlurEvery(blur, every=4)]
+    idx = torch.arange(len(cls)), torch.as_tensor(cls)
+
+    def reached(step, loss, state):
+        conf = torch.softmax(state.acts[OUTPUT], 1)[idx]
+        if callback:
+            callback(step, float(conf.min()))
+        return conf >= target
+
+    r = render(model, obj, p, steps=max_steps, lr=lr, project=proj, seed=seed, callback=reached)
+    s, conf = _scores(model, r.images, cls)
+    missed = [c for c, st in zip(cls, r.stopped_at) if st < 0]
+    if missed:
+        log.warning("fooling images: classes %s did not reach %.4f in %d steps", missed, target, max_steps)
+    return ClassImages("fooling", np.array(cls), _names(model, cls), r.images.cpu().numpy(), s, conf,
+                       r.stopped_at.copy(), dict(target=target, max_steps=max_steps, lr=lr,
+                                                 regularize=regularize, l2=l2, blur=blur, size=[h, w],
+                                                 seed=seed, **model_info(model)))

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "convlens.cli.core",
     "convlens.cli.report",
     "convlens.cli.attribute",
+    "convlens.cli.visualize",
 ]
 
 for _name in COMMAND_MODULES:

@@ -29,6 +29,7 @@ _EXPORTS = {
     "evaluate": "convlens.training",
     "build_report": "convlens.report",
     "check_report": "convlens.report",
+    "extract_features": "convlens.embed", "cluster_map": "convlens.embed", "run_pipelines": "convlens.embed",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,36 +1,74 @@
-"""A Dask client: a local cluster by default, or an existing scheduler to scale out.
+"""A Dask client for any convlens analysis that fans work out: a local cluster by default, or an
+existing scheduler to scale out.
 
-Minimal version written for network dissection; the issue-3 engineer owns the full one (same
-signature: ``get_client(workers=None, scheduler=None)``, a context manager).
+>>> from convlens.parallel import get_client
+>>> with get_client(workers=2) as client:                      # doctest: +SKIP
+...     futures = client.map(work, shards)
+...     results = client.gather(futures)
+
+Local workers are separate processes with one thread each (torch releases the GIL, but one
+thread per process keeps 2-core machines from oversubscribing); they inherit the environment,
+so ``PYTHONPATH`` and the installed ``convlens`` are importable there. Tasks should be
+module-level functions (pickled by reference) that take plain objects and write their own
+output, so the same code runs on a local cluster and on a remote one with a shared filesystem.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+log = logging.getLogger(__name__)
+
+
+def _check_workers(workers: int | None) -> int:
+    if workers is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be a positive integer, got {workers!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return workers
+
 
 @contextmanager
-def get_client(workers: int | None = None, scheduler: str | None = None) -> Iterator:
-    """A ``distributed.Client`` to ``scheduler`` (``tcp://host:8786``) when given, else to a new
-    local cluster of ``workers`` single-thread processes (default: one per CPU); closed on exit."""
+def get_client(workers: int | None = None, scheduler: str | None = None, *,
+               threads_per_worker: int = 1, memory_limit: str | int = "auto") -> Iterator:
+    """A ``distributed.Client``: to ``scheduler`` when given (an address such as
+    ``tcp://10.0.0.5:8786``), else to a new ``LocalCluster`` of ``workers`` processes (default:
+    one per CPU). The client, and a cluster started here, are closed on exit, even on error.
+
+    Parameters
+    ----------
+    workers : number of local worker processes (ignored with ``scheduler``)
+    scheduler : address of a running Dask scheduler
+    threads_per_worker : threads in each local worker
+    memory_limit : per-worker memory limit of a local cluster (Dask's syntax)
+    """
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
-        client = Client(scheduler, timeout="10s")
+        if not isinstance(scheduler, str) or not scheduler.strip():
+            raise ValueError(f"scheduler must be an address like tcp://host:8786, got {scheduler!r}")
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise ValueError(f"cannot reach the Dask scheduler at {scheduler}: {e}. Start one with "
+                             "`dask scheduler` or leave --scheduler out for a local cluster") from e
         try:
             yield client
         finally:
             client.close()
         return
-    n = workers if workers is not None else max(1, os.cpu_count() or 1)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+    n = _check_workers(workers)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                           dashboard_address=None, memory_limit=memory_limit)
     try:
         client = Client(cluster)
         try:
+            log.info("local Dask cluster: %d workers", n)
             yield client
         finally:
             client.close()
@@ -38,4 +76,9 @@ def get_client(workers: int | None = None, scheduler: str | None = None) -> Iter
         cluster.close()
 
 
-__all__ = ["get_client"]
+def worker_count(client) -> int:
+    """How many workers the client's scheduler has now."""
+    return len(client.scheduler_info().get("workers", {})) or 1
+
+
+__all__ = ["get_client", "worker_count"]

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "convlens.cli.report",
     "convlens.cli.attribute",
     "convlens.cli.visualize",
+    "convlens.cli.embed",
 ]
 
 for _name in COMMAND_MODULES:

@@ -122,6 +122,7 @@ def sections() -> list[Section]:
 # Modules that register sections when imported (one line per analysis).
 SECTION_MODULES = [
     "convlens.report.core_sections",
+    "convlens.report.embed_section",
 ]
 
 

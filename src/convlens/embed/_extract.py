@@ -1,0 +1,298 @@
+"""Features from any layer for every image: batched, the forward pass stopped at the layer,
+streamed into a Zarr array on disk, cached by (weights hash, layer, data fingerprint, pooling).
+
+Kitahara & Holm take VGG16's fc1 over micrographs; Lees takes LeNet/VGG4 intermediate layers.
+Any layer works here; spatial outputs ``(N, C, H, W)`` are reduced by ``pooling``: ``flatten``
+(C*H*W values), ``avg`` or ``max`` (global average / maximum over H, W: C values).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convlens.files import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("flatten", "avg", "max")
+FORMAT = 1  # bump when the on-disk layout changes: old caches are then ignored
+
+
+def pool(t: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(N, ...)`` activations -> ``(N, D)``; ``avg``/``max`` act over the spatial axes of a
+    4-D output and leave a 2-D one unchanged."""
+    if t.ndim == 4 and pooling == "avg":
+        return t.mean(dim=(2, 3))
+    if t.ndim == 4 and pooling == "max":
+        return t.amax(dim=(2, 3))
+    return t.reshape(len(t), -1)
+
+
+def _check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+    return pooling
+
+
+def cache_key(model, dataset, layer: str, pooling: str) -> str:
+    """Identifies a feature array: weights (and input spec), layer, images + transforms, pooling."""
+    parts = [f"v{FORMAT}", model.weights_hash(), layer, dataset.fingerprint, pooling]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+@dataclass
+class Features:
+    """A feature matrix ``(N, D)`` with the images it came from.
+
+    ``array`` is a Zarr array (on disk when extracted with a cache folder); ``values`` reads it
+    into memory as float32. ``ids``, ``labels`` (-1: none) and ``class_names`` follow the dataset.
+    """
+
+    array: object
+    ids: list[str]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    layer: str
+    pooling: str
+    key: str
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.asarray(self.array[:], dtype=np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.array.shape)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``features.zarr`` and ``meta.json`` into ``folder`` (no-op when already there)."""
+        import zarr
+
+        folder = Path(folder)
+        if self.path is not None and self.path.resolve() == folder.resolve():
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=".features.", dir=_mkdir(folder.parent)))
+        try:
+            z = zarr.create_array(str(tmp / "features.zarr"), shape=self.shape, dtype="float32",
+                                  chunks=_chunks(self.shape))
+            step = z.chunks[0]
+            for s in range(0, self.shape[0], step):
+                z[s:s + step] = np.asarray(self.array[s:s + step], dtype=np.float32)
+            write_json(tmp / "meta.json", self._meta())
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return folder
+
+    def _meta(self) -> dict:
+        return {"format": FORMAT, "ids": self.ids, "labels": self.labels.tolist(),
+                "class_names": list(self.class_names), "layer": self.layer,
+                "pooling": self.pooling, "key": self.key, "shape": list(self.shape), **self.meta}
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Features:
+        import zarr
+
+        folder = Path(folder)
+        if not (folder / "meta.json").is_file():
+            raise FileNotFoundError(f"no extracted features in {folder} (meta.json missing)")
+        m = read_json(folder / "meta.json")
+        arr = zarr.open_array(str(folder / "features.zarr"), mode="r")
+        extra = {k: v for k, v in m.items() if k not in
+                 ("format", "ids", "labels", "class_names", "layer", "pooling", "key", "shape")}
+        return cls(arr, m["ids"], np.asarray(m["labels"], dtype=np.int64), tuple(m["class_names"]),
+                   m["layer"], m["pooling"], m["key"], extra, folder)
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _chunks(shape: tuple[int, int], rows: int | None = None) -> tuple[int, int]:
+    if rows is None:  # ~16 MB chunks, at least one row
+        rows = max(1, min(shape[0], (16 << 20) // (4 * max(1, shape[1]))))
+    return (max(1, min(rows, shape[0])), max(1, shape[1]))
+
+
+def _probe(model, dataset, layer: str, pooling: str) -> tuple[tuple[int, ...], int]:
+    """Shape of the first image and the feature width, from one forward pass."""
+    from convlens.probe import capture
+
+    x0 = dataset.image(0)
+    out = capture(model, x0[None].to(model.device), [layer])[layer]
+    return tuple(x0.shape), int(pool(out, pooling).shape[1])
+
+
+def _check_size(x: torch.Tensor, ref: tuple[int, ...], ids: list[str]) -> None:
+    if tuple(x.shape[1:]) != tuple(ref):
+        raise ValueError(
+            f"images have different sizes ({ids[0]} is {'x'.join(map(str, x.shape[1:]))}, the "
+            f"first image is {'x'.join(map(str, ref))}) and no resize was given: pass --resize "
+            "H[xW] (resize=... in Python) or tile them (--tile)")
+
+
+def extract_rows(model, dataset, layer: str, pooling: str, indices: np.ndarray, array,
+                 batch_size: int, ref_shape: tuple[int, ...],
+                 callback: Callable[[int], None] | None = None) -> int:
+    """Run ``indices`` through ``model`` up to ``layer`` and write their pooled features into
+    the matching rows of ``array``. Returns the number of images done."""
+    from convlens.probe import forward_batches
+
+    done = 0
+
+    def images():
+        for x, _, idx in dataset.batches(batch_size, indices=indices):
+            _check_size(x, ref_shape, [dataset.ids[int(i)] for i in idx])
+            yield x
+
+    starts = list(range(0, len(indices), batch_size))
+    for start, out in zip(starts, forward_batches(model, images(), [layer])):
+        f = pool(out[layer], pooling).cpu().numpy().astype(np.float32, copy=False)
+        rows = indices[start:start + len(f)]
+        array[int(rows[0]):int(rows[-1]) + 1] = f  # indices are contiguous
+        done += len(f)
+        if callback:
+            callback(len(f))
+    return done
+
+
+def _shard_task(model, dataset, layer, pooling, store, start, stop, batch_size, ref_shape, threads):
+    """One Dask task: extract rows ``start:stop`` into the shared Zarr array (its own chunks)."""
+    import zarr
+
+    torch.set_num_threads(threads)
+    arr = zarr.open_array(store, mode="r+")
+    return extract_rows(model, dataset, layer, pooling, np.arange(start, stop), arr, batch_size,
+                        ref_shape)
+
+
+def extract_features(
+    model,
+    dataset,
+    layer: str,
+    *,
+    pooling: str = "avg",
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    client=None,
+    callback: Callable[[int, int], None] | None = None,
+) -> Features:
+    """Features of ``layer`` for every image of ``dataset`` (already conformed to the model).
+
+    Parameters
+    ----------
+    model : a :class:`convlens.Model`
+    dataset : a :class:`convlens.ImageDataset` whose images fit the model (see ``conform``)
+    layer : a ``named_modules()`` name; the forward pass stops after it
+    pooling : ``flatten``, ``avg`` or ``max`` for spatial layers (ignored for vectors)
+    batch_size : images per forward pass
+    cache_dir : folder of cached features; the result goes to ``cache_dir/<key>`` and a second
+        call with the same weights, layer, images, transforms and pooling reads it back.
+        ``None``: kept in memory (or in a temporary folder when ``client`` is given)
+    client : a ``distributed.Client`` (see :func:`convlens.parallel.get_client`): the images are
+        split into one contiguous shard per worker and every worker writes its own rows
+    callback : ``callback(done, total)`` after each batch (single process) or shard (Dask)
+
+    Returns
+    -------
+    Features
+    """
+    import zarr
+
+    from convlens.probe import get_layer
+
+    get_layer(model.net, layer)  # unknown layer: one clear error naming the closest
+    _check_pooling(pooling)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    key = cache_key(model, dataset, layer, pooling)
+    target = Path(cache_dir) / key if cache_dir is not None else None
+    if target is not None and (target / "meta.json").is_file():
+        log.info("features %s: reusing %s", key, target)
+        feats = Features.load(target)
+        if callback:
+            callback(len(feats), len(feats))
+        return feats
+    n = len(dataset)
+    ref_shape, width = _probe(model, dataset, layer, pooling)
+    meta = {"model": getattr(model, "name", "model"), "weights_hash": model.weights_hash(),
+            "dataset": dataset.name, "fingerprint": dataset.fingerprint, "width": width}
+    workdir = None
+    if target is not None or client is not None:
+        parent = _mkdir(target.parent) if target is not None else None
+        workdir = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=parent))
+    try:
+        rows = batch_size
+        chunks = _chunks((n, width), rows)
+        store = str(workdir / "features.zarr") if workdir else zarr.storage.MemoryStore()
+        arr = zarr.create_array(store, shape=(n, width), dtype="float32", chunks=chunks,
+                                fill_value=np.nan)
+        if client is None:
+            done = [0]
+
+            def cb(k):
+                done[0] += k
+                if callback:
+                    callback(done[0], n)
+
+            extract_rows(model, dataset, layer, pooling, np.arange(n), arr, batch_size, ref_shape, cb)
+        else:
+            _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, ref_shape,
+                          callback)
+        labels = np.asarray(dataset.labels)
+        feats = Features(arr, list(dataset.ids), labels, tuple(dataset.class_names), layer,
+                         pooling, key, meta)
+        if workdir is None:
+            return feats
+        write_json(workdir / "meta.json", feats._meta())
+        if target is None:  # Dask without a cache: read back into memory
+            mem = zarr.create_array(zarr.storage.MemoryStore(), data=feats.values, chunks=chunks)
+            feats.array, feats.path = mem, None
+            return feats
+        if target.exists():
+            shutil.rmtree(target)
+        workdir.rename(target)
+        workdir = None
+        return Features.load(target)
+    finally:
+        if workdir is not None and workdir.exists():
+            shutil.rmtree(workdir)
+
+
+def _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, ref_shape, callback):
+    from distributed import as_completed
+
+    from convlens.parallel import worker_count
+
+    workers = worker_count(client)
+    # shard boundaries on chunk (= batch) boundaries so no two workers write the same chunk
+    n_batches = -(-n // batch_size)
+    per = -(-n_batches // workers)
+    bounds = [(s * batch_size, min(n, (s + per) * batch_size)) for s in range(0, n_batches, per)]
+    model_f, data_f = client.scatter([model, dataset], broadcast=True, hash=False)
+    futures = [client.submit(_shard_task, model_f, data_f, layer, pooling, store, a, b, batch_size,
+                             ref_shape, 1, pure=False) for a, b in bounds]
+    done = 0
+    for fut in as_completed(futures):
+        done += fut.result()
+        if callback:
+            callback(done, n)
+    log.info("extracted %d images on %d Dask workers in %d shards", n, workers, len(bounds))

@@ -1,0 +1,120 @@
+"""t-SNE of a layer's activations at each snapshot of a training run, each map initialised from
+the previous one so that clusters stay where they were (Lees, Sec. 7.6 and Fig. 21; the
+initialisation from the previous map follows openTSNE's advice for embedding related data:
+rescale the start to a small spread and skip early exaggeration)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convlens.files import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingMaps:
+    """One 2-D map per snapshot: ``coords`` (S, N, 2), ``steps`` (S,), and the images' labels."""
+
+    steps: list[int]
+    coords: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    class_names: tuple[str, ...]
+    layer: str
+    params: dict = field(default_factory=dict)
+    accuracy: list[float] = field(default_factory=list)  # k-means matching accuracy per map
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "training_maps.npz") as tmp, tmp.open("wb") as f:
+            np.savez(f, coords=self.coords, labels=self.labels, steps=np.asarray(self.steps))
+        return write_json(folder / "training_maps.json", {
+            "ids": self.ids, "class_names": list(self.class_names), "layer": self.layer,
+            "params": self.params, "accuracy": self.accuracy, "steps": self.steps})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TrainingMaps:
+        folder = Path(folder)
+        m = read_json(folder / "training_maps.json")
+        with np.load(folder / "training_maps.npz") as z:
+            return cls(m["steps"], z["coords"], z["labels"], m["ids"], tuple(m["class_names"]),
+                       m["layer"], m["params"], m["accuracy"])
+
+
+def tsne_over_training(
+    snapshots: Sequence[str | Path] | str | Path,
+    dataset,
+    layer: str,
+    *,
+    pooling: str = "avg",
+    n_components: int = 50,
+    perplexity: float = 30.0,
+    n_iter: int = 500,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> TrainingMaps:
+    """A t-SNE map of ``layer`` at each snapshot; map ``s`` starts from map ``s - 1``.
+
+    Parameters
+    ----------
+    snapshots : a run folder of ``convlens train`` (its ``snapshots/``) or snapshot files
+    dataset : the images (conformed to the model on the fly)
+    layer, pooling : as in :func:`extract_features`
+    n_components : PCA components before t-SNE (as in the full pipeline)
+    cache_dir : feature cache (one entry per snapshot's weights)
+    """
+    from convlens.data import conform
+    from convlens.embed._cluster import kmeans, matching_accuracy
+    from convlens.embed._extract import extract_features
+    from convlens.embed._reduce import TSNE, pca_reduce
+    from convlens.model import load_model
+    from convlens.training import list_snapshots, snapshot_step
+
+    if isinstance(snapshots, (str, Path)):
+        run = Path(snapshots)
+        if not run.is_dir():
+            raise FileNotFoundError(f"training run folder not found: {run}")
+        paths = list_snapshots(run)
+        if not paths:
+            raise FileNotFoundError(f"no snapshots in {run / 'snapshots'}: train with "
+                                    "--snapshot-every N (snapshot_every=N) to write them")
+    else:
+        paths = [Path(p) for p in snapshots]
+        if not paths:
+            raise ValueError("give at least one snapshot")
+    labelled = bool((np.asarray(dataset.labels) >= 0).all()) and len(np.unique(dataset.labels)) > 1
+    steps, maps, acc, prev = [], [], [], None
+    for i, path in enumerate(paths):
+        model = load_model(path)
+        data = conform(dataset, model)
+        feats = extract_features(model, data, layer, pooling=pooling, cache_dir=cache_dir)
+        z, _ = pca_reduce(feats.values, n_components, seed=seed)
+        # the first map: PCA start and early exaggeration; later maps start from the previous
+        # map (rescaled) without early exaggeration, which would scramble it
+        init = prev if prev is not None else "pca"
+        coords = TSNE(perplexity=perplexity, n_iter=n_iter, seed=seed, initialization=init,
+                      early_exaggeration_iter=0 if prev is not None else 250).fit_transform(z)
+        prev = coords
+        maps.append(coords.astype(np.float32))
+        try:
+            steps.append(snapshot_step(path))
+        except (FileNotFoundError, KeyError):
+            steps.append(i)
+        if labelled:
+            k = len(np.unique(dataset.labels))
+            acc.append(matching_accuracy(dataset.labels, kmeans(coords, k, seed=seed)))
+        log.info("snapshot %s: map %d of %d", path.name, i + 1, len(paths))
+        if callback:
+            callback(i + 1, len(paths))
+    return TrainingMaps(steps, np.stack(maps), np.asarray(dataset.labels), list(dataset.ids),
+                        tuple(dataset.class_names), layer,
+                        {"pooling": pooling, "n_components": n_components, "perplexity": perplexity,
+                         "n_iter": n_iter, "seed": seed, "snapshots": [str(p) for p in paths]}, acc)

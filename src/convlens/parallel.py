@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -63,8 +64,11 @@ def get_client(workers: int | None = None, scheduler: str | None = None, *,
             client.close()
         return
     n = _check_workers(workers)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None, memory_limit=memory_limit)
+    with warnings.catch_warnings():
+        # the scheduler's small HTTP server (health checks) moves off a busy port 8787 by itself
+        warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                               dashboard_address=None, memory_limit=memory_limit)
     try:
         client = Client(cluster)
         try:

@@ -12,8 +12,9 @@ Stable hooks for tests and styling
   wrongly clustered image); ``data-i`` is the point's index.
 - ``#tooltip`` (the id is ``tooltip_id``, default ``"tooltip"``; pass another one when a page
   holds several scatters): the tooltip ``<div class="cl-tooltip">``, hidden until a point is
-  hovered or focused; inside it ``img.cl-thumb`` (the thumbnail), ``.cl-id`` (the id as text)
-  and ``.cl-label`` (class / cluster text).
+  hovered or focused; inside it ``img.cl-thumb`` (the thumbnail; created by the script, so a
+  page that was never hovered holds no image without a source), ``.cl-id`` (the id as text) and
+  ``.cl-label`` (class / cluster text).
 
 >>> html = scatter_fragment(coords, ids, thumbs, labels=y, class_names=names)   # doctest: +SKIP
 >>> write_scatter_page("out/map.html", coords, ids, images, labels=y)          # doctest: +SKIP
@@ -52,10 +53,12 @@ CSS = """
 SCRIPT = """(function(){
 var root=document.currentScript.parentElement;
 var data=JSON.parse(root.querySelector('script.cl-data').textContent);
-var tip=root.querySelector('.cl-tooltip'),img=tip.querySelector('img.cl-thumb');
+var tip=root.querySelector('.cl-tooltip'),img=null;
 var idEl=tip.querySelector('.cl-id'),labEl=tip.querySelector('.cl-label');
 function show(el){var i=+el.getAttribute('data-i');
- if(data.thumbs[i]){img.src=data.thumbs[i];img.hidden=false}else{img.removeAttribute('src');img.hidden=true}
+ if(data.thumbs[i]){if(!img){img=document.createElement('img');img.className='cl-thumb';
+  img.alt='thumbnail';tip.insertBefore(img,tip.firstChild)}img.src=data.thumbs[i];img.hidden=false}
+ else if(img){img.hidden=true}
  idEl.textContent=data.ids[i];labEl.textContent=data.text[i]||'';tip.hidden=false;
  var r=root.getBoundingClientRect(),p=el.getBoundingClientRect();
  var x=p.right-r.left+8,y=p.top-r.top-8;
@@ -157,7 +160,7 @@ def scatter_fragment(
     return Markup(
         '<div class="cl-scatter" id="{uid}"><style>{css}</style>{svg}'
         '<div class="cl-tooltip" id="{tip}" role="tooltip" hidden>'
-        '<img class="cl-thumb" alt="thumbnail"><div class="cl-id"></div><div class="cl-label"></div></div>'
+        '<div class="cl-id"></div><div class="cl-label"></div></div>'
         '<ul class="cl-legend">{legend}</ul>{cap}'
         '<script type="application/json" class="cl-data">{data}</script><script>{js}</script></div>'
     ).format(uid=uid, css=Markup(CSS), svg=svg, tip=tooltip_id, legend=legend,

@@ -353,7 +353,7 @@ def test_cli_embed_writes_results_and_reports_bad_layer(tmp_path):
 def test_report_section_writes_map_table_and_interactive_page(lenet, digits, tmp_path):
     from convlens.report import build_report
 
-    index = build_report(lenet, digits, tmp_path, only=["embed"],
+    index = build_report(lenet, digits, tmp_path, only=["embed"], budget={"images": 300},
                          config={"embed": {"images": 200, "seeds": 1}})
     r = json.loads((tmp_path / "embed" / "result.json").read_text())
     assert r["layer"] == "relu4" and r["images"] == 200 and r["scores"]["accuracy"] > 0.8

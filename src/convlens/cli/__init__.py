@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "convlens.cli.attribute",
     "convlens.cli.visualize",
     "convlens.cli.embed",
+    "convlens.cli.dissect",
 ]
 
 for _name in COMMAND_MODULES:

@@ -312,3 +312,43 @@ def test_generated_masks_are_pixel_exact(concepts):
         assert np.abs(x[mm] - ref).max() <= 12.5
     again = make_concepts(240, SIZE, seed=3)
     assert torch.equal(again.images.image(7), concepts.images.image(7))
+
+
+def test_cli_concepts_dissect_compare_net2vec(tmp_path):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["concepts", "make", "--out", str(tmp_path / "cs"), "--n", "24", "--size", "32"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cs" / "index.csv").is_file()
+    for name, seed in (("a", "0"), ("b", "1")):
+        r = runner.invoke(app, ["dissect", "lenet-digits", str(tmp_path / "cs"), "-l", "conv1", "-l", "conv2",
+                                "--out", str(tmp_path / name), "--limit", "20", "--seed", seed])
+        assert r.exit_code == 0, r.output
+        assert "conv2" in r.output and (tmp_path / name / "layer0-top.png").stat().st_size > 1000
+    r = runner.invoke(app, ["dissect-compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                            str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader((tmp_path / "cmp" / "compare.csv").open()))
+    assert len(rows) == 2 * 2 * 3 and {r["category"] for r in rows} == {"color", "texture", "shape"}
+    r = runner.invoke(app, ["net2vec", "lenet-digits", "generated", "-l", "conv2", "-c", "white",
+                            "--n", "40", "--size", "32", "--epochs", "2", "--out", str(tmp_path / "n2v")])
+    assert r.exit_code == 0, r.output
+    assert "white" in r.output and (tmp_path / "n2v" / "net2vec.json").is_file()
+    r = runner.invoke(app, ["dissect", "lenet-digits", str(tmp_path / "cs"), "-l", "fc1"])
+    assert r.exit_code == 2 and "without spatial dimensions" in r.output
+
+
+def test_report_section_and_layer_fragment(tmp_path, lenet, digits):
+    from convlens.report import build_report
+
+    build_report(lenet, digits, tmp_path, only=["summary", "dissect"],
+                 config={"dissect": {"images": 48, "size": 32, "epochs": 2}})
+    index = (tmp_path / "index.html").read_text()
+    assert "Network dissection" in index and "random init" in index and "Net2Vec" in index
+    assert "over 48 generated images" in index
+    page = (tmp_path / "layer-conv1.html").read_text()
+    assert "Unique detectors" in page and "dissect/top0.png" in page
+    assert "Unique detectors" not in (tmp_path / "layer-fc1.html").read_text()

@@ -30,6 +30,7 @@ _EXPORTS = {
     "build_report": "convlens.report",
     "check_report": "convlens.report",
     "extract_features": "convlens.embed", "cluster_map": "convlens.embed", "run_pipelines": "convlens.embed",
+    "dissect": "convlens.dissect", "net2vec": "convlens.dissect", "make_concepts": "convlens.dissect", "load_concepts": "convlens.dissect",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -181,7 +181,7 @@ def _train(feats, targets, train, n_concepts, units, epochs, batch_size, lr, mom
     frac = targets[train].float().mean((0, 2)).clamp(1e-6, 1 - 1e-6)
     alpha = 1 - frac  # Fong & Vedaldi's weight for positive pixels
     w = (0.01 * torch.randn(n_concepts, units, generator=g)).requires_grad_()
-    b = torch.log(frac / (1 - frac)).clone().requires_grad_()
+    b = torch.zeros(n_concepts, requires_grad=True)  # balanced loss: the prior is 1/2
     velocity = [torch.zeros_like(w), torch.zeros_like(b)]
     losses = []
     for epoch in range(epochs):

@@ -123,6 +123,7 @@ def sections() -> list[Section]:
 SECTION_MODULES = [
     "convlens.report.core_sections",
     "convlens.report.embed_section",
+    "convlens.report.dissect_section",
 ]
 
 

@@ -31,6 +31,7 @@ _EXPORTS = {
     "check_report": "convlens.report",
     "extract_features": "convlens.embed", "cluster_map": "convlens.embed", "run_pipelines": "convlens.embed",
     "dissect": "convlens.dissect", "net2vec": "convlens.dissect", "make_concepts": "convlens.dissect", "load_concepts": "convlens.dissect",
+    "render": "convlens.optimize", "activation_maximization": "convlens.visualize", "class_model": "convlens.visualize", "invert": "convlens.visualize", "fooling_images": "convlens.visualize", "style_transfer": "convlens.visualize",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -103,7 +103,7 @@ def class_model_cmd(
     model: ModelArg,
     target: Annotated[str, typer.Option("--class", help="all, a class name or index, or several "
                                                         "separated by commas.")] = "all",
-    l2: Annotated[float, typer.Option(help="L2 weight lambda (per pixel).")] = 1.0,
+    l2: Annotated[float, typer.Option(help="L2 weight lambda (per pixel).")] = 50.0,
     tv: Annotated[float, typer.Option(help="Total-variation weight (per pixel).")] = 0.0,
     param: Annotated[str, typer.Option(help="pixel (Simonyan et al.) or fourier.")] = "pixel",
     transforms: Annotated[str, typer.Option(help="standard or none.")] = "standard",

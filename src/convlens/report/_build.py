@@ -124,6 +124,7 @@ SECTION_MODULES = [
     "convlens.report.core_sections",
     "convlens.report.embed_section",
     "convlens.report.dissect_section",
+    "convlens.report.gallery_section",
 ]
 
 

@@ -106,7 +106,7 @@ def class_model(
     size: int | tuple[int, int] | None = None,
     steps: int = 256,
     lr: float = 0.05,
-    l2: float = 1.0,
+    l2: float = 50.0,
     param: str = "pixel",
     transforms: str | None = "standard",
     tv: float = 0.0,

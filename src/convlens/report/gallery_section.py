@@ -1,0 +1,122 @@
+"""Report section ``gallery``: activation maximization of the first and last convolution (each
+unit beside the dataset image that excites it most) and a class model per class.
+
+Options (``gallery: {...}`` in the report config): ``layers`` (default: the first and last
+``Conv2d``), ``param``/``objective``/``transforms`` (default: free pixels, the centre neuron and
+no transforms for inputs up to 64 px, where they reach the dataset maximum; Fourier, channel
+mean and the standard transforms above), ``class_models`` (default true). Units per layer and
+steps come from the section's budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from markupsafe import Markup
+
+from convlens.files import read_json, write_json
+from convlens.report._build import Context, Section, register_section
+from convlens.report._html import csv_table, figure
+
+NAME = "gallery"
+
+
+def _conv_layers(model) -> list[str]:
+    from torch import nn
+
+    convs = [n for n, m in model.net.named_modules() if isinstance(m, nn.Conv2d)]
+    return list(dict.fromkeys([convs[0], convs[-1]])) if convs else []
+
+
+def _defaults(model) -> dict:
+    small = max(model.spec.size) <= 64
+    return {"param": "pixel" if small else "fourier", "objective": "unit" if small else "channel",
+            "transforms": None if small else "standard"}
+
+
+def _compute(ctx: Context) -> None:
+    from convlens.data import conform
+    from convlens.visualize import activation_maximization, class_gallery, class_model, unit_gallery
+
+    m, out = ctx.model, ctx.dir(NAME)
+    b = ctx.budget_for(NAME)
+    opts = {**_defaults(m), **ctx.options(NAME)}
+    layers = opts.get("layers") or _conv_layers(m)
+    ref = conform(ctx.dataset, m)
+    if len(ref) > b.images:
+        ref = ref.sample(b.images, seed=ctx.seed)
+    summary = {"layers": [], "options": {k: opts[k] for k in ("param", "objective", "transforms")}}
+    for layer in layers:
+        r = activation_maximization(m, layer, f"0-{_n_units(m, layer, max(b.units, 16)) - 1}",
+                                    steps=max(b.steps, 64), param=opts["param"],
+                                    objective=opts["objective"], transforms=opts["transforms"],
+                                    reference=ref if len(ref) else None, seed=ctx.seed)
+        folder = out / _slug(layer)
+        r.save(folder)
+        unit_gallery(r, out / f"{_slug(layer)}.png", cols=8)
+        summary["layers"].append({"layer": layer, "file": _slug(layer), **r.summary()})
+    if opts.get("class_models", True) and m.class_names:
+        c = class_model(m, "all", steps=max(b.steps, 64), param=opts["param"], seed=ctx.seed)
+        c.save(out / "class_models")
+        class_gallery(c, out / "class_models.png")
+        summary["class_models"] = c.summary()
+    write_json(out / "result.json", summary)
+
+
+def _n_units(model, layer: str, cap: int) -> int:
+    from convlens.summary import layer_shapes
+
+    return min(layer_shapes(model, [layer])[layer][0], cap)
+
+
+def _slug(layer: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in layer)
+
+
+def _layer_html(ctx: Context, entry: dict) -> Markup:
+    from convlens.visualize import UnitVisualization
+
+    r = UnitVisualization.load(Path(ctx.out) / NAME / entry["file"])
+    rows = [[int(r.units[i]), float(r.reached[i]),
+             float(r.reference_max[i]) if r.reference_max is not None else "",
+             float(r.ratio[i]) if r.ratio is not None else ""] for i in r.order]
+    head = Markup("<h3>{}</h3>").format(entry["layer"])
+    if entry.get("median_ratio") is not None:
+        head += Markup("<p>Median activation reached / dataset maximum <span class=metric>{:.2f}"
+                       "</span>; {:.0%} of live units reach the dataset maximum.</p>").format(
+            entry["median_ratio"], entry["fraction_at_least_dataset_max"])
+    if r.dead:
+        head += Markup("<p class=note>Dead units (no gradient or stuck at zero), skipped: {}</p>").format(
+            ", ".join(map(str, r.dead)))
+    return head + figure(f"{NAME}/{entry['file']}.png",
+                         f"{entry['layer']}: optimized images (top) and the dataset image with the "
+                         "highest activation (bottom), by activation reached") + csv_table(
+        Path(ctx.out) / NAME, f"units_{entry['file']}", ["unit", "reached", "data max", "ratio"], rows,
+        f"{entry['layer']} units")
+
+
+def _render(ctx: Context) -> Markup:
+    s = read_json(Path(ctx.out) / NAME / "result.json")
+    o = s["options"]
+    parts = [Markup("<p class=note>Activation maximization with one batch per layer: {} "
+                    "parametrization, {} objective, transforms {}.</p>").format(
+        o["param"], o["objective"], o["transforms"] or "none")]
+    parts += [_layer_html(ctx, e) for e in s["layers"]]
+    if "class_models" in s:
+        parts.append(Markup("<h3>Class models</h3>") + figure(
+            f"{NAME}/class_models.png", "L2-regularised images maximizing each class score "
+            "(Simonyan et al.), with the softmax confidence the network gives them"))
+    return Markup("").join(parts)
+
+
+def _layer_fragment(ctx: Context, layer: str) -> Markup | None:
+    s = read_json(Path(ctx.out) / NAME / "result.json")
+    hits = [e for e in s["layers"] if e["layer"] == layer]
+    return _layer_html(ctx, hits[0]) if hits else None
+
+
+register_section(Section(NAME, "Unit and class visualization", _compute, _render, order=40,
+                         layer_fragment=_layer_fragment))
+
+
+__all__ = ["NAME"]

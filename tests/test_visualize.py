@@ -1,6 +1,7 @@
 """Activation maximization, class models, inversion, fooling images, style transfer (LeNet)."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -169,3 +170,19 @@ def test_cli_visualize_and_errors(tmp_path):
     assert res.exit_code == 0 and (tmp_path / "i" / "inversion.png").is_file()
     res = runner.invoke(app, ["invert", "lenet-digits", "digits:99999", "--out", str(tmp_path / "i")])
     assert res.exit_code == 2 and "out of range" in res.output
+
+
+def test_report_gallery_section_first_and_last_conv(lenet, digits, tmp_path):
+    from convlens.report import build_report, check_report
+
+    index = build_report(lenet, digits, tmp_path, only=["gallery"],
+                         budget={"images": 300, "units": 16, "steps": 64})
+    r = json.loads((tmp_path / "gallery" / "result.json").read_text())
+    assert [e["layer"] for e in r["layers"]] == ["conv1", "conv2"]
+    assert all(e["fraction_at_least_dataset_max"] >= 0.9 for e in r["layers"])
+    assert r["class_models"]["min_confidence"] > 0.9
+    html = index.read_text()
+    assert "gallery/conv2.png" in html and "gallery/class_models.png" in html
+    assert "gallery/conv1.png" in (tmp_path / "layer-conv1.html").read_text()
+    c = check_report(tmp_path)
+    assert not (c.external or c.missing or c.unreachable or c.tables_without_csv)

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "convlens.cli.visualize",
     "convlens.cli.embed",
     "convlens.cli.dissect",
+    "convlens.cli.generative",
 ]
 
 for _name in COMMAND_MODULES:

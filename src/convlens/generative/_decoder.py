@@ -169,6 +169,25 @@ def layer_features(model, images: torch.Tensor, layers: Sequence[str]) -> dict[s
         return cap.run(model, images.to(model.device))
 
 
+def default_code_layer(model) -> str:
+    """The layer whose features serve as codes when none is named: the first dense layer's
+    activation (its following ReLU-like module), as DGN-AM and Hada & Carreira-Perpiñán use
+    CaffeNet's fc6; without a dense layer, the last leaf module that runs."""
+    from convlens.summary import describe_layers
+
+    named = dict(model.net.named_modules())
+    leaves = [i.name for i in describe_layers(model)
+              if i.shape is not None and not any(True for _ in named[i.name].children())]
+    for j, name in enumerate(leaves):
+        if isinstance(named[name], nn.Linear):
+            nxt = leaves[j + 1] if j + 1 < len(leaves) else None
+            acts = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
+            return nxt if nxt is not None and isinstance(named[nxt], acts) else name
+    if not leaves:
+        raise ValueError("the model has no layers that run; name the code layer (--layer)")
+    return leaves[-1]
+
+
 def save_decoders(decoders: dict[str, Decoder], directory: str | Path) -> Path:
     """One subfolder per layer (``DIR/<layer>/decoder.json``)."""
     d = Path(directory)
@@ -302,10 +321,11 @@ def train_decoder(model, dataset, layer: str, **kwargs) -> Decoder:
 
 
 def decoder_errors(model, decoder: Decoder, images: torch.Tensor, recon: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-image relative errors of reconstructions ``recon`` of ``images``:
-    pixel ``||x' - x|| / ||x||`` and feature ``||A(x') - A(x)|| / ||A(x)||`` at the decoder's layer."""
+    """Per-image errors of reconstructions ``recon`` of ``images``, as regularized inversion
+    reports them (``convlens.visualize.invert``): pixel error, the root mean square difference in
+    ``[0, 1]`` units; feature error, ``||A(x') - A(x)|| / ||A(x)||`` at the decoder's layer."""
     a = decoder.encode(model, images).flatten(1)
     b = decoder.encode(model, recon).flatten(1)
-    pix = (recon - images).flatten(1).norm(dim=1) / images.flatten(1).norm(dim=1).clamp_min(1e-12)
+    pix = (recon - images).flatten(1).pow(2).mean(1).sqrt()
     feat = (b - a).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)
     return {"pixel_error": pix.cpu().numpy(), "feature_error": feat.cpu().numpy()}

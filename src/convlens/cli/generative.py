@@ -1,0 +1,244 @@
+"""Generator-based commands: train-decoder, dgn-am, inverse-set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperCommand
+
+from convlens.cli import app
+from convlens.cli._common import (
+    ClassesOpt,
+    DataArg,
+    InputSpecOpt,
+    LimitOpt,
+    ModelArg,
+    OutOpt,
+    SeedOpt,
+    TrustOpt,
+    WeightsOpt,
+    command,
+    console,
+    open_data,
+    open_model,
+    progress_bar,
+)
+
+DecoderOpt = Annotated[Path | None, typer.Option(
+    "--decoder", help="A decoder folder written by `convlens train-decoder` (the generator G). "
+                      "Without it, one is trained first on --data.")]
+TrainDataOpt = Annotated[str | None, typer.Option(
+    "--data", help="Images to train a decoder on when --decoder is not given (default: the data "
+                   "the model was trained on, when the model says so).")]
+CodeLayerOpt = Annotated[str | None, typer.Option(
+    "--code-layer", help="The layer whose features are the codes (default: the first dense layer's "
+                         "activation).")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", help="Decoder training epochs.")]
+
+
+class _RangeCommand(TyperCommand):
+    """Reads ``--range Z1 Z2`` (two values, repeatable): Typer has no repeatable pair option, so
+    the two values are joined into one before parsing and split again in the command."""
+
+    def parse_args(self, ctx, args):
+        out, i = [], 0
+        while i < len(args):
+            if args[i] in ("--range", "-r") and i + 2 < len(args) + 1 and i + 2 <= len(args) - 1:
+                out += [args[i], f"{args[i + 1]} {args[i + 2]}"]
+                i += 3
+            else:
+                out.append(args[i])
+                i += 1
+        return super().parse_args(ctx, out)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    parts = text.split()
+    if len(parts) != 2:
+        raise ValueError(f"--range takes two values, Z1 Z2 (e.g. --range 8 12); got {text!r}")
+    return parts[0], parts[1]
+
+
+def _decoder(m, decoder: Path | None, data: str | None, code_layer: str | None, epochs: int,
+             limit: int | None, seed: int, out: Path):
+    """Load the decoder, or train one (saved under ``out/decoder``)."""
+    from convlens.generative import load_decoders, train_decoders
+    from convlens.generative._decoder import default_code_layer
+
+    if decoder is not None:
+        decs = load_decoders(decoder)
+        if code_layer is not None:
+            if code_layer not in decs:
+                raise ValueError(f"{decoder} has decoders for {', '.join(decs)}, not {code_layer!r}")
+            return decs[code_layer]
+        return next(iter(decs.values()))
+    data = data or (m.meta.get("train") or {}).get("dataset")
+    if not data:
+        raise ValueError("give a generator: --decoder DIR (from `convlens train-decoder`), or --data "
+                         "DATA to train one first")
+    layer = code_layer or default_code_layer(m)
+    ds = open_data(data, limit=limit, seed=seed)
+    with progress_bar(f"decoder for {layer}", total=epochs) as update:
+        decs = train_decoders(m, ds, [layer], epochs=epochs, seed=seed,
+                              callback=lambda e, rep: update(completed=e + 1, info=f"loss {rep[layer]['loss']:.3g}"))
+    decs[layer].save(out / "decoder")
+    console.print(f"decoder for {layer} written to {out / 'decoder'}")
+    return decs[layer]
+
+
+@command(app, "train-decoder")
+def train_decoder_cmd(
+    model: ModelArg,
+    data: DataArg,
+    layer: Annotated[list[str] | None, typer.Option(
+        "--layer", "-l", help="Layer to invert (repeat for several; default: the first dense layer's "
+                              "activation).")] = None,
+    epochs: EpochsOpt = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-3,
+    width: Annotated[int, typer.Option(help="Channels of the decoder's first map.")] = 64,
+    out: OutOpt = Path("results/decoder"),
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Train up-convolutional decoders that rebuild images from a layer's features (Dosovitskiy &
+    Brox; the survey's eq. 16), one per layer, and save them under OUT/LAYER."""
+    import torch
+
+    from convlens.generative import decoder_errors, save_decoders, train_decoders
+    from convlens.generative._decoder import default_code_layer
+    from convlens.generative._plot import reconstruction_figure
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    ds = open_data(data, limit=limit, seed=seed)
+    layers = layer or [default_code_layer(m)]
+    with progress_bar("decoders", total=epochs) as update:
+        decs = train_decoders(m, ds, layers, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
+                              seed=seed, callback=lambda e, rep: update(completed=e + 1))
+    save_decoders(decs, out)
+    from convlens.data import conform
+
+    x, _ = conform(ds.sample(8, seed=seed), m).tensors()
+    rows = {}
+    for name, dec in decs.items():
+        rows[name] = dec.reconstruct(m, x).numpy()
+        err = decoder_errors(m, dec, x, torch.from_numpy(rows[name]))
+        console.print(f"{name}: held-out loss {dec.history[-1].get('val_loss', float('nan')):.4g}, "
+                      f"pixel RMS error {err['pixel_error'].mean():.3f}, relative feature error "
+                      f"{err['feature_error'].mean():.3f} (8 images)")
+    reconstruction_figure(x.numpy(), rows, out / "reconstructions.png")
+    console.print(f"decoders written to {out}")
+
+
+@command(app, "dgn-am")
+def dgn_am_cmd(
+    model: ModelArg,
+    unit: Annotated[str, typer.Option("--unit", "-u", help="Neuron LAYER:INDEX (conv: LAYER:C@Y,X, "
+                                                            "or LAYER:C for the channel mean).")],
+    n: Annotated[int, typer.Option("-n", help="Random starts (one image each).")] = 10,
+    steps: Annotated[int, typer.Option(help="Optimization steps.")] = 200,
+    weight: Annotated[float, typer.Option(help="L2 penalty on the code.")] = 1e-3,
+    decoder: DecoderOpt = None,
+    data: TrainDataOpt = None,
+    code_layer: CodeLayerOpt = None,
+    epochs: EpochsOpt = 10,
+    out: OutOpt = Path("results/dgn-am"),
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Activation maximization in a generator's code space (DGN-AM, Nguyen et al.)."""
+    from convlens.generative import dgn_am
+    from convlens.generative._plot import sample_rows
+
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    gen = _decoder(m, decoder, data, code_layer, epochs, limit, seed, out)
+    with progress_bar("DGN-AM", total=steps) as update:
+        res = dgn_am(m, gen, unit, n, steps=steps, weight=weight, seed=seed,
+                     callback=lambda s, loss, state: update(completed=s + 1, info=f"loss {loss:.3g}"))
+    res.save(out)
+    sample_rows([(res.images, res.activations[:, None])], [f"DGN-AM {res.unit}"], out / "dgn-am.png",
+                per_row=min(10, n))
+    console.print(f"{unit}: activation {res.activations.min():.4g} to {res.activations.max():.4g} "
+                  f"over {n} starts; written to {out}")
+
+
+@command(app, "inverse-set", cls=_RangeCommand)
+def inverse_set_cmd(
+    model: ModelArg,
+    unit: Annotated[list[str], typer.Option(
+        "--unit", "-u", help="Neuron LAYER:INDEX; repeat with one --range each for an intersection.")],
+    range_: Annotated[list[str], typer.Option(
+        "--range", "-r", metavar="Z1 Z2", help="Z1 Z2: the activation range. One neuron with several --range: one "
+                              "inverse set per range (their Fig. 1).")],
+    n: Annotated[int, typer.Option("-n", help="Samples per inverse set (seeds included).")] = 500,
+    k: Annotated[int, typer.Option("-k", help="Seeds, and codes moved per sampling step.")] = 10,
+    max_steps: Annotated[int | None, typer.Option(help="Sampling step budget.")] = None,
+    rounds: Annotated[int, typer.Option(help="Augmented-Lagrangian rounds allowed for the seeds.")] = 8,
+    step_size: Annotated[float, typer.Option(help="Sampling step, as a fraction of the codes' spread.")] = 0.05,
+    encoder: Annotated[str | None, typer.Option(help="Layer ending the encoder E (default: the code layer).")] = None,
+    singles: Annotated[bool, typer.Option(help="With several neurons, also sample each one alone "
+                                                "(for the intersection picture, their Fig. 4).")] = True,
+    decoder: DecoderOpt = None,
+    data: TrainDataOpt = None,
+    code_layer: CodeLayerOpt = None,
+    epochs: EpochsOpt = 10,
+    out: OutOpt = Path("results/inverse-set"),
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    classes: ClassesOpt = None,
+    trust_pickle: TrustOpt = False,
+):
+    """Sample the inverse set of a neuron: N diverse images whose activation lies in [Z1, Z2]
+    (Hada & Carreira-Perpiñán), or the intersection of several neurons' inverse sets."""
+    import warnings
+
+    from convlens.generative import RangeNotReachedWarning, inverse_set, make_constraint
+    from convlens.generative._plot import intersection_figure, range_figure
+
+    if len(unit) > 1 and len(range_) != len(unit):
+        raise ValueError(f"{len(unit)} neurons need one --range each, got {len(range_)}")
+    pairs = [_pair(r) for r in range_]
+    cons = [make_constraint(u, *r) for u, r in zip(unit * len(pairs) if len(unit) == 1 else unit, pairs)]
+    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    gen = _decoder(m, decoder, data, code_layer, epochs, limit, seed, out)
+    jobs = [[c] for c in cons] if len(unit) == 1 else [cons] + ([[c] for c in cons] if singles else [])
+    results = []
+    for j, job in enumerate(jobs):
+        name = " and ".join(map(str, job))
+        with progress_bar(name, total=n) as update:
+            def report(stage, step, found, update=update):
+                update(completed=found, info=f"{stage} step {step}")
+
+            with warnings.catch_warnings():  # the message is printed below, once
+                warnings.simplefilter("ignore", RangeNotReachedWarning)
+                res = inverse_set(m, gen, job, n, k=k, encoder=encoder, max_rounds=rounds,
+                                  step_size=step_size, max_steps=max_steps, seed=seed, callback=report)
+            update(completed=len(res))
+        folder = out / (f"set-{j}" if len(jobs) > 1 else "")
+        res.save(folder)
+        results.append(res)
+        line = (f"{name}: {len(res)} samples; seeds in {res.seed_rounds} rounds ({res.seed_steps} "
+                f"steps, {res.seconds['seeding']:.1f} s), then {res.sample_steps} sampling steps "
+                f"({res.seconds['sampling']:.1f} s)")
+        console.print(line if res.complete else f"[yellow]{res.message}[/]", highlight=False)
+    if len(unit) == 1:
+        pic = range_figure(results, out / "ranges.png")
+    elif singles:
+        pic = intersection_figure(results[1:], results[0], out / "intersection.png")
+    else:
+        from convlens.generative._plot import sample_rows
+
+        pic = sample_rows(results, ["intersection"], out / "intersection.png")
+    console.print(f"results in {out}; picture {pic}")

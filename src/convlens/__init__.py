@@ -32,6 +32,9 @@ _EXPORTS = {
     "extract_features": "convlens.embed", "cluster_map": "convlens.embed", "run_pipelines": "convlens.embed",
     "dissect": "convlens.dissect", "net2vec": "convlens.dissect", "make_concepts": "convlens.dissect", "load_concepts": "convlens.dissect",
     "render": "convlens.optimize", "activation_maximization": "convlens.visualize", "class_model": "convlens.visualize", "invert": "convlens.visualize", "fooling_images": "convlens.visualize", "style_transfer": "convlens.visualize",
+    "train_decoder": "convlens.generative",
+    "dgn_am": "convlens.generative",
+    "inverse_set": "convlens.generative",
 }
 
 __all__ = sorted(_EXPORTS)

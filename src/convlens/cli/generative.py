@@ -45,13 +45,22 @@ class _RangeCommand(TyperCommand):
     def parse_args(self, ctx, args):
         out, i = [], 0
         while i < len(args):
-            if args[i] in ("--range", "-r") and i + 2 < len(args) + 1 and i + 2 <= len(args) - 1:
+            if args[i] in ("--range", "-r") and i + 2 < len(args) and _value(args[i + 2]):
                 out += [args[i], f"{args[i + 1]} {args[i + 2]}"]
                 i += 3
             else:
                 out.append(args[i])
                 i += 1
         return super().parse_args(ctx, out)
+
+
+def _value(token: str) -> bool:
+    """A value rather than the next option: a number (``-2`` too) or anything not starting with -."""
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return not token.startswith("-")
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -4,12 +4,14 @@ al.) and inverse-set sampling (Hada & Carreira-Perpiñán).
 - :func:`train_decoders` / :func:`train_decoder`: a decoder ``D(A(x)) ~ x`` per layer, trained
   with the survey's eq. 16; :class:`Decoder` saves, loads, rebuilds images and serves as the
   generator ``G(c)`` of the two other methods.
+- :func:`compare_inversion`: the decoder against regularized inversion on the same images.
 - :func:`dgn_am`: activation maximization in the code space of ``G`` with an L2 penalty on the
   code, run by the optimization engine (:func:`convlens.optimize.render`).
 - :func:`inverse_set`: diverse samples whose activations lie in ``[z1, z2]`` for one neuron or
   for several (an intersection, across layers), seeded by an augmented Lagrangian.
 """
 
+from convlens.generative._compare import InversionComparison, compare_inversion
 from convlens.generative._decoder import (
     Decoder,
     UpconvDecoder,
@@ -33,6 +35,6 @@ from convlens.generative._neurons import (
 __all__ = [
     "Constraint", "Decoder", "Encoder", "InverseSet", "RangeNotReachedWarning", "Synthesis",
     "UpconvDecoder", "dgn_am",
-    "decoder_errors", "inverse_set", "load_decoders", "make_constraint", "mean_pairwise_distance",
+    "InversionComparison", "compare_inversion", "decoder_errors", "inverse_set", "load_decoders", "make_constraint", "mean_pairwise_distance",
     "neuron_values", "reconstruction_loss", "save_decoders", "train_decoder", "train_decoders",
 ]

@@ -25,6 +25,12 @@ EVIL_FILE = "<img src=x onerror=alert(1)>.png"
 EVIL_CLASS = "<svg onload=alert(2)>"
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "report-browser"
 CONFIG = {"budget": {"images": 120, "units": 2, "steps": 8, "samples": 2, "seconds": 3}}
+# lighter options for the sections that have them (only registered sections may be named)
+SECTION_OPTIONS = {
+    "embed": {"seeds": 1},
+    "gallery": {"layers": ["conv1"], "class_models": False},
+    "dissect": {"images": 60, "compare_random": False, "net2vec": False},
+}
 
 # every image must be asked to load (some are loading="lazy"), then decoded
 _LOAD_IMAGES = """async () => {
@@ -67,12 +73,14 @@ def _folder_dataset(root: Path, per_class: int = 12) -> Path:
 def report_dir(tmp_path_factory) -> Path:
     _chromium()
     from convlens import load_dataset, load_model
-    from convlens.report import build_report
+    from convlens.report import build_report, sections
 
     tmp = tmp_path_factory.mktemp("browser")
     ds = load_dataset(str(_folder_dataset(tmp / "images")))
     out = tmp / "report"
-    build_report(load_model("lenet-digits"), ds, out, config=CONFIG)
+    names = {s.name for s in sections()}
+    config = {**CONFIG, **{k: v for k, v in SECTION_OPTIONS.items() if k in names}}
+    build_report(load_model("lenet-digits"), ds, out, config=config)
     return out
 
 
@@ -193,8 +201,15 @@ def test_hovering_a_point_of_the_map_shows_its_thumbnail(crawl, browser, report_
     img = tooltip.locator("img").first
     img.wait_for(state="visible", timeout=5000)
     assert page.evaluate("(el) => el.complete && el.naturalWidth > 0", img.element_handle())
-    assert tooltip.inner_text().strip()  # the image's path (or name) is shown with it
+    assert ".png" in tooltip.inner_text()  # the image's path is shown with it
     page.screenshot(path=str(SHOTS / "hover.png"))
+    # the point of the file named like markup shows that name as text
+    ids = page.evaluate("() => JSON.parse(document.querySelector('script.cl-data').textContent).ids")
+    evil = [i for i, name in enumerate(ids) if name.endswith(EVIL_FILE)]
+    if evil:
+        page.locator(f'.pt[data-i="{evil[0]}"]').hover(force=True)
+        page.wait_for_function("(s) => document.querySelector('#tooltip').innerText.includes(s)", arg=EVIL_FILE)
+        page.screenshot(path=str(SHOTS / "hover-hostile-name.png"))
     assert visit.blocked == [] and visit.errors == [] and visit.dialogs == []
     visit.close()
 

@@ -241,3 +241,16 @@ def test_cli_inverse_set_ranges_and_intersection(gen, tmp_path):
     r = runner.invoke(app, ["inverse-set", "lenet-digits", "-u", "fc3:3", "-r", "8",
                             "--decoder", str(tmp_path / "dec")])
     assert r.exit_code == 2 and "two values" in r.output
+
+
+def test_report_section(lenet, digits, tmp_path):
+    from convlens.report import build_report
+
+    build_report(lenet, digits, tmp_path, only=["inverse"],
+                 config={"inverse": {"n": 12, "epochs": 3, "budget": {"images": 500, "steps": 16}}})
+    index = (tmp_path / "index.html").read_text()
+    assert "Inverse sets and generator-based images" in index and "inverse/ranges.png" in index
+    for name in ("ranges.png", "intersection.png", "dgn-am.png", "reconstructions.png", "sets.csv"):
+        assert (tmp_path / "inverse" / name).is_file(), name
+    sets = (tmp_path / "inverse" / "sets.csv").read_text().splitlines()
+    assert len(sets) == 5 and all(line.endswith(",yes") for line in sets[1:])

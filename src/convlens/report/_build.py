@@ -125,6 +125,7 @@ SECTION_MODULES = [
     "convlens.report.embed_section",
     "convlens.report.dissect_section",
     "convlens.report.gallery_section",
+    "convlens.report.inverse_section",
 ]
 
 

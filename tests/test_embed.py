@@ -159,6 +159,7 @@ def test_two_worker_dask_cluster_equals_single_process(lenet, digits_lenet, tmp_
                                client=client)
     np.testing.assert_array_equal(par.values, single.values)
     assert par.ids == single.ids and (par.labels == single.labels).all()
+    assert par.meta["shards"] == 2  # each worker wrote its own shard of the array
 
 
 def test_get_client_rejects_bad_worker_counts():

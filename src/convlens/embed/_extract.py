@@ -12,7 +12,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +53,8 @@ def cache_key(model, dataset, layer: str, pooling: str) -> str:
 class Features:
     """A feature matrix ``(N, D)`` with the images it came from.
 
-    ``array`` is a Zarr array (on disk when extracted with a cache folder); ``values`` reads it
-    into memory as float32. ``ids``, ``labels`` (-1: none) and ``class_names`` follow the dataset.
+    ``array`` is a Zarr array on disk (extracted with a cache folder) or a NumPy array in
+    memory; ``values`` reads it into memory as float32. ``ids``, ``labels`` (-1: none) and ``class_names`` follow the dataset.
     """
 
     array: object
@@ -132,6 +132,36 @@ def _chunks(shape: tuple[int, int], rows: int | None = None) -> tuple[int, int]:
     return (max(1, min(rows, shape[0])), max(1, shape[1]))
 
 
+def chunk_rows(n: int, width: int, batch_size: int, target_bytes: int = 4 << 20) -> int:
+    """Rows per Zarr chunk: a whole number of batches, about ``target_bytes`` (so a write is one
+    chunk, and shards that start on chunk boundaries never share a chunk)."""
+    per_batch = 4 * width * batch_size
+    return min(max(n, 1), batch_size * max(1, target_bytes // max(1, per_batch)))
+
+
+class _RowWriter:
+    """Buffers consecutive rows and writes them to ``array`` one whole chunk at a time."""
+
+    def __init__(self, array, chunk: int):
+        self.array, self.chunk = array, chunk
+        self.start, self.parts, self.count = None, [], 0
+
+    def add(self, first_row: int, rows: np.ndarray) -> None:
+        if self.start is None:
+            self.start = first_row
+        self.parts.append(rows)
+        self.count += len(rows)
+        end = self.start + self.count
+        if end % self.chunk == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            block = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+            self.array[self.start:self.start + len(block)] = block
+            self.start, self.parts, self.count = self.start + len(block), [], 0
+
+
 def _probe(model, dataset, layer: str, pooling: str) -> tuple[tuple[int, ...], int]:
     """Shape of the first image and the feature width, from one forward pass."""
     from convlens.probe import capture
@@ -149,6 +179,23 @@ def _check_size(x: torch.Tensor, ref: tuple[int, ...], ids: list[str]) -> None:
             "H[xW] (resize=... in Python) or tile them (--tile)")
 
 
+def prefetch(items: Iterator, depth: int = 1) -> Iterator:
+    """Yield from ``items`` while a background thread already produces the next one (image
+    loading overlaps the forward pass, which releases the GIL). Errors surface in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
+    done = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="convlens-prefetch") as pool:
+        pending = [pool.submit(next, it, done) for _ in range(depth)]
+        while True:
+            item = pending.pop(0).result()
+            if item is done:
+                return
+            pending.append(pool.submit(next, it, done))
+            yield item
+
+
 def extract_rows(model, dataset, layer: str, pooling: str, indices: np.ndarray, array,
                  batch_size: int, ref_shape: tuple[int, ...],
                  callback: Callable[[int], None] | None = None) -> int:
@@ -164,13 +211,15 @@ def extract_rows(model, dataset, layer: str, pooling: str, indices: np.ndarray, 
             yield x
 
     starts = list(range(0, len(indices), batch_size))
-    for start, out in zip(starts, forward_batches(model, images(), [layer])):
+    chunk = array.chunks[0] if hasattr(array, "chunks") and array.chunks else len(array)
+    writer = _RowWriter(array, chunk)
+    for start, out in zip(starts, forward_batches(model, prefetch(images()), [layer])):
         f = pool(out[layer], pooling).cpu().numpy().astype(np.float32, copy=False)
-        rows = indices[start:start + len(f)]
-        array[int(rows[0]):int(rows[-1]) + 1] = f  # indices are contiguous
+        writer.add(int(indices[start]), f)  # indices are contiguous
         done += len(f)
         if callback:
             callback(len(f))
+    writer.flush()
     return done
 
 
@@ -240,11 +289,19 @@ def extract_features(
         parent = _mkdir(target.parent) if target is not None else None
         workdir = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=parent))
     try:
-        rows = batch_size
-        chunks = _chunks((n, width), rows)
-        store = str(workdir / "features.zarr") if workdir else zarr.storage.MemoryStore()
-        arr = zarr.create_array(store, shape=(n, width), dtype="float32", chunks=chunks,
-                                fill_value=np.nan)
+        rows = chunk_rows(n, width, batch_size)
+        if client is not None:  # at least one chunk (one shard) per worker
+            from convlens.parallel import worker_count
+
+            per_worker = -(-n // batch_size) // max(1, worker_count(client))
+            rows = min(rows, batch_size * max(1, per_worker))
+        chunks = (rows, width)
+        if workdir is None:  # in memory: a plain array
+            arr = np.full((n, width), np.nan, dtype=np.float32)
+        else:
+            store = str(workdir / "features.zarr")
+            arr = zarr.create_array(store, shape=(n, width), dtype="float32", chunks=chunks,
+                                    fill_value=np.nan)
         if client is None:
             done = [0]
 
@@ -255,8 +312,8 @@ def extract_features(
 
             extract_rows(model, dataset, layer, pooling, np.arange(n), arr, batch_size, ref_shape, cb)
         else:
-            _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, ref_shape,
-                          callback)
+            meta["shards"] = _extract_dask(client, model, dataset, layer, pooling, store, n,
+                                           batch_size, chunks[0], ref_shape, callback)
         labels = np.asarray(dataset.labels)
         feats = Features(arr, list(dataset.ids), labels, tuple(dataset.class_names), layer,
                          pooling, key, meta)
@@ -264,8 +321,7 @@ def extract_features(
             return feats
         write_json(workdir / "meta.json", feats._meta())
         if target is None:  # Dask without a cache: read back into memory
-            mem = zarr.create_array(zarr.storage.MemoryStore(), data=feats.values, chunks=chunks)
-            feats.array, feats.path = mem, None
+            feats.array, feats.path = feats.values, None
             return feats
         if target.exists():
             shutil.rmtree(target)
@@ -277,16 +333,17 @@ def extract_features(
             shutil.rmtree(workdir)
 
 
-def _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, ref_shape, callback):
+def _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, chunk, ref_shape,
+                  callback):
     from distributed import as_completed
 
     from convlens.parallel import worker_count
 
     workers = worker_count(client)
-    # shard boundaries on chunk (= batch) boundaries so no two workers write the same chunk
-    n_batches = -(-n // batch_size)
-    per = -(-n_batches // workers)
-    bounds = [(s * batch_size, min(n, (s + per) * batch_size)) for s in range(0, n_batches, per)]
+    # shard boundaries on chunk boundaries so no two workers write the same chunk
+    n_chunks = -(-n // chunk)
+    per = -(-n_chunks // workers)
+    bounds = [(s * chunk, min(n, (s + per) * chunk)) for s in range(0, n_chunks, per)]
     model_f, data_f = client.scatter([model, dataset], broadcast=True, hash=False)
     futures = [client.submit(_shard_task, model_f, data_f, layer, pooling, store, a, b, batch_size,
                              ref_shape, 1, pure=False) for a, b in bounds]
@@ -296,3 +353,4 @@ def _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, 
         if callback:
             callback(done, n)
     log.info("extracted %d images on %d Dask workers in %d shards", n, workers, len(bounds))
+    return len(bounds)

@@ -187,6 +187,23 @@ def test_scree_matches_scikit_learn_pca(relu4):
     assert s.ks == [2, 10] and s.accuracy[1] > s.accuracy[0]
 
 
+def test_features_larger_than_memory_are_reduced_chunk_by_chunk(lenet, digits_lenet, tmp_path, monkeypatch):
+    import convlens.embed._reduce as red
+    from convlens.embed._reduce import pca_streamed
+
+    f = extract_features(lenet, digits_lenet.subset(range(600)), "relu4", cache_dir=tmp_path)
+    assert not isinstance(f.array, np.ndarray)  # a Zarr array on disk
+    z_stream, _ = pca_streamed(f.array, 5, rows=100)
+    z_full, _ = red.pca_reduce(f.values, 5)
+    for j in range(3):  # the leading components agree up to sign
+        assert abs(np.corrcoef(z_stream[:, j], z_full[:, j])[0, 1]) > 0.99
+    monkeypatch.setattr(red, "IN_MEMORY_LIMIT", 1000)
+    r = cluster_map(f, 10, method="pca", n_components=5)
+    assert r.coords.shape == (600, 2) and r.scores["accuracy"] > 0.5
+    with pytest.raises(ValueError, match="do not fit in memory"):
+        run_pipelines(f, seeds=1, pipelines=["k-means"])
+
+
 def test_tsne_transform_places_new_images_beside_their_class(relu4):
     from sklearn.neighbors import KNeighborsClassifier
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convlens.embed import _reduce
 from convlens.embed._cluster import (
     check_labels,
     check_n_clusters,
@@ -22,7 +23,7 @@ from convlens.embed._cluster import (
     kmeans,
     mapped_predictions,
 )
-from convlens.embed._reduce import TSNE, UMAPMap, _matrix, pca_reduce
+from convlens.embed._reduce import TSNE, UMAPMap, _matrix, _nbytes, _on_disk, pca_reduce
 from convlens.files import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def cluster_map(features, n_clusters: int | None = None, *, labels=None, ids: Se
     has_labels = labels is not None and (np.asarray(labels) >= 0).all()
     if has_labels:
         check_labels(labels)
-    k = _n_clusters(n_clusters, labels if has_labels else None, len(x))
+    k = _n_clusters(n_clusters, labels if has_labels else None, x.shape[0])
     z, _ = pca_reduce(x, n_components, seed=seed)
     reducer = None
     if method == "tsne":
@@ -114,7 +115,7 @@ def cluster_map(features, n_clusters: int | None = None, *, labels=None, ids: Se
     else:
         coords = z[:, :2] if z.shape[1] >= 2 else np.c_[z, np.zeros(len(z))]
     clusters = kmeans(coords, k, seed=seed)
-    lab = np.asarray(labels if labels is not None else np.full(len(x), -1), dtype=np.int64)
+    lab = np.asarray(labels if labels is not None else np.full(x.shape[0], -1), dtype=np.int64)
     params = {"n_clusters": k, "n_components": int(z.shape[1]), "method": method,
               "perplexity": perplexity, "n_iter": n_iter, "seed": seed}
     out = ClusterMap(np.asarray(coords, dtype=np.float32), clusters, lab, list(ids), tuple(class_names),
@@ -132,6 +133,9 @@ def _unpack(features, labels, ids, class_names):
         labels = features.labels if labels is None else labels
         ids = features.ids if ids is None else ids
         class_names = class_names or features.class_names
+        arr = features.array
+        if _on_disk(arr) and _nbytes(arr) > _reduce.IN_MEMORY_LIMIT:
+            return arr, labels, list(ids), tuple(class_names)  # PCA streams it
         features = features.values
     x = _matrix(features)
     ids = list(ids) if ids is not None else [str(i) for i in range(len(x))]
@@ -202,7 +206,7 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
     if labels is None:
         raise ValueError("the pipelines are scored against labels, and these images have none")
     y, _ = check_labels(labels)
-    k = _n_clusters(n_clusters, y, len(x))
+    k = _n_clusters(n_clusters, y, x.shape[0])
     unknown = [p for p in pipelines if p not in PIPELINES]
     if unknown:
         raise ValueError(f"unknown pipelines {unknown}: choose from {', '.join(PIPELINES)}")
@@ -215,6 +219,9 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
         for p in pipelines:
             t0 = time.perf_counter()
             if p == "k-means":
+                if _on_disk(x):
+                    raise ValueError(f"the {x.shape} features do not fit in memory: k-means on them "
+                                     "directly is not possible; run the PCA pipelines only")
                 c = kmeans(x, k, seed=s)
             else:
                 if z is None:
@@ -228,5 +235,5 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
             if callback:
                 callback(len(runs), total)
     return PipelineTable(layer, runs, {"n_clusters": k, "n_components": n_components,
-                                       "perplexity": perplexity, "n_iter": n_iter, "images": len(x),
+                                       "perplexity": perplexity, "n_iter": n_iter, "images": x.shape[0],
                                        "dims": int(x.shape[1])})

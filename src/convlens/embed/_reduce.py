@@ -31,13 +31,48 @@ def _matrix(x, name: str = "features") -> np.ndarray:
     return x
 
 
+# Features larger than this (bytes) that live on disk (Zarr) are reduced chunk by chunk.
+IN_MEMORY_LIMIT = 2 << 30
+
+
+def _on_disk(x) -> bool:
+    return not isinstance(x, np.ndarray) and hasattr(x, "chunks") and hasattr(x, "shape")
+
+
+def _nbytes(x) -> int:
+    return int(np.prod(x.shape)) * 4
+
+
+def pca_streamed(x, n_components: int, *, rows: int | None = None) -> tuple[np.ndarray, object]:
+    """PCA of an on-disk ``(N, D)`` array that need not fit in memory: scikit-learn's
+    ``IncrementalPCA`` fitted and applied one block of rows at a time (blocks of at least
+    ``n_components`` rows; the last short block is merged into the one before)."""
+    from sklearn.decomposition import IncrementalPCA
+
+    n, d = x.shape
+    k = min(n_components, n, d)
+    step = max(rows or x.chunks[0], k)
+    starts = list(range(0, n, step))
+    if len(starts) > 1 and n - starts[-1] < k:
+        starts.pop()
+    ends = starts[1:] + [n]
+    pca = IncrementalPCA(n_components=k)
+    for a, b in zip(starts, ends):
+        pca.partial_fit(_matrix(x[a:b]))
+    z = np.concatenate([pca.transform(_matrix(x[a:b])) for a, b in zip(starts, ends)])
+    return z, pca
+
+
 def pca_reduce(x, n_components: int = 50, *, seed: int = 0) -> tuple[np.ndarray, object]:
-    """``(scores, fitted PCA)`` with ``min(n_components, N, D)`` components."""
+    """``(scores, fitted PCA)`` with ``min(n_components, N, D)`` components. An on-disk (Zarr)
+    array over :data:`IN_MEMORY_LIMIT` bytes is reduced chunk by chunk (:func:`pca_streamed`)."""
     from sklearn.decomposition import PCA
 
-    x = _matrix(x)
     if n_components < 1:
         raise ValueError(f"n_components must be at least 1, got {n_components}")
+    if _on_disk(x) and _nbytes(x) > IN_MEMORY_LIMIT:
+        log.info("PCA of %s features on disk, chunk by chunk", x.shape)
+        return pca_streamed(x, n_components)
     k = min(n_components, *x.shape)
     if k < n_components:
         log.info("PCA: %d components asked, %d possible (min of images, values)", n_components, k)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html.parser
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,12 @@ from convlens.report import (
     _build,
     build_report,
     check_report,
+    count_macs,
     fit_budget,
     layer_page_name,
     parse_config,
 )
+from convlens.report._budget import NOMINAL_MACS_PER_SECOND
 
 EVIL_FILE = "<img src=x onerror=alert(1)>.png"
 EVIL_CLASS = "<svg onload=alert(2)>"
@@ -100,7 +101,7 @@ def test_failed_section_leaves_no_marker_and_rerun_recomputes_only_it(tmp_path, 
     calls.clear()  # another dataset: every section is stale
     build_report(lenet, digits.subset(range(50)), tmp_path, only=only)
     assert sorted(calls) == sorted(only)
-    calls.clear()  # the fitted budget is measured once, so a rerun reuses everything
+    calls.clear()  # the fitted budget is deterministic, so a rerun reuses everything
     build_report(lenet, digits.subset(range(50)), tmp_path, only=only)
     assert calls == []
     assert _no_tmp_files(tmp_path)
@@ -155,37 +156,46 @@ def test_config_file_errors(tmp_path):
 
 
 # -- budgets -------------------------------------------------------------------------------------
-class _SlowNet(torch.nn.Module):
-    """Sleeps a known time per image: a planted forward cost."""
-
-    def __init__(self, per_image):
+class _Net(torch.nn.Module):
+    def __init__(self, width):
         super().__init__()
-        self.per_image = per_image
-        self.lin = torch.nn.Linear(4, 2)
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.relu = torch.nn.ReLU()
+        self.flat = torch.nn.Flatten()
+        self.lin = torch.nn.Linear(4 * 6 * 6 * width * width, 10)
+        self.width = width
 
     def forward(self, x):
-        time.sleep(self.per_image * x.shape[0])
-        return self.lin(x.flatten(1)[:, :4])
+        return self.lin(self.flat(self.relu(self.conv(x))).repeat(1, self.width * self.width))
 
 
-class _FakeModel:
-    def __init__(self, per_image):
-        self.net = _SlowNet(per_image)
+class _Model:
+    def __init__(self, width=1):
+        self.net = _Net(width)
 
     def __call__(self, x):
         return self.net(x)
 
     def example_input(self, n=1):
-        return torch.rand(n, 1, 2, 2)
+        return torch.rand(n, 1, 8, 8)
 
 
-def test_budget_fits_the_model_speed_and_the_data():
-    fast = fit_budget(_FakeModel(0.0), list(range(10_000)), seconds=20.0)
-    assert fast.images == 5000  # capped
-    b = fit_budget(_FakeModel(0.02), list(range(10_000)), seconds=2.0)
-    assert 64 <= b.images <= 100  # 2 s / 20 ms = 100 images, less the timing overhead
-    assert b.forward_ms >= 20
-    assert fit_budget(_FakeModel(0.0), list(range(30)), seconds=2.0).images == 30
+def test_macs_are_counted_by_hand():
+    # conv: 4x6x6 outputs x 3x3x1 weights; relu and flatten: one per output; linear: 10 x 144
+    assert count_macs(_Model()) == 144 * 9 + 144 + 144 + 10 * 144
+
+
+def test_budget_fits_the_model_cost_and_the_data():
+    small = fit_budget(_Model(), list(range(10_000)), seconds=20.0)
+    assert small.images == 5000 and small.units == 16  # capped
+    assert fit_budget(_Model(), list(range(30)), seconds=20.0).images == 30  # all the data
+    big = _Model(width=300)  # ~130 M multiply-adds per image: 26 ms at the nominal speed
+    macs = count_macs(big)
+    b = fit_budget(big, list(range(10_000)), seconds=20.0)
+    assert b.images == min(5000, int(20.0 / (macs / NOMINAL_MACS_PER_SECOND)))
+    assert b.forward_ms == pytest.approx(1000 * macs / NOMINAL_MACS_PER_SECOND, rel=1e-3)
+    assert fit_budget(big, list(range(10_000)), seconds=0.5).images == 64  # at least 64
+    assert b == fit_budget(big, list(range(10_000)), seconds=20.0)  # deterministic
 
 
 # -- the command, the index and the layer pages --------------------------------------------------

@@ -28,7 +28,7 @@ user go through ``Markup(...).format(...)`` so they are escaped; extra pages are
 ``ctx.page("NAME.html", ...)`` (``page=True`` links it in the navigation) and must be linked.
 """
 
-from convlens.report._budget import Budget, fit_budget
+from convlens.report._budget import Budget, count_macs, fit_budget
 from convlens.report._build import (
     Context,
     ReportError,
@@ -44,5 +44,5 @@ from convlens.report._html import csv_table, figure, render_page
 from convlens.report._images import save_image, thumbnails
 
 __all__ = ["Budget", "Context", "ReportCheck", "ReportConfig", "ReportError", "Section", "build_report",
-           "check_report", "csv_table", "figure", "fit_budget", "layer_page_name", "load_config",
+           "check_report", "count_macs", "csv_table", "figure", "fit_budget", "layer_page_name", "load_config",
            "parse_config", "register_section", "render_page", "save_image", "sections", "thumbnails"]

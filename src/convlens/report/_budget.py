@@ -1,12 +1,12 @@
 """Budgets that fit the data: how many images, units, steps and samples a section may spend.
 
-The defaults come from the dataset's size and one timed forward/backward pass of the model, so
-a small network on small images uses every image while VGG16 at 224 px gets a sample.
+The defaults come from the dataset's size and the model's multiply-adds per image (counted, not
+timed, so they do not depend on the machine's load), so a small network on small images uses
+every image while VGG16 at 224 px gets a sample.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, replace
 
 BUDGET_KEYS = ("images", "units", "steps", "samples", "seconds")
@@ -29,7 +29,8 @@ class Budget:
     seconds : float
         The wall-clock time a section should aim for (a target, not a hard stop).
     forward_ms : float
-        Measured forward time per image (ms), the basis of the defaults; 0 when not measured.
+        Estimated forward time per image (ms) at the nominal speed, the basis of the defaults;
+        0 when not estimated.
     """
 
     images: int = 1000
@@ -66,47 +67,58 @@ def _clamp(v: float, lo: int, hi: int) -> int:
     return int(max(lo, min(hi, v)))
 
 
-def time_forward(model, batch: int = 8, repeats: int = 2) -> tuple[float, float]:
-    """Seconds per image for a forward pass and for a forward+backward pass on the model's
-    example input: best of ``repeats`` after one warm-up pass; a slow model (over 0.1 s for
-    one image) is timed once on one image."""
+# Multiply-adds per second assumed for one CPU core on small batches; measured on this project's
+# 2-core machine with 1 torch thread: LeNet ~6e9, SqueezeNet 1.1 ~7e9, VGG16 ~4e10 (big layers
+# run faster). The low end keeps budgets safe for small networks.
+NOMINAL_MACS_PER_SECOND = 5e9
+
+
+def count_macs(model) -> int:
+    """Multiply-adds of one forward pass on one image of the model's input size: convolutions
+    and linear layers exactly, every other leaf module one operation per output value.
+    Deterministic, unlike a timing, so budgets (and the caches keyed on them) do not change
+    with the machine's load."""
     import torch
+    from torch import nn
 
-    from convlens.probe import frozen
+    from convlens.probe import frozen, hooks
 
-    fwd, fb = float("inf"), float("inf")
-    with frozen(model.net):
-        one = model.example_input(1)
-        with torch.no_grad():
-            model(one)  # warm-up: lazy initialisation makes the first call slow
-            t0 = time.perf_counter()
-            model(one)
-        if time.perf_counter() - t0 > 0.1:
-            batch, repeats = 1, 1
-        x = model.example_input(batch)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model(x)
-            fwd = min(fwd, (time.perf_counter() - t0) / batch)
-            xi = x.clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            model(xi).float().sum().backward()
-            fb = min(fb, (time.perf_counter() - t0) / batch)
-    return fwd, fb
+    total = [0]
+
+    def rec(module, args, output):
+        out = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(out, torch.Tensor):
+            return
+        n = out.numel() // max(1, out.shape[0])
+        if isinstance(module, nn.modules.conv._ConvNd):
+            k = int(torch.tensor(module.kernel_size).prod())
+            total[0] += n * k * module.in_channels // module.groups
+        elif isinstance(module, nn.Linear):
+            total[0] += n * module.in_features
+        else:
+            total[0] += n
+
+    leaves = [m for m in model.net.modules() if not list(m.children())]
+    if isinstance(model.net, torch.jit.ScriptModule):
+        leaves = []
+    with frozen(model.net), hooks((m, "forward", rec) for m in leaves), torch.no_grad():
+        model(model.example_input(1))
+    return int(total[0])
 
 
 def fit_budget(model, dataset, seconds: float = 20.0) -> Budget:
     """Default budget for ``model`` on ``dataset``: a pass over ``images`` and an optimization
-    of ``units`` x ``steps`` each take about ``seconds`` at the measured speed."""
-    fwd, fb = time_forward(model)
+    of ``units`` x ``steps`` each take about ``seconds``, at the nominal speed of
+    :data:`NOMINAL_MACS_PER_SECOND` for the model's multiply-adds (backward: twice forward)."""
+    fwd = max(count_macs(model), 1) / NOMINAL_MACS_PER_SECOND
+    fb = 3 * fwd
     n = len(dataset)
-    images = min(n, _clamp(seconds / max(fwd, 1e-6), 64, 5000))
+    images = min(n, _clamp(seconds / fwd, 64, 5000))
     steps = 128 if fb < 2e-3 else 64 if fb < 2e-2 else 32
-    units = _clamp(seconds / max(fb * steps, 1e-6), 2, 16)
-    samples = min(n, _clamp(seconds / max(fb * 50, 1e-6), 2, 8))
+    units = _clamp(seconds / (fb * steps), 2, 16)
+    samples = min(n, _clamp(seconds / (fb * 50), 2, 8))
     return Budget(images=images, units=units, steps=steps, samples=samples, seconds=float(seconds),
                   forward_ms=round(fwd * 1000, 4))
 
 
-__all__ = ["BUDGET_KEYS", "Budget", "fit_budget", "time_forward"]
+__all__ = ["BUDGET_KEYS", "NOMINAL_MACS_PER_SECOND", "Budget", "count_macs", "fit_budget"]

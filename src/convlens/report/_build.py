@@ -154,24 +154,9 @@ def layer_page_name(layer: str) -> str:
     return f"layer-{slug}.html"
 
 
-def _fitted_budget(model, dataset, out: Path, ident: dict) -> Budget:
-    """The default budget, measured once per model and data and kept in ``_budget.json`` so
-    that a rerun (whose timing differs) keeps the same sizes and reuses saved results."""
-    saved = out / "_budget.json"
-    try:
-        rec = read_json(saved)
-        if rec.get("identity") == ident:
-            return Budget(**rec["budget"])
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
-    b = fit_budget(model, dataset)
-    write_json(saved, {"identity": ident, "budget": b.to_dict()})
-    return b
-
-
 def _section_key(ctx: Context, s: Section, ident: dict) -> str:
     budget = ctx.budget_for(s.name).to_dict()
-    budget.pop("forward_ms")  # a measurement, not a choice
+    budget.pop("forward_ms")  # derived from the model, which the key already holds
     blob = json.dumps({**ident, "section": s.name, "options": ctx.options(s.name),
                        "budget": budget, "seed": ctx.seed},
                       sort_keys=True, default=str)
@@ -275,7 +260,7 @@ def build_report(
     wanted = set(only or cfg.sections or names) | set(force)
     chosen = [s for s in every if s.name in wanted]
     ident = _identity(model, dataset)
-    fitted = budget if isinstance(budget, Budget) else _fitted_budget(model, dataset, out, ident)
+    fitted = budget if isinstance(budget, Budget) else fit_budget(model, dataset)
     if isinstance(budget, dict):
         fitted = fitted.updated(budget)
     fitted = fitted.updated(cfg.budget)
@@ -354,7 +339,7 @@ def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
                       "Compute time when each result was made (reused results keep their time)")))
     b = ctx.budget
     parts.append(Markup('<p class="note">Budget: {} images, {} units per layer, {} steps, {} sample '
-                        'images, about {:g} s per analysis (forward pass {:.3g} ms per image).</p>').format(
+                        'images, about {:g} s per analysis (estimated forward pass {:.3g} ms per image).</p>').format(
         b.images, b.units, b.steps, b.samples, b.seconds, b.forward_ms))
     return ctx.page("index.html", f"{getattr(ctx.model, 'name', 'model')}: what this network has learned",
                     Markup("").join(parts))

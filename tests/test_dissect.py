@@ -167,6 +167,22 @@ def test_iou_in_unit_interval_and_equals_per_unit_loop(seed, units, h, up):
     np.testing.assert_array_equal(tally.inter, inter)
     np.testing.assert_array_equal(tally.unit_area, area)
     np.testing.assert_array_equal(tally.label_area, label_area)
+    sparse = IoUTally(units, cat, 2)  # only maps that reach the threshold, upsampled together
+    sparse.update_acts(acts, t, strict, labels, annotated, size)
+    np.testing.assert_array_equal(sparse.inter, inter)
+    np.testing.assert_array_equal(sparse.unit_area, area)
+    np.testing.assert_array_equal(sparse.label_area, label_area)
+
+
+def test_upsampling_is_pytorch_bilinear():
+    from convlens.dissect._stats import upsample_bilinear
+
+    x = torch.randn(2, 3, 7, 5)
+    for size in ((14, 10), (64, 48), (9, 11), (7, 5)):
+        ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(upsample_bilinear(x, size), ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(upsample_bilinear(x, (30, 31))[1, 2], upsample_bilinear(x[1, 2], (30, 31)))
+    assert torch.equal(upsample_bilinear(x, (30, 31))[1], upsample_bilinear(x[1:], (30, 31))[0])
 
 
 def _random_conv():

@@ -18,7 +18,7 @@ import torch
 
 from convlens.dissect._concepts import ConceptSet
 from convlens.dissect._result import Dissection, LayerDissection
-from convlens.dissect._stats import IoUTally, TopQuantile, unit_masks
+from convlens.dissect._stats import IoUTally, TopQuantile
 
 log = logging.getLogger(__name__)
 Callback = Callable[[str, int, int], None]
@@ -117,7 +117,7 @@ def pass_tally(model, concepts: ConceptSet, layers: list[str], indices: np.ndarr
     done = 0
     p = concepts.mask_size[0] * concepts.mask_size[1]
     for idx, acts in _batches(model, concepts, indices, layers, batch_size):
-        labels = [concepts.masks(int(i)) for i in idx]
+        labels = [_float_masks(*concepts.masks(int(i))) for i in idx]
         annotated = concepts.annotated[idx]
         for name in layers:
             a = acts[name]
@@ -125,12 +125,17 @@ def pass_tally(model, concepts: ConceptSet, layers: list[str], indices: np.ndarr
             tally = tallies.setdefault(name, IoUTally(a.shape[1], concepts.concept_category, ncat))
             step = max(1, CHUNK_ELEMENTS // (a.shape[1] * p))
             for s in range(0, len(idx), step):
-                m = unit_masks(a[s: s + step], t, strict, concepts.mask_size)
-                tally.update(m, labels[s: s + step], annotated[s: s + step])
+                tally.update_acts(a[s: s + step], t, strict, labels[s: s + step], annotated[s: s + step],
+                                  concepts.mask_size)
         done += len(idx)
         if callback:
             callback("iou", done, len(indices))
     return tallies
+
+
+def _float_masks(ids: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Masks as float32 ``(k, H*W)`` once per batch, shared by every layer's tally."""
+    return ids, torch.from_numpy(masks.reshape(len(ids), -1)).to(torch.float32)
 
 
 def _check(concepts: ConceptSet, quantile: float, iou_threshold: float, top_n: int, shards: int) -> None:

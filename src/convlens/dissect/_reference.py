@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from convlens.dissect._stats import annotate_present, float32_at_least
+from convlens.dissect._stats import annotate_present, float32_at_least, upsample_bilinear
 
 
 def per_unit_tally(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarray,
                    labels: list[tuple[np.ndarray, np.ndarray]], annotated: np.ndarray,
-                   concept_category: np.ndarray, mask_size: tuple[int, int]):
-    """``(inter, unit_area, label_area)`` counted one image and one unit at a time."""
+                   concept_category: np.ndarray, mask_size: tuple[int, int], upsample=None):
+    """``(inter, unit_area, label_area)`` counted one image and one unit at a time.
+
+    ``upsample(map (h, w), size) -> (H, W)`` resizes one map: by default convlens's own
+    :func:`~convlens.dissect.upsample_bilinear` (so counts must equal :class:`IoUTally`'s exactly);
+    the benchmark passes ``F.interpolate`` per map, as NetDissect-Lite calls ``imresize`` per map.
+    """
+    upsample = upsample or upsample_bilinear
     b, u = acts.shape[:2]
     c = len(concept_category)
     inter = np.zeros((u, c), dtype=np.int64)
@@ -31,10 +36,11 @@ def per_unit_tally(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarra
         for k, m in zip(ids, masks):
             label_area[k] += int(m.sum())
         for unit in range(u):
-            fmap = acts[i, unit][None, None].to(torch.float32)
-            if tuple(fmap.shape[2:]) != tuple(mask_size):
-                fmap = F.interpolate(fmap, size=mask_size, mode="bilinear", align_corners=False)
-            a = fmap[0, 0].numpy()
+            fmap = acts[i, unit].to(torch.float32)
+            peak = float(fmap.max())
+            if (peak <= t32[unit]) if strict[unit] else (peak < t32[unit]):
+                continue  # NetDissect-Lite skips a map that never reaches the threshold
+            a = upsample(fmap, mask_size).numpy()
             mask = a > t32[unit] if strict[unit] else a >= t32[unit]
             area = int(mask.sum())
             unit_area[unit] += area * annotated[i]

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 MAX_BUFFER_BYTES = 3 * 2**30
 
@@ -121,18 +121,60 @@ def float32_at_least(t: np.ndarray) -> np.ndarray:
     return t32
 
 
+def _axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of bilinear resampling along one axis, as PyTorch computes
+    them for ``align_corners=False``: ``src = (dst + 0.5) * n_in / n_out - 0.5``, clamped at 0."""
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    src = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    i0 = src.long().clamp(max=n_in - 1)
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    l1 = src - i0.float()
+    return i0, i1, 1 - l1, l1
+
+
+@lru_cache(maxsize=64)
+def _resample_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` bilinear weights: two non-zeros per row."""
+    i0, i1, w0, w1 = _axis(n_in, n_out)
+    r = torch.zeros(n_out, n_in)
+    rows = torch.arange(n_out)
+    r[rows, i0] += w0
+    r[rows, i1] += w1
+    return r
+
+
+def upsample_bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of ``(..., h, w)`` float32 maps to ``size`` with the weights of
+    ``F.interpolate(..., align_corners=False)``, as two batched matrix products (one small GEMM
+    per map, so a map gives the same bits alone or in any batch: shards and batch sizes do not
+    change the masks; checked in the tests)."""
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(size):
+        return maps
+    lead = maps.shape[:-2]
+    x = maps.reshape(-1, h, w)
+    n = x.shape[0]
+    rx = _resample_matrix(w, size[1]).T.expand(n, w, size[1])
+    ry = _resample_matrix(h, size[0]).expand(n, size[0], h)
+    return torch.bmm(ry, torch.bmm(x, rx)).reshape(*lead, *size)
+
+
+def _cutoff(thresholds: np.ndarray, strict: np.ndarray) -> torch.Tensor:
+    """Per unit, the float32 ``c`` with ``(a >= c) == (a > T if strict else a >= T)`` for every
+    float32 ``a``: one comparison serves both kinds of unit."""
+    t32 = float32_at_least(np.asarray(thresholds, dtype=np.float64))
+    strict = np.asarray(strict, dtype=bool)
+    t32[strict] = np.nextafter(t32[strict], np.float32(np.inf))
+    return torch.from_numpy(t32)
+
+
 def unit_masks(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarray,
                mask_size: tuple[int, int]) -> torch.Tensor:
     """``M_f(x) = S(A_f(x)) >= T_f`` (Bau et al. Eq. 1): activations ``(B, U, h, w)`` upsampled
     bilinearly to ``mask_size`` and thresholded; ``(B, U, H*W)`` bool. Units flagged ``strict``
     use ``>`` (their threshold is their floor)."""
-    acts = acts.to(torch.float32)
-    if tuple(acts.shape[2:]) != tuple(mask_size):
-        acts = F.interpolate(acts, size=mask_size, mode="bilinear", align_corners=False)
-    t = torch.from_numpy(float32_at_least(thresholds)).view(1, -1, 1, 1)
-    s = torch.from_numpy(np.asarray(strict, dtype=bool)).view(1, -1, 1, 1)
-    m = torch.where(s, acts > t, acts >= t)
-    return m.flatten(2)
+    acts = upsample_bilinear(acts.to(torch.float32), mask_size)
+    return (acts >= _cutoff(thresholds, strict).view(1, -1, 1, 1)).flatten(2)
 
 
 def annotate_present(annotated: np.ndarray, labels: list[tuple[np.ndarray, np.ndarray]],
@@ -191,6 +233,40 @@ class IoUTally:
         la.index_add_(0, ids.reshape(-1), lab.sum(2).reshape(-1).double())
         self.label_area += la[:-1].round().long().numpy()
         self.images += b
+
+    def update_acts(self, acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarray,
+                    labels: list[tuple[np.ndarray, np.ndarray]], annotated: np.ndarray,
+                    mask_size: tuple[int, int]) -> None:
+        """Count a batch from its activations ``(B, U, h, w)``: only the (image, unit) pairs whose
+        map reaches the threshold somewhere are upsampled (a bilinear value never exceeds the
+        map's maximum, so the others have empty masks), all of them at once; intersections are
+        one matrix product per image over its active units and its concepts."""
+        b, u = acts.shape[:2]
+        annotated = annotate_present(annotated, labels, self.concept_category)
+        cut = _cutoff(thresholds, strict)
+        active = acts.amax((2, 3)) >= cut  # (B, U)
+        img, unit = active.nonzero(as_tuple=True)
+        for ids, m in labels:
+            if len(ids):
+                np.add.at(self.label_area, ids, np.asarray(m.reshape(len(ids), -1).sum(1)).astype(np.int64))
+        self.images += b
+        if len(img) == 0:
+            return
+        up = upsample_bilinear(acts[img, unit].to(torch.float32), mask_size).flatten(1)
+        # 1.0 where up >= cut, else 0.0 (the sign of a float difference is exact)
+        mf = torch.heaviside(up.sub_(cut[unit, None]), torch.ones(()))
+        area = mf.sum(1).round().long().numpy()
+        unit_np, img_np = unit.numpy(), img.numpy()
+        np.add.at(self.unit_area, unit_np, area[:, None] * annotated[img_np])
+        bounds = np.searchsorted(img_np, np.arange(b + 1))
+        for i in range(b):
+            lo, hi = bounds[i], bounds[i + 1]
+            ids, m = labels[i]
+            if hi == lo or not len(ids):
+                continue
+            lab = m if isinstance(m, torch.Tensor) else torch.from_numpy(m.reshape(len(ids), -1))
+            inter = (mf[lo:hi] @ lab.to(torch.float32).reshape(len(ids), -1).T).round().long().numpy()  # exact integer counts
+            self.inter[np.ix_(unit_np[lo:hi], ids)] += inter
 
     def merge(self, other: IoUTally) -> IoUTally:
         out = IoUTally(self.units, self.concept_category, self.n_categories)

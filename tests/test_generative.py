@@ -254,3 +254,23 @@ def test_report_section(lenet, digits, tmp_path):
         assert (tmp_path / "inverse" / name).is_file(), name
     sets = (tmp_path / "inverse" / "sets.csv").read_text().splitlines()
     assert len(sets) == 5 and all(line.endswith(",yes") for line in sets[1:])
+
+
+def test_cli_train_decoder_and_dgn_am(tmp_path):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["train-decoder", "lenet-digits", "digits", "--layer", "relu3", "--epochs", "1",
+                            "--width", "16", "--limit", "200", "--out", str(tmp_path / "dec")])
+    assert r.exit_code == 0, r.output
+    assert "relu3: held-out loss" in r.output and (tmp_path / "dec" / "reconstructions.png").is_file()
+    r = runner.invoke(app, ["dgn-am", "lenet-digits", "--unit", "fc3:2", "-n", "3", "--steps", "5",
+                            "--decoder", str(tmp_path / "dec"), "--out", str(tmp_path / "dgn")])
+    assert r.exit_code == 0, r.output
+    s = Synthesis.load(tmp_path / "dgn")
+    assert len(s) == 3 and str(s.unit) == "fc3:2" and (tmp_path / "dgn" / "dgn-am.png").is_file()
+    r = runner.invoke(app, ["dgn-am", "lenet-digits", "--unit", "fc3:2", "--decoder", str(tmp_path / "dec"),
+                            "--code-layer", "pool1"])
+    assert r.exit_code == 2 and "not 'pool1'" in r.output

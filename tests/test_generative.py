@@ -263,9 +263,11 @@ def test_cli_train_decoder_and_dgn_am(tmp_path):
 
     runner = CliRunner()
     r = runner.invoke(app, ["train-decoder", "lenet-digits", "digits", "--layer", "relu3", "--epochs", "1",
-                            "--width", "16", "--limit", "200", "--out", str(tmp_path / "dec")])
+                            "--width", "16", "--limit", "200", "--compare", "1", "--compare-steps", "5",
+                            "--out", str(tmp_path / "dec")])
     assert r.exit_code == 0, r.output
     assert "relu3: held-out loss" in r.output and (tmp_path / "dec" / "reconstructions.png").is_file()
+    assert "vs regularized" in r.output and (tmp_path / "dec" / "comparison.png").is_file()
     r = runner.invoke(app, ["dgn-am", "lenet-digits", "--unit", "fc3:2", "-n", "3", "--steps", "5",
                             "--decoder", str(tmp_path / "dec"), "--out", str(tmp_path / "dgn")])
     assert r.exit_code == 0, r.output

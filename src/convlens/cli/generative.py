@@ -108,6 +108,10 @@ def train_decoder_cmd(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-3,
     width: Annotated[int, typer.Option(help="Channels of the decoder's first map.")] = 64,
+    compare: Annotated[int, typer.Option(
+        help="Also rebuild this many images by regularized inversion (Mahendran & Vedaldi) and "
+             "compare pixel and feature errors.")] = 0,
+    compare_steps: Annotated[int, typer.Option(help="Optimization steps of that inversion.")] = 200,
     out: OutOpt = Path("results/decoder"),
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
@@ -120,7 +124,8 @@ def train_decoder_cmd(
     Brox; the survey's eq. 16), one per layer, and save them under OUT/LAYER."""
     import torch
 
-    from convlens.generative import decoder_errors, save_decoders, train_decoders
+    from convlens.data import conform
+    from convlens.generative import compare_inversion, decoder_errors, save_decoders, train_decoders
     from convlens.generative._decoder import default_code_layer
     from convlens.generative._plot import reconstruction_figure
 
@@ -131,8 +136,6 @@ def train_decoder_cmd(
         decs = train_decoders(m, ds, layers, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
                               seed=seed, callback=lambda e, rep: update(completed=e + 1))
     save_decoders(decs, out)
-    from convlens.data import conform
-
     x, _ = conform(ds.sample(8, seed=seed), m).tensors()
     rows = {}
     for name, dec in decs.items():
@@ -142,6 +145,18 @@ def train_decoder_cmd(
                       f"pixel RMS error {err['pixel_error'].mean():.3f}, relative feature error "
                       f"{err['feature_error'].mean():.3f} (8 images)")
     reconstruction_figure(x.numpy(), rows, out / "reconstructions.png")
+    if compare:
+        xc, _ = conform(ds.sample(compare, seed=seed + 1), m).tensors()
+        cmp = compare_inversion(m, decs, xc, steps=compare_steps, seed=seed)
+        cmp.save(out / "comparison")
+        reconstruction_figure(xc.numpy(), {f"{k} {name}": getattr(cmp, k)[i] for i, name in enumerate(cmp.layers)
+                                           for k in ("upconv", "regularized")}, out / "comparison.png")
+        for row in cmp.table():
+            console.print(f"{row['layer']}: pixel RMS error up-conv {row['upconv_pixel_error']:.3f} vs "
+                          f"regularized {row['regularized_pixel_error']:.3f}; feature error "
+                          f"{row['upconv_feature_error']:.3f} vs {row['regularized_feature_error']:.3f}")
+        console.print(f"time: up-conv {cmp.seconds['upconv']:.2f} s, regularized "
+                      f"{cmp.seconds['regularized']:.1f} s ({compare} images)")
     console.print(f"decoders written to {out}")
 
 

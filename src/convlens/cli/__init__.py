@@ -16,6 +16,7 @@ app = typer.Typer(
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = [
     "convlens.cli.core",
+    "convlens.cli.topology",
     "convlens.cli.report",
     "convlens.cli.attribute",
     "convlens.cli.visualize",

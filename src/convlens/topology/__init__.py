@@ -1,6 +1,13 @@
 """Topology of filter weights (Gabrielsson & Carlsson): filter clouds, density filtration,
 Mapper, persistence barcodes, reference patch models and the multi-network study."""
 
+from convlens.topology._analyze import (
+    CloudAnalysis,
+    TopologyGrid,
+    analyze_cloud,
+    analyze_layers,
+    analyze_study,
+)
 from convlens.topology._cloud import (
     FilterCloud,
     conv_layers,
@@ -11,7 +18,15 @@ from convlens.topology._cloud import (
 )
 from convlens.topology._cluster import GapSingleLinkage, gap_threshold
 from convlens.topology._density import density_filtration, knn_distance
+from convlens.topology._draw import (
+    draw_angles,
+    draw_barcodes,
+    draw_mapper,
+    plot_analysis,
+    plot_grid,
+)
 from convlens.topology._mapper import Mapper, MapperGraph, nerve_edges
+from convlens.topology._page import mapper_page
 from convlens.topology._persistence import Bar, Barcodes, barcodes, maxmin_landmarks
 from convlens.topology._reference import (
     CircleScore,
@@ -21,8 +36,12 @@ from convlens.topology._reference import (
     primary_circle_score,
     three_circle_patches,
 )
+from convlens.topology._study import Study, StudyConfig, train_study
 
 __all__ = [
+    "CloudAnalysis", "Study", "StudyConfig", "TopologyGrid", "analyze_cloud", "analyze_layers",
+    "analyze_study", "draw_angles", "draw_barcodes", "draw_mapper", "mapper_page", "plot_analysis",
+    "plot_grid", "train_study",
     "Bar", "Barcodes", "CircleScore", "FilterCloud", "GapSingleLinkage", "Mapper", "MapperGraph", "gap_threshold", "nerve_edges",
     "barcodes", "conv_layers", "density_filtration",
     "filter_cloud", "gaussian_patches", "klein_bottle_patches", "knn_distance", "maxmin_landmarks",

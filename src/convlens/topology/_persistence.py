@@ -12,6 +12,7 @@ MaxMinSelector (100 landmarks) and LazyWitnessStream.
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,7 +167,9 @@ def _ripser(x: np.ndarray, maxdim: int, n_landmarks: int, seed: int) -> Barcodes
 
     idx = maxmin_landmarks(x, n_landmarks, seed=seed)
     lm = x[idx]
-    r = ripser(lm, maxdim=maxdim)
+    with warnings.catch_warnings():  # "more columns than rows" for tiny clouds is expected here
+        warnings.filterwarnings("ignore", message="The input point cloud has more columns")
+        r = ripser(lm, maxdim=maxdim)
     dgms = [np.asarray(d, dtype=float).reshape(-1, 2) for d in r["dgms"]]
     finite = [d[np.isfinite(d)] for d in dgms]
     diam = float(np.max(np.linalg.norm(lm[:, None] - lm[None], axis=-1)))

@@ -1,0 +1,168 @@
+"""``convlens topology train|analyze|layers``: the topology of filter weights (Gabrielsson &
+Carlsson) from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli import app
+from convlens.cli._common import (
+    DataArg,
+    InputSpecOpt,
+    LimitOpt,
+    ModelArg,
+    OutOpt,
+    SeedOpt,
+    TrustOpt,
+    WeightsOpt,
+    command,
+    console,
+    open_model,
+    progress_bar,
+)
+
+topology_app = typer.Typer(no_args_is_help=True, help="Topology of filter weights: filter clouds, "
+                           "density filtration, Mapper, barcodes, the multi-network study.")
+app.add_typer(topology_app, name="topology")
+
+KOpt = Annotated[int | None, typer.Option("--k", help="Density filtration: k-th nearest neighbour.")]
+POpt = Annotated[float | None, typer.Option("--p", help="Density filtration: fraction of densest filters kept, in (0, 1].")]
+ResOpt = Annotated[int, typer.Option("--resolution", help="Mapper: intervals per lens.")]
+GainOpt = Annotated[float, typer.Option("--gain", help="Mapper: gain; overlap is 1 - 1/gain.")]
+LensOpt = Annotated[int, typer.Option("--lenses", help="Mapper: number of PCA lenses (1-3).")]
+LandmarksOpt = Annotated[int, typer.Option("--landmarks", help="Barcodes: maxmin landmarks.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="Barcodes: ripser (Rips on landmarks) or witness (GUDHI).")]
+
+
+def _settings(k, p, resolution, gain, lenses, landmarks, method, seed) -> dict:
+    if (k is None) != (p is None):
+        raise ValueError("give both --k and --p for a density filtration, or neither")
+    return {"k": k, "p": p, "resolution": resolution, "gain": gain, "lenses": lenses,
+            "n_landmarks": landmarks, "method": method, "seed": seed}
+
+
+def _write_grid(grid, out: Path) -> None:
+    from convlens.files import write_json
+    from convlens.topology import mapper_page, plot_analysis, plot_grid
+
+    grid.save(out)
+    plot_grid(grid, out / "mapper_grid.png")
+    plot_grid(grid, out / "barcode_grid.png", what="barcodes")
+    rows = []
+    for (r, c), a in grid.cells.items():
+        cell = out / "cells" / next(n for k, n in _cell_names(grid).items() if k == (r, c))
+        plot_analysis(a, cell / "analysis.png")
+        mapper_page(a.graph, cell / "mapper.html", title=f"{r} · {c}", cloud=a.cloud)
+        a.graph.write_json(cell / "mapper_graph.json")
+        a.graph.write_graphml(cell / "mapper.graphml")
+        s = a.summary()
+        rows.append({"row": r, "col": c, "filters": s["filters"], "kept": s["kept"],
+                     "h1_long_bars": s["h1_long_bars"], "circle_share": s["circle"]["share"],
+                     "coverage": s["circle"]["coverage"], "mapper_loops": s["mapper"]["loops"]})
+    write_json(out / "summary.json", rows)
+    _print_table(rows)
+
+
+def _cell_names(grid) -> dict:
+    from convlens.topology._analyze import _slug
+
+    return {key: _slug(f"{key[0]}__{key[1]}") for key in grid.cells}
+
+
+def _print_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    t = Table("layer/model", "cell", "filters", "kept", "longest H1 bars", "near primary circle", "coverage",
+              "Mapper loops")
+    for r in rows:
+        t.add_row(str(r["row"]), str(r["col"]), str(r["filters"]), str(r["kept"]),
+                  ", ".join(f"{b:.3f}" for b in r["h1_long_bars"]), f"{r['circle_share']:.1%}",
+                  f"{r['coverage']:.2f}", str(r["mapper_loops"]))
+    console.print(t)
+
+
+@command(topology_app, "train")
+def train_cmd(
+    arch: Annotated[str, typer.Argument(help="Architecture, e.g. 'M(64,0,64)' or 'C(64,32,64)'.")],
+    data: DataArg,
+    networks: Annotated[int, typer.Option("--networks", "-n", help="How many networks (seeds seed..seed+N-1).")] = 10,
+    steps: Annotated[int, typer.Option("--steps", help="Batch iterations per network.")] = 1000,
+    snapshot_every: Annotated[int | None, typer.Option("--snapshot-every", help="Keep the weights every K steps.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 128,
+    limit: LimitOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Local Dask workers (default: one per core).")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Address of a Dask scheduler to scale out.")] = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("runs/topology"),
+) -> None:
+    """Train N networks in parallel on a Dask cluster, keeping their snapshots."""
+    from convlens.topology import StudyConfig, train_study
+
+    cfg = StudyConfig(arch, data, networks=networks, steps=steps, snapshot_every=snapshot_every,
+                      batch_size=batch_size, seed=seed, limit=limit)
+    with progress_bar(f"training {networks} x {arch}", total=networks) as update:
+        study = train_study(cfg, out, workers=workers, scheduler=scheduler,
+                            callback=lambda d, n, s: update(completed=d, info=f"net {s['index']}: {s['val_accuracy']:.3f}"))
+    accs = [n["val_accuracy"] for n in study.networks if n["val_accuracy"] is not None]
+    console.print(f"{len(study.networks)} networks in {out}; held-out accuracy "
+                  f"{min(accs):.3f}-{max(accs):.3f}" if accs else f"{len(study.networks)} networks in {out}")
+
+
+@command(topology_app, "analyze")
+def analyze_cmd(
+    sources: Annotated[list[str], typer.Argument(help="A study folder, run folders, or model/checkpoint files.")],
+    layer: Annotated[list[str], typer.Option("--layer", "-l", help="Convolution layer (repeatable): one row each.")] = ["conv1"],  # noqa: B006
+    step: Annotated[str, typer.Option("--step", help="'last' (final models), 'all' snapshots, or steps like 100,500.")] = "last",
+    arch: Annotated[str | None, typer.Option("--arch", help="Architecture of bare state-dict files.")] = None,
+    k: KOpt = None,
+    p: POpt = None,
+    resolution: ResOpt = 30,
+    gain: GainOpt = 3.0,
+    lenses: LensOpt = 2,
+    landmarks: LandmarksOpt = 100,
+    method: MethodOpt = "ripser",
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/topology"),
+) -> None:
+    """Mapper graphs, barcodes and primary-circle scores per layer and per snapshot (Figs. 8, 13)."""
+    from convlens.topology import analyze_study
+
+    steps = step if step in ("last", "all") else [int(s) for s in step.split(",") if s.strip()]
+    src = sources[0] if len(sources) == 1 else sources
+    kw = _settings(k, p, resolution, gain, lenses, landmarks, method, seed)
+    with progress_bar("topology", total=None) as update:
+        grid = analyze_study(src, layer, steps=steps, arch=arch,
+                             callback=lambda d, n, what: update(completed=d, total=n, info=what), **kw)
+    _write_grid(grid, out)
+    console.print(f"grids: {out / 'mapper_grid.png'}, {out / 'barcode_grid.png'}")
+
+
+@command(topology_app, "layers")
+def layers_cmd(
+    model: ModelArg,
+    weights: WeightsOpt = None,
+    input_spec: InputSpecOpt = None,
+    trust_pickle: TrustOpt = False,
+    layer: Annotated[list[str] | None, typer.Option("--layer", "-l", help="Layers (default: every spatial convolution).")] = None,
+    k: KOpt = 100,
+    p: POpt = 0.3,
+    resolution: ResOpt = 30,
+    gain: GainOpt = 3.0,
+    lenses: LensOpt = 2,
+    landmarks: LandmarksOpt = 100,
+    method: MethodOpt = "ripser",
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/topology-layers"),
+) -> None:
+    """Layer by layer on one pretrained model (the VGG16 study of Fig. 14)."""
+    from convlens.topology import analyze_layers
+
+    m = open_model(model, weights, input_spec, None, trust_pickle)
+    kw = _settings(k, p, resolution, gain, lenses, landmarks, method, seed)
+    with progress_bar("layers", total=None) as update:
+        grid = analyze_layers(m, layer or None, callback=lambda d, n, what: update(completed=d, total=n, info=what), **kw)
+    _write_grid(grid, out)
+    console.print(f"grid: {out / 'mapper_grid.png'}")

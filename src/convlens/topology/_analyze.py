@@ -1,0 +1,180 @@
+"""One analysis of a filter cloud (density filtration, Mapper, barcodes, primary-circle score),
+and grids of them: layers x training steps of a study (the paper's Figs. 8 and 13) or the layers
+of one pretrained model (Fig. 14)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convlens.files import read_json, write_json
+from convlens.topology._cloud import FilterCloud, conv_layers, filter_cloud, model_filters
+from convlens.topology._density import density_filtration
+from convlens.topology._mapper import Mapper, MapperGraph
+from convlens.topology._persistence import Barcodes, barcodes
+from convlens.topology._reference import CircleScore, primary_circle_score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CloudAnalysis:
+    """Everything computed on one filter cloud; ``cloud`` is the cloud after filtration."""
+
+    label: str
+    n_filters: int
+    k: int | None
+    p: float | None
+    cloud: FilterCloud
+    graph: MapperGraph
+    barcodes: Barcodes
+    score: CircleScore
+    seconds: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        bars = self.barcodes.long_bars(1, 3)
+        return {
+            "label": self.label, "filters": self.n_filters, "kept": len(self.cloud),
+            "constant_dropped": self.cloud.n_constant, "k": self.k, "p": self.p,
+            "networks": len(self.cloud.sources), "mapper": self.graph.summary(),
+            "h1_long_bars": [round(b.length, 4) for b in bars],
+            "h1_dominance": self.barcodes.dominance(1), "circle": self.score.to_dict(),
+            "seconds": self.seconds,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        self.cloud.save(folder)
+        self.graph.save(folder)
+        self.barcodes.save(folder)
+        write_json(folder / "analysis.json", {**self.summary(), "dominance": _finite(self.barcodes.dominance(1))})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> CloudAnalysis:
+        folder = Path(folder)
+        r = read_json(folder / "analysis.json")
+        c = dict(r["circle"])
+        score = CircleScore(c["share"], c["coverage"], c["threshold"], c["n"], c["histogram"], c["noise_share"])
+        return cls(r["label"], r["filters"], r["k"], r["p"], FilterCloud.load(folder), MapperGraph.load(folder),
+                   Barcodes.load(folder), score, r["seconds"])
+
+
+def _finite(v: float):
+    return None if v == float("inf") else v
+
+
+def analyze_cloud(cloud: FilterCloud, *, k: int | None = None, p: float | None = None,
+                  resolution: int = 30, gain: float = 3.0, lenses: int = 2, clusterer=None,
+                  n_landmarks: int = 100, method: str = "ripser", maxdim: int = 1,
+                  label: str = "", seed: int = 0) -> CloudAnalysis:
+    """rho(k, p) (skipped when ``k`` or ``p`` is None), then Mapper(resolution, gain) with PCA
+    lenses, barcodes on ``n_landmarks`` maxmin landmarks, and the primary-circle score.
+
+    Examples
+    --------
+    >>> a = analyze_cloud(filter_cloud("runs/mnist", "conv1"), k=200, p=0.3)    # doctest: +SKIP
+    >>> a.summary()["h1_long_bars"], a.score.share                              # doctest: +SKIP
+    """
+    if not isinstance(cloud, FilterCloud):
+        raise TypeError(f"analyze_cloud takes a FilterCloud (see filter_cloud), got {type(cloud).__name__}")
+    n = len(cloud)
+    times = {}
+    t0 = time.perf_counter()
+    core = cloud if k is None or p is None else cloud.subset(density_filtration(cloud, k, p))
+    times["filtration"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    graph = Mapper(resolution=resolution, gain=gain, lenses=lenses, clusterer=clusterer).fit(core).graph_
+    times["mapper"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bc = barcodes(core, method=method, maxdim=maxdim, n_landmarks=n_landmarks, seed=seed)
+    times["barcodes"] = time.perf_counter() - t0
+    score = primary_circle_score(core, seed=seed)
+    return CloudAnalysis(label, n, k, p, core, graph, bc, score, times)
+
+
+@dataclass
+class TopologyGrid:
+    """Analyses laid out as rows x columns (layers x steps, or one model x layers)."""
+
+    rows: list[str]
+    cols: list[str]
+    cells: dict[tuple[str, str], CloudAnalysis]
+    title: str = ""
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        names = {}
+        for (r, c), a in self.cells.items():
+            name = _slug(f"{r}__{c}")
+            a.save(folder / "cells" / name)
+            names[f"{r}|{c}"] = name
+        write_json(folder / "grid.json", {"rows": self.rows, "cols": self.cols, "title": self.title,
+                                          "cells": names,
+                                          "summary": {k: self.cells[tuple(k.split("|", 1))].summary()
+                                                      for k in names}})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TopologyGrid:
+        folder = Path(folder)
+        r = read_json(folder / "grid.json")
+        cells = {tuple(k.split("|", 1)): CloudAnalysis.load(folder / "cells" / v) for k, v in r["cells"].items()}
+        return cls(r["rows"], r["cols"], cells, r.get("title", ""))
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]+", "_", s)
+
+
+def analyze_study(sources, layers: str | Sequence[str], *, steps="all", params: dict | None = None,
+                  arch: str | None = None, callback: Callable[[int, int, str], None] | None = None,
+                  **kwargs) -> TopologyGrid:
+    """Grid of analyses: one row per layer, one column per training step (Figs. 8, 13).
+
+    ``sources`` is a study folder, a run folder or model files; ``steps`` is 'all', 'last', an
+    int or a list; ``params`` maps a layer to its own :func:`analyze_cloud` settings (e.g.
+    ``{"conv2": {"k": 15, "p": 0.5, "resolution": 70, "gain": 2}}``); other keyword arguments
+    apply to every cell.
+    """
+    layer_list = [layers] if isinstance(layers, str) else list(layers)
+    clouds = {layer: filter_cloud(sources, layer, step=steps, arch=arch) for layer in layer_list}
+    step_values = sorted({int(s) for c in clouds.values() for s in c.step})
+    cols = [("final" if s < 0 else f"step {s}") for s in step_values]
+    cells = {}
+    total, done = len(layer_list) * len(step_values), 0
+    for layer, cloud in clouds.items():
+        for s, col in zip(step_values, cols):
+            sub = cloud.subset(cloud.step == s)
+            kw = {**kwargs, **((params or {}).get(layer) or {})}
+            cells[(layer, col)] = analyze_cloud(sub, label=f"{layer} {col}", **kw)
+            done += 1
+            if callback is not None:
+                callback(done, total, f"{layer} {col}")
+    return TopologyGrid(layer_list, cols, cells, title=str(sources) if isinstance(sources, (str, Path)) else "")
+
+
+def analyze_layers(model, layers: Sequence[str] | None = None, *, params: dict | None = None,
+                   callback: Callable[[int, int, str], None] | None = None, **kwargs) -> TopologyGrid:
+    """Layer-by-layer analysis of one (pretrained) model, as the paper's VGG16 study (Fig. 14):
+    one row, one column per convolution with spatial kernels (all by default)."""
+    net = getattr(model, "net", model)
+    layer_list = list(layers) if layers else conv_layers(net)
+    if not layer_list:
+        raise ValueError("this model has no convolution with spatial (larger than 1x1) kernels")
+    name = getattr(model, "name", "model")
+    cells = {}
+    for j, layer in enumerate(layer_list):
+        cloud = model_filters(model, layer)
+        kw = {**kwargs, **((params or {}).get(layer) or {})}
+        if kw.get("k") is not None and kw["k"] >= len(cloud):
+            kw["k"] = max(1, len(cloud) // 4)
+            log.info("layer %s has %d filters: k lowered to %d", layer, len(cloud), kw["k"])
+        cells[(name, layer)] = analyze_cloud(cloud, label=f"{name} {layer}", **kw)
+        if callback is not None:
+            callback(j + 1, len(layer_list), layer)
+    return TopologyGrid([name], layer_list, cells, title=name)

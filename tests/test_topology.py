@@ -171,14 +171,39 @@ def test_one_by_one_filters_are_refused():
         model_filters(net, "0")
 
 
-def test_filter_cloud_from_run_folder_and_files(tmp_path, digits):
-    from convlens.model import load_model
-    from convlens.training import TrainConfig, train
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, digits):
+    """Two tiny M(8,0,16) networks trained through the Dask study (in-process cluster)."""
+    from distributed import Client, LocalCluster
 
-    for seed in range(2):
-        train(load_model("M(8,0,16)"), digits.subset(np.arange(200)),
-              TrainConfig(seed=seed, steps=4, batch_size=32, snapshot_every=2, val_fraction=0.1),
-              out=tmp_path / f"net_{seed:03d}")
+    from convlens.topology import StudyConfig, train_study
+
+    out = tmp_path_factory.mktemp("study")
+    cfg = StudyConfig("M(8,0,16)", "digits", networks=2, steps=4, batch_size=32, snapshot_every=2, limit=200)
+    seen = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        st = train_study(cfg, out, client=client, callback=lambda d, n, s: seen.append((d, n)))
+    assert seen[-1] == (2, 2) and len(st.networks) == 2
+    return out
+
+
+def test_study_is_saved_and_refuses_other_settings(study):
+    from convlens.topology import Study, StudyConfig, train_study
+
+    st = Study.load(study)
+    assert [n["dir"] for n in st.networks] == ["net_000", "net_001"] and st.config.steps == 4
+    assert st.networks[1]["seed"] == 1
+    with pytest.raises(ValueError, match="already holds a study with other settings"):
+        train_study(StudyConfig("M(8,0,16)", "digits", networks=3, steps=4), study)
+    with pytest.raises(ValueError, match="networks must be a positive integer"):
+        StudyConfig("M(8,0,16)", "digits", networks=0, steps=4)
+
+
+def test_filter_cloud_from_run_folder_and_files(study):
+    from convlens.model import load_model
+
+    tmp_path = study
     allsnap = filter_cloud(tmp_path, "conv1", step="all")
     assert len(allsnap) == 2 * 2 * 8 - allsnap.n_constant
     assert sorted(set(allsnap.step.tolist())) == [2, 4] and len(allsnap.sources) == 4
@@ -191,8 +216,8 @@ def test_filter_cloud_from_run_folder_and_files(tmp_path, digits):
         filter_cloud(tmp_path, "conv1", step=3)
     with pytest.raises(ValueError, match="not a convolution: 'fc1'; convolution layers: conv1"):
         filter_cloud(tmp_path, "fc1", step="all")
-    allsnap.save(tmp_path / "cloud")
-    back = FilterCloud.load(tmp_path / "cloud")
+    allsnap.save(tmp_path / "_cloud")
+    back = FilterCloud.load(tmp_path / "_cloud")
     assert np.array_equal(back.points, allsnap.points) and back.sources == allsnap.sources
 
 
@@ -263,3 +288,49 @@ def test_mapper_accepts_any_sklearn_clusterer(circle):
 def test_mapper_bad_parameters(kw, msg, circle):
     with pytest.raises(ValueError, match=msg):
         Mapper(**kw).fit(circle)
+
+
+# -- analyses, pictures, pages, CLI, report ------------------------------------------------------
+def test_analyze_study_grid_and_pictures(study, tmp_path):
+    from convlens.topology import TopologyGrid, analyze_study, mapper_page, plot_grid
+
+    grid = analyze_study(study, ["conv1"], steps="all", resolution=4, gain=2, n_landmarks=10)
+    assert grid.rows == ["conv1"] and grid.cols == ["step 2", "step 4"]
+    cell = grid.cells[("conv1", "step 4")]
+    assert cell.n_filters == len(cell.cloud) == 16 - cell.cloud.n_constant
+    assert set(cell.cloud.step.tolist()) == {4}
+    grid.save(tmp_path / "g")
+    back = TopologyGrid.load(tmp_path / "g")
+    assert back.cells[("conv1", "step 2")].summary()["kept"] == grid.cells[("conv1", "step 2")].summary()["kept"]
+    png = plot_grid(grid, tmp_path / "grid.png")
+    assert png.stat().st_size > 1000
+    page = mapper_page(cell.graph, tmp_path / "m.html", title="a <b> title", cloud=cell.cloud).read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    assert "a &lt;b&gt; title" in page and '"nodes"' in page
+
+
+def test_cli_layers_and_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    r = CliRunner().invoke(app, ["topology", "layers", "lenet-digits", "--k", "10", "--p", "0.5",
+                                 "--resolution", "5", "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "mapper_grid.png").is_file() and (tmp_path / "summary.json").is_file()
+    assert len(list(tmp_path.glob("cells/*conv2/mapper.html"))) == 1
+    r = CliRunner().invoke(app, ["topology", "layers", "lenet-digits", "--layer", "fc1", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "not a convolution" in r.output
+    r = CliRunner().invoke(app, ["topology", "layers", "lenet-digits", "--p", "1.5", "-o", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "p must be in (0, 1]" in r.output
+
+
+def test_report_section_on_lenet(lenet, digits, tmp_path):
+    from convlens.files import read_json
+    from convlens.report import build_report
+
+    build_report(lenet, digits.subset(np.arange(50)), tmp_path, only=["topology"])
+    r = read_json(tmp_path / "topology" / "result.json")
+    assert r["layers"] == ["conv1", "conv2"] and r["filters"] == 6 + 6 * 16
+    html = (tmp_path / "index.html").read_text()
+    assert "topology/mapper.html" in html and (tmp_path / "topology" / "mapper.html").is_file()

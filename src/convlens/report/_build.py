@@ -126,6 +126,7 @@ SECTION_MODULES = [
     "convlens.report.dissect_section",
     "convlens.report.gallery_section",
     "convlens.report.inverse_section",
+    "convlens.report.topology_section",
 ]
 
 

@@ -35,6 +35,7 @@ _EXPORTS = {
     "train_decoder": "convlens.generative",
     "dgn_am": "convlens.generative",
     "inverse_set": "convlens.generative",
+    "filter_cloud": "convlens.topology", "Mapper": "convlens.topology", "barcodes": "convlens.topology", "density_filtration": "convlens.topology", "primary_circle_score": "convlens.topology", "analyze_cloud": "convlens.topology", "train_study": "convlens.topology",
 }
 
 __all__ = sorted(_EXPORTS)

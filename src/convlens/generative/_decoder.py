@@ -64,12 +64,22 @@ class UpconvDecoder(nn.Module):
             ch = nxt
         self.up = nn.Sequential(*layers)
         self.out = nn.Conv2d(ch, image_shape[0], 3, padding=1)
+        # codes are standardized first (set from the training codes by ``standardize``): raw
+        # features of a deep layer can be large enough to saturate the output sigmoid at the start
+        self.register_buffer("code_center", torch.zeros(code_shape))
+        self.register_buffer("code_scale", torch.ones(code_shape))
+
+    def standardize(self, codes: torch.Tensor) -> None:
+        """Centre and scale inputs by the mean and standard deviation of ``codes`` (per feature)."""
+        with torch.no_grad():
+            self.code_center.copy_(codes.mean(0))
+            self.code_scale.copy_(codes.std(0).clamp_min(1e-3 * float(codes.std()) + 1e-8))
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         if tuple(code.shape[1:]) != self.code_shape:
             raise ValueError(f"the decoder takes codes of shape (N, {', '.join(map(str, self.code_shape))}), "
                              f"got {tuple(code.shape)}")
-        x = self.out(self.up(self.stem(code)))
+        x = self.out(self.up(self.stem((code - self.code_center) / self.code_scale)))
         if tuple(x.shape[2:]) != self.image_shape[1:]:
             x = F.interpolate(x, size=self.image_shape[1:], mode="bilinear", align_corners=False)
         return torch.sigmoid(x)
@@ -272,9 +282,12 @@ def train_decoders(
     order = torch.randperm(len(images), generator=g)
     n_val = int(round(len(images) * val_fraction)) if len(images) > 1 else 0
     val_x, train_x = images[order[:n_val]], images[order[n_val:]]
-    shapes = {k: tuple(v.shape[1:]) for k, v in layer_features(model, images[:1], layers).items()}
+    chunks = [layer_features(model, train_x[i:i + 512], layers) for i in range(0, len(train_x), 512)]
+    codes = {k: torch.cat([c[k] for c in chunks]) for k in layers}
     torch.manual_seed(int(seed))
-    nets = {k: UpconvDecoder(shapes[k], tuple(images.shape[1:]), width) for k in layers}
+    nets = {k: UpconvDecoder(tuple(codes[k].shape[1:]), tuple(images.shape[1:]), width) for k in layers}
+    for k in layers:
+        nets[k].standardize(codes[k])
     opts = {k: torch.optim.Adam(nets[k].parameters(), lr=lr) for k in layers}
     history: dict[str, list[dict]] = {k: [] for k in layers}
     for epoch in range(epochs):
@@ -307,9 +320,7 @@ def train_decoders(
             "dataset": getattr(dataset, "name", "data"), "dataset_fingerprint": data.fingerprint,
             "images": int(len(train_x)), "held_out": int(n_val), "epochs": len(history[layers[0]]),
             "batch_size": batch_size, "lr": lr, "seed": seed}
-    chunks = [layer_features(model, train_x[i:i + 512], layers) for i in range(0, len(train_x), 512)]
-    return {k: Decoder(nets[k], k, _code_stats(torch.cat([c[k] for c in chunks])), history[k], info)
-            for k in layers}
+    return {k: Decoder(nets[k], k, _code_stats(codes[k]), history[k], info) for k in layers}
 
 
 def train_decoder(model, dataset, layer: str, **kwargs) -> Decoder:

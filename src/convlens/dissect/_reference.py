@@ -16,12 +16,14 @@ from convlens.dissect._stats import annotate_present, float32_at_least, upsample
 
 def per_unit_tally(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarray,
                    labels: list[tuple[np.ndarray, np.ndarray]], annotated: np.ndarray,
-                   concept_category: np.ndarray, mask_size: tuple[int, int], upsample=None):
+                   concept_category: np.ndarray, mask_size: tuple[int, int], upsample=None,
+                   skip: bool = True):
     """``(inter, unit_area, label_area)`` counted one image and one unit at a time.
 
     ``upsample(map (h, w), size) -> (H, W)`` resizes one map: by default convlens's own
     :func:`~convlens.dissect.upsample_bilinear` (so counts must equal :class:`IoUTally`'s exactly);
     the benchmark passes ``F.interpolate`` per map, as NetDissect-Lite calls ``imresize`` per map.
+    ``skip`` leaves out maps whose maximum is below the threshold, as NetDissect-Lite does.
     """
     upsample = upsample or upsample_bilinear
     b, u = acts.shape[:2]
@@ -38,7 +40,7 @@ def per_unit_tally(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarra
         for unit in range(u):
             fmap = acts[i, unit].to(torch.float32)
             peak = float(fmap.max())
-            if (peak <= t32[unit]) if strict[unit] else (peak < t32[unit]):
+            if skip and ((peak <= t32[unit]) if strict[unit] else (peak < t32[unit])):
                 continue  # NetDissect-Lite skips a map that never reaches the threshold
             a = upsample(fmap, mask_size).numpy()
             mask = a > t32[unit] if strict[unit] else a >= t32[unit]

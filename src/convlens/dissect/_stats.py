@@ -253,8 +253,7 @@ class IoUTally:
         if len(img) == 0:
             return
         up = upsample_bilinear(acts[img, unit].to(torch.float32), mask_size).flatten(1)
-        # 1.0 where up >= cut, else 0.0 (the sign of a float difference is exact)
-        mf = torch.heaviside(up.sub_(cut[unit, None]), torch.ones(()))
+        mf = (up >= cut[unit, None]).to(torch.float32)
         area = mf.sum(1).round().long().numpy()
         unit_np, img_np = unit.numpy(), img.numpy()
         np.add.at(self.unit_area, unit_np, area[:, None] * annotated[img_np])

@@ -3,7 +3,7 @@
 page (``embed.html``) where hovering a point shows its image.
 
 Options (``config["embed"]``): ``layer`` (default: the layer feeding the last linear/conv
-layer), ``pooling`` (``avg``), ``images`` (a seeded sample of at most this many, default 400, and never
+layer), ``pooling`` (``avg``), ``images`` (a seeded sample of at most this many, default 300, and never
 more than the section's budget of images), ``seeds`` (2),
 ``perplexity`` (30), ``components`` (50).
 """
@@ -32,6 +32,14 @@ def default_layer(net) -> str:
 
 
 def _compute(ctx: Context) -> None:
+    from threadpoolctl import threadpool_limits
+
+    # small matrices: one BLAS/OpenMP thread is faster than several fighting over shared cores
+    with threadpool_limits(1):
+        _compute_sized(ctx)
+
+
+def _compute_sized(ctx: Context) -> None:
     from convlens.data import conform
     from convlens.embed import cluster_map, plot_confusion, plot_map, run_pipelines
     from convlens.embed._extract import extract_features
@@ -40,7 +48,7 @@ def _compute(ctx: Context) -> None:
     opt = ctx.options(NAME)
     out = ctx.dir(NAME)
     layer = opt.get("layer") or default_layer(ctx.model.net)
-    n = min(int(opt.get("images", 400)), ctx.budget_for(NAME).images)  # t-SNE time grows with n
+    n = min(int(opt.get("images", 300)), ctx.budget_for(NAME).images)  # t-SNE time grows with n
     ds = conform(ctx.dataset.sample(max(n, 12), seed=ctx.seed), ctx.model)
     feats = extract_features(ctx.model, ds, layer, pooling=opt.get("pooling", "avg"))
     labelled = bool((feats.labels >= 0).all()) and len(np.unique(feats.labels)) > 1

@@ -42,7 +42,7 @@ def ours(x: np.ndarray, k: int, p: float, resolution: int, gain: float) -> dict:
     bc = barcodes(core, n_landmarks=100)
     t["barcodes"] = time.perf_counter() - t0
     bars = [round(b.length, 3) for b in bc.long_bars(1, 3)]
-    return {"seconds": t, "total": sum(t.values()), "kept": len(core), "nodes": g.n_nodes,
+    return {"seconds": t, "total": sum(t.values()), "kept": len(core), "core": core, "nodes": g.n_nodes,
             "loops": g.betti_numbers()[1], "h1": bars}
 
 
@@ -122,8 +122,8 @@ def main() -> None:
               f"{km.get('note', '')} {km.get('nodes', '')} nodes")
         if km["seconds"]:
             print(f"   ratio KeplerMapper-defaults / convlens-total: {km['seconds'] / r['total']:.2f}")
-        kp = limited(_kmapper_paper, x[np.argsort(np.random.default_rng(0).random(n))[: r["kept"]]], args.limit)
-        print(f"KeplerMapper, paper settings, our clusterer, its own nerve, on {r['kept']} points: "
+        kp = limited(_kmapper_paper, r["core"], args.limit)
+        print(f"KeplerMapper, paper settings, our clusterer, its own nerve, on the same {r['kept']} points: "
               f"{fmt(kp['seconds'])} {kp.get('note', '')} {kp.get('nodes', '')} nodes")
         if kp["seconds"]:
             print(f"   ratio KeplerMapper / convlens Mapper: {kp['seconds'] / s['mapper']:.2f}")

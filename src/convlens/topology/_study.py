@@ -87,6 +87,7 @@ def _train_one(cfg: dict, index: int, out: str) -> dict:
     tc = TrainConfig(seed=seed, steps=cfg["steps"], batch_size=cfg["batch_size"],
                      snapshot_every=cfg["snapshot_every"], optimizer=cfg["optimizer"], lr=cfg["lr"],
                      val_fraction=cfg["val_fraction"], eval_every=cfg["steps"])
+    torch.manual_seed(seed)  # the initial weights too: train() seeds only after the model exists
     _, result = train(load_model(cfg["arch"]), ds, tc, out=run, resume=True)
     return {"index": index, "dir": run.name, "seed": seed, "val_accuracy": result.val_accuracy, "cached": False}
 

@@ -48,9 +48,11 @@ def resolve_class(model, target) -> int:
     if isinstance(target, str):
         if target.strip().isdigit():
             return resolve_class(model, int(target))
-        for cmp in (lambda a: a, str.lower):
-            hits = [i for i, n in enumerate(names) if cmp(n) == cmp(target.strip())]
-            if hits:
+        want = target.strip().lower()
+        for match in (lambda n: n == target.strip(), lambda n: n.lower() == want,
+                      lambda n: want in [part.strip().lower() for part in n.split(",")]):
+            hits = [i for i, n in enumerate(names) if match(n)]
+            if hits:  # exact, then any case, then one of ImageNet's comma-separated synonyms
                 return hits[0]
         import difflib
 

@@ -20,10 +20,12 @@ def hwc(img: np.ndarray) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
-def projection_image(p: np.ndarray) -> np.ndarray:
-    """A projection ``(C, H, W)`` shown as Zeiler & Fergus do: zero at grey, scaled by the
-    largest absolute value."""
-    m = float(np.abs(p).max())
+def projection_image(p: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """A projection ``(C, H, W)`` shown as Zeiler & Fergus do: zero at grey, scaled so that
+    the ``percentile`` of absolute values reaches black/white (a few extreme pixels would
+    otherwise leave large images almost uniformly grey); 100 scales by the maximum."""
+    a = np.abs(p)
+    m = float(np.percentile(a[a > 0], percentile)) if (a > 0).any() else 0.0
     return hwc(0.5 + p / (2 * m) if m > 0 else np.full_like(p, 0.5))
 
 

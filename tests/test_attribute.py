@@ -317,3 +317,16 @@ def test_monitor_unit_across_snapshots(digits, tmp_path):
     assert mon.steps.tolist() == [3, 6] and mon.projections.shape == (2, 4, 1, 28, 28)
     last = top_images(load_model(list_snapshots(tmp_path)[-1]), small, "conv2", k=4, units=[2])
     np.testing.assert_array_equal(mon.indices[-1], last.indices[0])
+
+
+def test_cli_deconv_writes_results_and_reports_bad_units(tmp_path):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    run = CliRunner().invoke(app, ["deconv", "lenet-digits", "digits", "-i", "3", "--unit", "conv2:5",
+                                   "--out", str(tmp_path)])
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "projection.png").is_file() and (tmp_path / "projection.npz").is_file()
+    bad = CliRunner().invoke(app, ["deconv", "lenet-digits", "digits", "--unit", "conv2:99", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "out of range" in bad.output

@@ -36,6 +36,16 @@ _EXPORTS = {
     "dgn_am": "convlens.generative",
     "inverse_set": "convlens.generative",
     "filter_cloud": "convlens.topology", "Mapper": "convlens.topology", "barcodes": "convlens.topology", "density_filtration": "convlens.topology", "primary_circle_score": "convlens.topology", "analyze_cloud": "convlens.topology", "train_study": "convlens.topology",
+    "deconvnet": "convlens.attribute",
+    "saliency": "convlens.attribute",
+    "guided_backprop": "convlens.attribute",
+    "top_images": "convlens.attribute",
+    "activation_grid": "convlens.attribute",
+    "lime": "convlens.attribute",
+    "occlusion": "convlens.attribute",
+    "deletion_curve": "convlens.attribute",
+    "insertion_curve": "convlens.attribute",
+    "monitor_unit": "convlens.attribute",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -127,6 +127,7 @@ SECTION_MODULES = [
     "convlens.report.gallery_section",
     "convlens.report.inverse_section",
     "convlens.report.topology_section",
+    "convlens.report.attribution_section",
 ]
 
 

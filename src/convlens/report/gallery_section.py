@@ -47,8 +47,8 @@ def _compute(ctx: Context) -> None:
         ref = ref.sample(b.images, seed=ctx.seed)
     summary = {"layers": [], "options": {k: opts[k] for k in ("param", "objective", "transforms")}}
     for layer in layers:
-        r = activation_maximization(m, layer, f"0-{_n_units(m, layer, max(b.units, 16)) - 1}",
-                                    steps=max(b.steps, 64), param=opts["param"],
+        r = activation_maximization(m, layer, f"0-{_n_units(m, layer, b.units) - 1}",
+                                    steps=b.steps, param=opts["param"],
                                     objective=opts["objective"], transforms=opts["transforms"],
                                     reference=ref if len(ref) else None, seed=ctx.seed)
         folder = out / _slug(layer)
@@ -56,7 +56,7 @@ def _compute(ctx: Context) -> None:
         unit_gallery(r, out / f"{_slug(layer)}.png", cols=8)
         summary["layers"].append({"layer": layer, "file": _slug(layer), **r.summary()})
     if opts.get("class_models", True) and m.class_names:
-        c = class_model(m, "all", steps=max(b.steps, 64), param=opts["param"], seed=ctx.seed)
+        c = class_model(m, "all", steps=b.steps, param=opts["param"], seed=ctx.seed)
         c.save(out / "class_models")
         class_gallery(c, out / "class_models.png")
         summary["class_models"] = c.summary()

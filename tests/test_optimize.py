@@ -260,3 +260,29 @@ def test_result_save_and_load(tmp_path):
     r = opt.render(_tiny(), O.channel("conv", 0), opt.PixelImage(2, 1, 4), steps=3)
     back = opt.RenderResult.load(r.save(tmp_path / "r"))
     assert torch.equal(back.images, r.images) and back.history == r.history and back.steps == 3
+
+
+def test_redirected_relu_gradient_rule_and_escape_from_the_dead_zone():
+    # image 0: the ReLU passes gradient somewhere -> ordinary gradient; image 1: blocked
+    # everywhere -> the part of the gradient that raises the input goes through
+    x = torch.tensor([[1.0, -1.0, -2.0], [-1.0, -2.0, -3.0]], requires_grad=True)
+    y = opt.redirected_relu(x)
+    assert torch.equal(y, x.clamp_min(0))
+    y.backward(torch.tensor([[-1.0, -1.0, 1.0], [-1.0, 1.0, -2.0]]))
+    assert x.grad.tolist() == [[-1.0, 0.0, 0.0], [-1.0, 0.0, -2.0]]
+
+    net = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 1, 1), relu=nn.ReLU(inplace=True)))
+    with torch.no_grad():
+        net.conv.weight.fill_(1.0)
+        net.conv.bias.fill_(-0.8)        # off for pixels below 0.8
+    from convlens.inputspec import PRESETS
+
+    m = Model(net, PRESETS["unit-gray"], "off")
+    init = torch.full((1, 1, 4, 4), 0.1)
+    stuck = opt.render(m, O.channel("relu", 0), opt.PixelImage(init=init), steps=30,
+                       project=opt.ClampPixels())
+    assert torch.equal(stuck.images, init) and stuck.losses[0] == 0
+    freed = opt.render(m, O.channel("relu", 0), opt.PixelImage(init=init), steps=30,
+                       project=opt.ClampPixels(), redirect_relu=True)
+    assert freed.losses[0] < -0.1                     # the channel is on
+    assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in net.modules())

@@ -19,7 +19,8 @@ the same loop over four exchangeable parts:
   ``ClipSmallContribution``).
 
 :func:`render` runs the loop: optional gradient normalisation (each image's gradient divided
-by its RMS, Lees' recipe), a callback ``(step, loss, state) -> stop?`` before each update (return
+by its RMS, Lees' recipe), optional redirected ReLU gradients (Lucid's escape from units that
+are off everywhere on the starting image), a callback ``(step, loss, state) -> stop?`` before each update (return
 ``True`` to stop, or a bool tensor to stop single images), NaN checks that name the step,
 seeded transforms, and the network's mode restored afterwards. Images are display-space
 ``[0, 1]`` tensors; the model applies its own normalisation.
@@ -86,6 +87,7 @@ from convlens.optimize._project import (
     LinfBall,
     gaussian_blur,
 )
+from convlens.optimize._relu import redirected_relu, redirected_relus
 from convlens.optimize._render import RenderResult, RenderState, evaluate, render
 from convlens.optimize._transforms import (
     Compose,
@@ -102,5 +104,6 @@ __all__ = [
     "FourierImage", "FunctionParam", "Jitter", "L2Ball", "LinfBall", "Objective",
     "ObjectiveContext", "Parametrization", "Perturbation", "PixelImage", "RandomAffine",
     "RenderResult", "RenderState", "decorrelate_color", "evaluate", "gaussian_blur",
-    "objectives", "random_rotate", "random_scale", "render", "standard_transforms",
+    "objectives", "random_rotate", "random_scale", "redirected_relu", "redirected_relus", "render",
+    "standard_transforms",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from convlens.optimize._param import Parametrization, to_param
 from convlens.optimize._project import Compose as ComposeProjections
+from convlens.optimize._relu import redirected_relus
 from convlens.optimize._transforms import Compose as ComposeTransforms
 from convlens.optimize.objectives import OUTPUT, Objective, ObjectiveContext
 from convlens.probe import Capture, frozen
@@ -178,6 +180,7 @@ def render(
     transforms: Callable | Sequence[Callable] | None = None,
     project: Callable | Sequence[Callable] | None = None,
     normalize_grad: bool = False,
+    redirect_relu: bool = False,
     seed: int | torch.Generator = 0,
     callback: Callback | None = None,
 ) -> RenderResult:
@@ -195,6 +198,8 @@ def render(
     project : callables ``(param, step) -> None`` applied after each update (budgets, bounds,
         blur, clipping)
     normalize_grad : divide each image's gradient by its RMS before the update (Lees)
+    redirect_relu : give the network's ``nn.ReLU`` modules Lucid's redirected gradients, so
+        that a unit off everywhere on the starting image can still be raised (forward unchanged)
     seed : seeds the transforms' generator (or pass a ``torch.Generator``)
     callback : ``(step, loss, state) -> stop?`` called after the backward pass and before the
         update; return ``True`` to stop, or a bool tensor ``(N,)`` to stop those images (needs
@@ -224,8 +229,8 @@ def render(
     stopped_at = np.full(n, -1, dtype=int)
     history: list[float] = []
     interrupted, step = False, 0
-    with frozen(model.net):
-        cap = Capture(model.net, layers, detach=False) if layers else None
+    with frozen(model.net), (redirected_relus(model.net) if redirect_relu else nullcontext()):
+        cap = Capture(model.net, layers, detach=False) if layers else None  # after the ReLU hooks
         try:
             if cap is not None:
                 cap.__enter__()

@@ -127,6 +127,7 @@ def activation_maximization(
     tv: float = 0.0,
     l2: float = 0.0,
     normalize_grad: bool = False,
+    redirect_relu: bool = True,
     batch_size: int = 64,
     reference=None,
     seed: int = 0,
@@ -147,6 +148,8 @@ def activation_maximization(
     transforms : ``"standard"`` (jitter, scale, rotation) or ``None``
     tv, l2 : weights of the total-variation and L2-decay priors (per pixel)
     normalize_grad : divide gradients by their RMS (Lees' Keras recipe)
+    redirect_relu : redirected ReLU gradients (Lucid), so that units off everywhere on the
+        starting image can still be raised; a unit stays dead only if even these cannot move it
     reference : an :class:`~convlens.data.ImageDataset` conformed to the model; each unit is
         compared with the highest activation an image of it gives (same statistic: map maximum)
     callback : ``callback(units_done, units_total)``
@@ -186,7 +189,8 @@ def activation_maximization(
                     moved.logical_or_(t.grad.flatten(1).abs().amax(1) > 0)
 
         r = render(model, obj, p, steps=steps, lr=lr, transforms=tf, project=proj,
-                   normalize_grad=normalize_grad, seed=seed + start, callback=watch)
+                   normalize_grad=normalize_grad, redirect_relu=redirect_relu, seed=seed + start,
+                   callback=watch)
         acts = capture(model, r.images, [layer])[layer]
         value = _map_max(acts, torch.as_tensor(idx))
         for u, v, m in zip(idx, value.tolist(), moved.tolist()):
@@ -201,8 +205,8 @@ def activation_maximization(
     out = UnitVisualization(layer, np.array(sel), np.concatenate(images), np.concatenate(reached),
                             dead, params=dict(size=[h, w], steps=steps, lr=lr, param=param,
                                               objective=objective, transforms=transforms, tv=tv, l2=l2,
-                                              normalize_grad=normalize_grad, batch_size=batch_size,
-                                              seed=seed, **model_info(model)))
+                                              normalize_grad=normalize_grad, redirect_relu=redirect_relu,
+                                              batch_size=batch_size, seed=seed, **model_info(model)))
     if reference is not None:
         out.reference_max, out.reference_images, out.reference_ids = _reference(
             model, reference, layer, out.units, 128)

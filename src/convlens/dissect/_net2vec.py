@@ -23,6 +23,7 @@ from convlens.dissect._stats import IoUTally, unit_masks
 from convlens.files import read_json, write_json
 
 log = logging.getLogger(__name__)
+CACHE_ELEMENTS = 2**25  # unit masks kept in memory as float32 (128 MiB) when they fit
 
 
 @dataclass
@@ -143,6 +144,13 @@ def net2vec(model, concepts: ConceptSet, layer: str, names: Sequence[str] | None
 
     def feats(rows: np.ndarray) -> torch.Tensor:
         return unit_masks(acts[rows], t, strict, concepts.mask_size).float()
+
+    p = concepts.mask_size[0] * concepts.mask_size[1]
+    if n * shape[0] * p <= CACHE_ELEMENTS:  # small enough: threshold and upsample once
+        cached = torch.cat([feats(np.arange(s, min(s + 64, n))) for s in range(0, n, 64)])
+
+        def feats(rows: np.ndarray) -> torch.Tensor:  # noqa: F811
+            return cached[torch.as_tensor(rows)]
 
     w, b, losses = _train(feats, targets, train, len(chosen), shape[0], epochs, batch_size, lr,
                           momentum, seed, callback)

@@ -2,8 +2,8 @@
 the same dissection of a randomly initialised copy beside it, and Net2Vec on the last layer.
 
 Options (``dissect:`` in the report config): ``layers`` (default: up to four Conv2d layers spread
-over the network), ``images`` (default: the budget's images, at most 400), ``size`` (48 px),
-``compare_random`` (true), ``net2vec`` (true), ``epochs`` (6).
+over the network), ``images`` (default: the budget's images, at most 300), ``size`` (48 px),
+``compare_random`` (true), ``net2vec`` (true), ``epochs`` (5).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _compute(ctx: Context) -> None:
     if not layers:
         write_json(out / "result.json", {"layers": [], "note": "the model has no convolutional layer"})
         return
-    n = int(opts.get("images") or min(ctx.budget_for(NAME).images, 400))
+    n = int(opts.get("images") or min(ctx.budget_for(NAME).images, 300))
     cs = make_concepts(n, int(opts.get("size", 48)), seed=ctx.seed)
     d = dissect(ctx.model, cs, layers)
     d.save(out / "trained")
@@ -68,13 +68,13 @@ def _compute(ctx: Context) -> None:
         runs[rnd.model] = rnd
     save_figure(plot_detector_counts(runs), out / "detectors.png")
     for i, ld in enumerate(d.layers.values()):
-        save_figure(plot_top_images(ld, cs, max_units=6), out / f"top{i}.png")
+        save_figure(plot_top_images(ld, cs, max_units=4), out / f"top{i}.png")
     result = {"layers": layers, "images": n, "concept_set": cs.name, "concepts": len(cs.concepts),
               "categories": list(cs.category_names), "random": "random" if len(runs) > 1 else None}
     if opts.get("net2vec", True):
         last = layers[-1]
         r = net2vec(ctx.model, cs, last, thresholds=(d[last].thresholds, d[last].strict),
-                    epochs=int(opts.get("epochs", 6)), limit=min(n, 200), seed=ctx.seed)
+                    epochs=int(opts.get("epochs", 5)), limit=min(n, 150), seed=ctx.seed)
         r.save(out / "net2vec")
         result["net2vec"] = last
     write_json(out / "result.json", result)

@@ -10,6 +10,7 @@ that the two give identical counts.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,15 @@ from convlens.dissect._reference import per_unit_tally
 from convlens.inputspec import InputSpec
 from convlens.model import Model
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "models"
+
+def _shared_models() -> Path | None:
+    """``../shared/models`` beside the checkout or any folder above it (worktrees), if present."""
+    if os.environ.get("CONVLENS_SHARED"):
+        return Path(os.environ["CONVLENS_SHARED"]) / "models"
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "shared" / "models").is_dir():
+            return parent / "shared" / "models"
+    return None
 
 
 def _interpolate_one(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -45,8 +54,9 @@ def conv5_like(units: int = 256) -> Model:
 
 def models() -> list[tuple[Model, str]]:
     out = [(conv5_like(), "relu2")]
-    weights = SHARED / "squeezenet1_1-caffe.pth"
-    if weights.is_file():
+    shared = _shared_models()
+    weights = shared / "squeezenet1_1-caffe.pth" if shared else None
+    if weights is not None and weights.is_file():
         from convlens.model import load_model
 
         out.append((load_model("squeezenet1_1", weights=weights, input_spec="caffe"), "features.7"))

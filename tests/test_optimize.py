@@ -71,7 +71,7 @@ def test_render_reports_out_of_range_unit_and_leaves_no_hook():
 def test_nan_gradient_is_reported_with_its_step():
     m = _tiny()
 
-    def bad(ctx):  # sqrt at 0 has an infinite derivative; reached at step 2
+    def bad(ctx):  # sqrt at 0 has an infinite derivative: the grey start sums to exactly 8
         return torch.sqrt((ctx.raw.flatten(1).sum(1) - 8.0).clamp_min(0)) + 0 * ctx.acts["conv"].sum()
 
     param = opt.PixelImage(init=torch.full((1, 1, 4, 4), 0.5))

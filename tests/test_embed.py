@@ -28,6 +28,15 @@ from convlens.embed import (
 from convlens.probe import capture
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """Small PCA/k-means problems: several OpenMP/BLAS threads only fight over 2 shared cores."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def digits_lenet(lenet, digits):
     return conform(digits, lenet)

@@ -70,10 +70,13 @@ class UpconvDecoder(nn.Module):
         self.register_buffer("code_scale", torch.ones(code_shape))
 
     def standardize(self, codes: torch.Tensor) -> None:
-        """Centre and scale inputs by the mean and standard deviation of ``codes`` (per feature)."""
+        """Centre inputs on the per-feature mean of ``codes`` and divide by one scale, their overall
+        standard deviation (one scale, not one per feature: a feature that barely varies in the
+        training codes must not become a lever that moves the image a lot)."""
         with torch.no_grad():
-            self.code_center.copy_(codes.mean(0))
-            self.code_scale.copy_(codes.std(0).clamp_min(1e-3 * float(codes.std()) + 1e-8))
+            center = codes.mean(0)
+            self.code_center.copy_(center)
+            self.code_scale.fill_(float((codes - center).pow(2).mean().sqrt()) + 1e-8)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         if tuple(code.shape[1:]) != self.code_shape:

@@ -33,10 +33,13 @@ def main() -> None:
         t0 = time.perf_counter()
         build_report(model, ds, out)
         resumed = time.perf_counter() - t0
-        per = json.loads((out / "report.json").read_text())["seconds"]
+        rep = json.loads((out / "report.json").read_text())
+        per, cpu = rep["seconds"], rep["cpu_seconds"]
     print(f"report on lenet-digits/digits, {args.threads} torch threads")
+    print(f"  {'section':24s} {'wall':>8s} {'CPU':>8s}")
     for name, sec in sorted(per.items(), key=lambda kv: -(kv[1] or 0)):
-        print(f"  {name:24s} {sec:8.2f} s")
+        print(f"  {name:24s} {sec:8.2f} {cpu.get(name) or 0:8.2f}")
+    print(f"  {'total':24s} {sum(per.values()):8.2f} {sum(v or 0 for v in cpu.values()):8.2f}")
     print(f"fresh {fresh:.1f} s (target < 180 s), resumed {resumed:.1f} s, "
           f"fresh/resumed {fresh / resumed:.1f}x")
 

@@ -193,7 +193,7 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
     done.unlink(missing_ok=True)
     if ctx.progress:
         ctx.progress(s.title, 0.0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         s.compute(ctx)
     except Exception as e:  # a failing section must not take the others down
@@ -203,7 +203,8 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
         return f"{type(e).__name__}: {e}"
     err.unlink(missing_ok=True)
     write_json(ctx.dir(s.name) / "_done.json",
-               {"key": key, "seconds": round(time.perf_counter() - t0, 3), "seed": ctx.seed,
+               {"key": key, "seconds": round(time.perf_counter() - t0, 3),
+                "cpu_seconds": round(time.process_time() - c0, 3), "seed": ctx.seed,
                 "finished": round(time.time(), 6)})
     if ctx.progress:
         ctx.progress(s.title, 1.0)
@@ -286,6 +287,8 @@ def build_report(
         "budget": ctx.budget.to_dict(), "problems": check.problems(),
         "seconds": {s.name: read_json(out / s.name / "_done.json").get("seconds")
                     for s in every if ctx._done(s)},
+        "cpu_seconds": {s.name: read_json(out / s.name / "_done.json").get("cpu_seconds")
+                        for s in every if ctx._done(s)},
     })
     if failures:
         raise ReportError("report written, but section(s) failed: "
@@ -333,11 +336,11 @@ def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
         fragments = write_layer_pages(ctx, failures)
         parts.append(Markup('<section id="layers"><h2>Layers</h2>{}</section>').format(
             layers_table(ctx, fragments)))
-    timing = [[s.title, read_json(out / s.name / "_done.json").get("seconds")] for s in sections()
-              if ctx._done(s)]
+    timing = [[s.title, *(read_json(out / s.name / "_done.json").get(k) for k in ("seconds", "cpu_seconds"))]
+              for s in sections() if ctx._done(s)]
     if timing:
         parts.append(Markup('<section id="timing"><h2>Time per analysis</h2>{}</section>').format(
-            csv_table(ctx.dir("timing"), "seconds", ["analysis", "seconds"], timing,
+            csv_table(ctx.dir("timing"), "seconds", ["analysis", "wall seconds", "CPU seconds"], timing,
                       "Compute time when each result was made (reused results keep their time)")))
     b = ctx.budget
     parts.append(Markup('<p class="note">Budget: {} images, {} units per layer, {} steps, {} sample '

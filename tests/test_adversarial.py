@@ -148,3 +148,96 @@ def test_fixed_target_over_a_dataset_skips_images_already_there(lenet, held_out)
     r = attack_dataset(lenet, small, eps=0.1, target=3, steps=3)
     assert r.params["skipped"] == int((small.labels == 3).sum()) > 0  # the model is right on these
     assert len(r) + r.params["skipped"] == 40 and (r.targets == 3).all()
+
+
+# -- inside the network ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shift(lenet, targeted):
+    from convlens.adversarial import representation_shift
+
+    ok = targeted.success
+    return representation_shift(lenet, targeted.clean[ok][:64], targeted.adversarial[ok][:64])
+
+
+def test_every_layer_gets_its_distance_against_a_hand_computed_one(lenet, shift):
+    names = ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2", "relu4", "fc3"]
+    assert shift.layers == names
+    assert shift.distance.shape == (64, len(names)) and (shift.distance > 0).all()
+    # independent: run the layers by hand, in order, on two images
+    from convlens.probe import get_layer
+
+    x = torch.from_numpy(shift.clean[:2])
+
+    with torch.no_grad():
+        a, b = x, torch.from_numpy(shift.adversarial[:2])
+        for j, name in enumerate(names):
+            mod = get_layer(lenet.net, name)
+            a, b = mod(a), mod(b)
+            want = ((b - a).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)).numpy()
+            np.testing.assert_allclose(shift.distance[:2, j], want, rtol=1e-4)
+    assert shift.parting_layer in names and shift.largest_jump_layer in names
+    assert shift.top_units["conv2"] and len(shift.top_units["fc1"]) == 5
+    assert len(shift.map_units) == 4 and shift.maps_clean[0].shape == (4, 28, 28)
+
+
+def test_shift_saves_loads_and_draws(shift, tmp_path):
+    from convlens.adversarial import RepresentationShift, plot_layer_distances, plot_unit_maps
+
+    shift.save(tmp_path)
+    back = RepresentationShift.load(tmp_path)
+    np.testing.assert_array_equal(back.distance, shift.distance)
+    assert back.top_units == shift.top_units and back.parting_layer == shift.parting_layer
+    assert plot_layer_distances(back, tmp_path / "d.png").stat().st_size > 1000
+    assert plot_unit_maps(back, 0, path=tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_detector_separates_held_out_adversarial_images(lenet, held_out, targeted):
+    """Fitted on even-numbered held-out digits, scored on 80 odd-numbered ones (never seen)."""
+    from sklearn.metrics import roc_auc_score
+
+    from convlens.adversarial import evaluate_detector
+
+    fit = attack_dataset(lenet, held_out.subset(range(0, 160, 2)), eps=0.1, target="runner-up", steps=20)
+    test = targeted.subset(np.arange(1, 161, 2))
+    d = evaluate_detector(lenet, fit, test)
+    assert d.params["test_clean"] == 80 and d.params["test_adversarial"] > 0.8 * 80
+    assert d.auc > 0.9
+    assert d.auc == pytest.approx(roc_auc_score(d.is_adversarial, d.scores))
+
+
+def test_squeezers(lenet):
+    from convlens.adversarial import squeeze
+
+    x = torch.tensor([[[[0.1, 0.6], [0.9, 0.4]]]])
+    np.testing.assert_array_equal(squeeze(x, "bits:1").numpy(), [[[[0.0, 1.0], [1.0, 0.0]]]])
+    big = torch.arange(9.0).view(1, 1, 3, 3)
+    assert float(squeeze(big, "median:3")[0, 0, 1, 1]) == 4.0
+    with pytest.raises(ValueError, match="unknown squeezer"):
+        squeeze(x, "median:1")
+
+
+# -- command line and report ------------------------------------------------------------------------
+def test_cli_writes_the_study_and_reports_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    r = CliRunner().invoke(app, ["adversarial", "lenet-digits", "digits", "--images", "24", "--steps", "8",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "success" in r.output and "detector ROC AUC" in r.output
+    for f in ("summary.json", "distances.png", "fig20.png", "roc.png", "attack/attack.npz"):
+        assert (tmp_path / f).is_file(), f
+    r = CliRunner().invoke(app, ["adversarial", "lenet-digits", "digits", "--eps", "0"])
+    assert r.exit_code == 2 and "budget eps must be a number > 0" in r.output
+    r = CliRunner().invoke(app, ["adversarial", "lenet-digits", "digits", "--target", "12", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "class 12 is out of range" in r.output
+
+
+def test_report_section(lenet, digits, tmp_path):
+    from convlens.report import build_report
+
+    build_report(lenet, digits, tmp_path, only=["adversarial"],
+                 config={"adversarial": {"images": 24, "steps": 8}})
+    html = (tmp_path / "index.html").read_text()
+    assert "Adversarial examples" in html and "ROC area" in html and "fig20.png" in html

@@ -46,6 +46,7 @@ _EXPORTS = {
     "deletion_curve": "convlens.attribute",
     "insertion_curve": "convlens.attribute",
     "monitor_unit": "convlens.attribute",
+    "attack": "convlens.adversarial",
 }
 
 __all__ = sorted(_EXPORTS)

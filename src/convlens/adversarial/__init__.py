@@ -5,6 +5,7 @@ from convlens.adversarial._attack import (
     SteepestDescent,
     attack,
     attack_dataset,
+    check_attack_args,
     enforce_budget,
     perturbation_norms,
     resolve_targets,
@@ -23,7 +24,8 @@ from convlens.adversarial._plot import plot_layer_distances, plot_roc, plot_unit
 
 __all__ = [
     "AdversarialDetector", "AttackResult", "DetectionResult", "RepresentationShift",
-    "SteepestDescent", "attack", "attack_dataset", "default_layers", "draw_study", "enforce_budget",
+    "SteepestDescent", "attack", "attack_dataset", "check_attack_args", "default_layers",
+    "draw_study", "enforce_budget",
     "evaluate_detector", "load_study", "perturbation_norms", "plot_layer_distances", "plot_roc",
     "plot_unit_maps", "representation_shift", "resolve_targets", "run_study",
     "split_for_detection", "squeeze", "squeeze_features", "squeeze_score",

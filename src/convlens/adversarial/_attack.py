@@ -220,7 +220,8 @@ def _finite(d: dict) -> dict:
 
 
 # -- checks ---------------------------------------------------------------------------------------
-def _check_budget(eps, norm: str, method: str, steps: int, step_size) -> None:
+def check_attack_args(eps, norm: str, method: str, steps: int, step_size=None) -> None:
+    """Fail with one clear message on a bad budget, norm, method, step cap or step size."""
     if norm not in NORMS:
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if method not in METHODS:
@@ -337,7 +338,7 @@ def attack(
     """
     from convlens.optimize import L2Ball, LinfBall, Perturbation, objectives, render
 
-    _check_budget(eps, norm, method, steps, step_size)
+    check_attack_args(eps, norm, method, steps, step_size)
     x0 = check_images(model, images).detach()
     if float(x0.min()) < 0 or float(x0.max()) > 1:
         raise ValueError("images must be in display space [0, 1]; convert them with "
@@ -419,7 +420,7 @@ def attack_dataset(
     cannot be attacked towards it) and counted in ``params["skipped"]``; ``"random"`` targets
     never skip.
     """
-    _check_budget(eps, norm, method, steps, step_size)
+    check_attack_args(eps, norm, method, steps, step_size)
     parts, skipped, done = [], 0, 0
     fixed = target is not None and not (isinstance(target, str) and target in TARGET_RULES)
     for x, y, idx in dataset.batches(batch_size):

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "convlens.cli.embed",
     "convlens.cli.dissect",
     "convlens.cli.generative",
+    "convlens.cli.adversarial",
 ]
 
 for _name in COMMAND_MODULES:

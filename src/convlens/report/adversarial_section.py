@@ -2,7 +2,8 @@
 
 Options (``adversarial: {...}`` in the report config): ``eps`` (default 0.1 for grey input,
 8/255 for colour), ``norm`` (linf), ``target`` (runner-up), ``method`` (pgd), ``steps``
-(at most 20, from the budget), ``images`` (held-out images to attack, from the budget's time).
+(at most 20, from the budget), ``images`` (held-out images to attack, at most 100, from the
+budget's time).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ NAME = "adversarial"
 
 
 def _sizes(ctx: Context) -> tuple[int, int]:
-    """(images, steps): attacking 2 x images for ``steps`` forward+backward passes (about three
-    forwards each) should take about the budget's seconds."""
+    """(images, steps): attacking 2 x images for ``steps`` steps (a forward and backward pass plus
+    the study's other passes: about six forwards per image and step) should take about the
+    budget's seconds; at most 100 images per half."""
     b = ctx.budget_for(NAME)
     opts = ctx.options(NAME)
     steps = int(opts.get("steps", min(b.steps, 20)))
-    per_image = max(b.forward_ms, 0.01) / 1000 * 3 * steps
-    images = int(opts.get("images", max(16, min(200, b.seconds / 2 / per_image))))
+    per_image = max(b.forward_ms, 0.01) / 1000 * 6 * steps
+    images = int(opts.get("images", max(16, min(100, b.seconds / 2 / per_image))))
     return images, steps
 
 

@@ -31,8 +31,9 @@ SECTION_OPTIONS = {
     "gallery": {"layers": ["conv1"], "class_models": False},
     "dissect": {"images": 60, "compare_random": False, "net2vec": False},
 }
-# Left out of this report: inverse-set seeding costs about the same whatever the budget (measured
-# 140 s of CPU on a loaded 2-core machine); its own test (tests/test_generative.py) renders it.
+# Left out of this report: on these 120 images inverse-set seeding took 140-200 s of CPU (a weak
+# decoder from few images makes seeding slow; 16 s CPU on the 1 797 digits of the demo); its own
+# test (tests/test_generative.py) renders it.
 LEFT_OUT = {"inverse"}
 
 # every image must be asked to load (some are loading="lazy"), then decoded

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens.attribute._checks import check_images
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.probe import Capture, frozen
 
 GREY_SQUEEZERS = ("bits:1", "median:2")    # Xu et al.'s choice for MNIST

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from convlens.attribute._checks import check_images
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.probe import Capture, frozen, get_layer
 from convlens.units import parse_unit
 

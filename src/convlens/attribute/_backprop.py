@@ -37,7 +37,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from convlens.attribute._checks import as_unit, check_images, resolve_class
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.probe import Capture, frozen, get_layer, hooks
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from convlens.attribute._checks import check_images
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.probe import capture
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from convlens.attribute._checks import check_images, resolve_class
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.probe import frozen
 
 SEGMENTERS = ("slic", "quickshift")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from convlens.attribute._checks import as_unit
-from convlens.attribute._store import load_result, save_result
 from convlens.attribute._top import top_images
+from convlens.files import load_result, save_result
 
 _ARRAYS = ("steps", "values", "indices", "positions", "images", "projections", "boxes")
 

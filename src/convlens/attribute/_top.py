@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from convlens.attribute._backprop import backproject, receptive_fields
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.probe import forward_batches, get_layer
 from convlens.units import parse_unit_list
 

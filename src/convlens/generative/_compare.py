@@ -37,7 +37,7 @@ class InversionComparison:
                 for i, name in enumerate(self.layers)]
 
     def save(self, folder: str | Path) -> Path:
-        from convlens.attribute._store import save_result
+        from convlens.files import save_result
 
         arrays = {"originals": self.originals, "upconv": self.upconv, "regularized": self.regularized,
                   **{f"error_{k}": v for k, v in self.errors.items()}}
@@ -47,7 +47,7 @@ class InversionComparison:
 
     @classmethod
     def load(cls, folder: str | Path) -> InversionComparison:
-        from convlens.attribute._store import load_result
+        from convlens.files import load_result
 
         a, info = load_result(folder, "inversion-comparison")
         errors = {k[len("error_"):]: v for k, v in a.items() if k.startswith("error_")}

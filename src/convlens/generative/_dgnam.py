@@ -38,7 +38,7 @@ class Synthesis:
         return len(self.images)
 
     def save(self, folder: str | Path) -> Path:
-        from convlens.attribute._store import save_result
+        from convlens.files import save_result
 
         return save_result(folder, "dgn-am", {"images": self.images.astype(np.float32),
                                               "codes": self.codes.astype(np.float32),
@@ -47,7 +47,7 @@ class Synthesis:
 
     @classmethod
     def load(cls, folder: str | Path) -> Synthesis:
-        from convlens.attribute._store import load_result
+        from convlens.files import load_result
 
         a, info = load_result(folder, "dgn-am")
         return cls(parse_unit(info["unit"]), a["images"], a["codes"], a["activations"],

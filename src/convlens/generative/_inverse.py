@@ -109,7 +109,7 @@ class InverseSet:
         return ((self.activations >= lo) & (self.activations <= hi)).all(1)
 
     def save(self, folder: str | Path) -> Path:
-        from convlens.attribute._store import save_result
+        from convlens.files import save_result
 
         info = {"constraints": [{"unit": str(c.unit), "z1": c.z1, "z2": c.z2} for c in self.constraints],
                 "seed_steps": self.seed_steps, "seed_rounds": self.seed_rounds,
@@ -122,7 +122,7 @@ class InverseSet:
 
     @classmethod
     def load(cls, folder: str | Path) -> InverseSet:
-        from convlens.attribute._store import load_result
+        from convlens.files import load_result
         from convlens.generative._neurons import make_constraint
 
         a, info = load_result(folder, "inverse-set")

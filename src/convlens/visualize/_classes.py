@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.optimize import BlurEvery, objectives, render
 from convlens.optimize.objectives import OUTPUT
 from convlens.visualize._common import image_size, make_param, make_transforms, model_info

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.optimize import objectives, render
 from convlens.probe import capture
 from convlens.visualize._common import make_param, model_info

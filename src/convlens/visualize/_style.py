@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.attribute._store import load_result, save_result
+from convlens.files import load_result, save_result
 from convlens.optimize import PixelImage, evaluate, objectives, render
 from convlens.optimize._project import ClampPixels
 from convlens.probe import capture

@@ -224,9 +224,9 @@ def _run_local(fn, arglist: list[tuple], callback: Callback | None) -> list:
 
 def _run_dask(client):
     def run(fn, arglist: list[tuple], callback: Callback | None) -> list:
-        model, concepts = arglist[0][0], arglist[0][1]
-        fm, fc = client.scatter([model, concepts], broadcast=True)
-        futures = [client.submit(fn, fm, fc, *args[2:], pure=False) for args in arglist]
+        # each task carries the model and the concept set itself: scatter(broadcast=True) of the
+        # two hung on a local cluster once earlier tests had run in the same process
+        futures = [client.submit(fn, *args, pure=False) for args in arglist]
         return client.gather(futures)
 
     return run

@@ -330,3 +330,15 @@ def test_layer_fragments_are_assembled_and_errors_contained(tmp_path, lenet, dig
     assert "could not be shown" in (tmp_path / "layer-fc1.html").read_text()
     assert "No analysis in this report looked at this layer" in (tmp_path / "layer-pool1.html").read_text()
     assert "conv1,Conv2d,6×28×28,156,Fragments" in (tmp_path / "layers" / "layers.csv").read_text()
+
+
+def test_csv_cells_that_look_like_formulas_are_neutralised(tmp_path):
+    import csv
+
+    from convlens.report import csv_table
+
+    (tmp_path / "sec").mkdir()
+    csv_table(tmp_path / "sec", "t", ["name", "value"], [["=HYPERLINK(\"x\")", -1.5], ["@cmd", 2], ["ok", 3]])
+    rows = list(csv.reader((tmp_path / "sec" / "t.csv").open()))
+    assert rows[1] == ["'=HYPERLINK(\"x\")", "-1.5"]  # text neutralised, numbers kept
+    assert rows[2][0] == "'@cmd" and rows[3][0] == "ok"

@@ -55,6 +55,17 @@ def copy_static(src: Path, dest: Path) -> None:
             tmp.write_bytes(data)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_safe(v):
+    """A text cell a spreadsheet would run as a formula (a file or class named ``=cmd()``) gets
+    a leading apostrophe (OWASP's advice); numbers are left as they are."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
+
+
 def csv_table(folder: Path, name: str, columns: list[str], rows: list[list], caption: str = "",
               max_rows: int | None = 200, links: dict[str, Callable] | None = None) -> Markup:
     """Write ``folder/name.csv`` and return an HTML table linking to it (cells escaped).
@@ -64,8 +75,8 @@ def csv_table(folder: Path, name: str, columns: list[str], rows: list[list], cap
     folder, and the table must appear on a page at the report's top level."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(columns)
-    w.writerows(rows)
+    w.writerow([_csv_safe(c) for c in columns])
+    w.writerows([_csv_safe(v) for v in r] for r in rows)
     with atomic_path(folder / f"{name}.csv") as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
     shown = rows if max_rows is None else rows[:max_rows]

@@ -1,0 +1,55 @@
+"""convlens.fast: channels-last and bfloat16 evaluation give the plain results, and leave the
+network as they found it."""
+
+import warnings
+
+import pytest
+import torch
+
+from convlens import load_model
+from convlens.fast import bf16_native, fast, resolve_precision
+from convlens.probe import capture
+
+
+def test_fast_matches_plain_and_restores_the_network():
+    model = load_model("lenet-digits")
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(x)
+    conv = [p for p in model.net.parameters() if p.ndim == 4][1]  # 6 input channels
+    assert conv.is_contiguous()
+    with fast(model.net) as dtype:
+        assert dtype == torch.float32
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        out = model(x)
+        assert not out.requires_grad
+        acts = capture(model, x, "conv2")["conv2"]
+    assert conv.is_contiguous()
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(acts, capture(model, x, "conv2")["conv2"], rtol=1e-5, atol=1e-5)
+
+
+def test_fast_bfloat16_is_close_and_grad_can_stay_on():
+    model = load_model("lenet-digits")
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        p = model(x).softmax(1)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with fast(model.net, "bfloat16") as dtype:
+            q = model(x).float().softmax(1)
+    assert bool(said) != bf16_native()  # warned exactly when bfloat16 would be emulated
+    assert dtype == torch.bfloat16
+    assert (q - p).abs().max() < 0.05
+    assert (q.argmax(1) == p.argmax(1)).float().mean() >= 0.85
+    x.requires_grad_(True)
+    with fast(model.net, grad=True):
+        model(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="unknown precision 'half'.*float32, bfloat16, auto"):
+        resolve_precision("half")
+    assert resolve_precision("auto") == (torch.bfloat16 if bf16_native() else torch.float32)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from convlens.attribute._blend import DEFAULT_PRECISION, blend_probs, chunks
 from convlens.attribute._checks import check_images, resolve_class
-from convlens.probe import frozen
 
 
 @dataclass
@@ -63,10 +63,12 @@ def _baseline(x: torch.Tensor, baseline) -> torch.Tensor:
 
 
 def perturbation_curve(model, image, attribution, target=None, *, kind: str = "deletion", steps: int = 50,
-                       baseline=None, batch_size: int = 64) -> Curve:
+                       baseline=None, batch_size: int | None = None,
+                       precision: str = DEFAULT_PRECISION) -> Curve:
     """Deletion or insertion curve of one image for ``attribution`` ``(H, W)`` (or ``(C, H, W)``,
     summed over channels). ``target`` defaults to the predicted class; ``baseline`` defaults to
-    0 (black) for deletion and ``"blur"`` for insertion."""
+    0 (black) for deletion and ``"blur"`` for insertion. ``batch_size`` and ``precision`` are as
+    in :func:`convlens.attribute.lime` (``precision="float32"`` for exact probabilities)."""
     if kind not in ("deletion", "insertion"):
         raise ValueError(f"kind must be 'deletion' or 'insertion', got {kind!r}")
     if steps < 1:
@@ -74,25 +76,22 @@ def perturbation_curve(model, image, attribution, target=None, *, kind: str = "d
     x = check_images(model, image)
     if len(x) != 1:
         raise ValueError(f"one image at a time, got a batch of {len(x)}")
-    x = x[0].cpu()
+    x = x[0]
     c, h, w = x.shape
     order = torch.as_tensor(_order(attribution, (h, w)))
     rank = torch.empty(h * w, dtype=torch.long)
     rank[order] = torch.arange(h * w)
-    rank = rank.view(1, h, w)
+    rank = rank.view(1, h, w).to(x.device)
     base = _baseline(x, baseline if baseline is not None else (0.0 if kind == "deletion" else "blur"))
     start, end = (x, base) if kind == "deletion" else (base, x)
     counts = torch.round(torch.linspace(0, h * w, steps + 1)).long()
-    with frozen(model.net), torch.no_grad():
-        if target is None:
-            target = int(model(x[None].to(model.device)).argmax(1))
-        target = resolve_class(model, target)
-        probs = []
-        for i in range(0, len(counts), batch_size):
-            changed = (rank[None] < counts[i : i + batch_size].view(-1, 1, 1, 1)).to(x.dtype)
-            batch = start + changed * (end - start)
-            probs.append(torch.softmax(model(batch.to(model.device)).float(), 1)[:, target].cpu())
-    return Curve(kind, target, (counts.double() / (h * w)).numpy(), torch.cat(probs).double().numpy())
+    masks = ((rank < counts[a:b].to(x.device).view(-1, 1, 1)).float()
+             for a, b in chunks(len(counts), batch_size, (h, w)))
+    probs, _ = blend_probs(model, start, end, masks, total=len(counts), precision=precision)
+    unchanged = probs[0] if kind == "deletion" else probs[-1]  # the image itself
+    target = int(unchanged.argmax()) if target is None else resolve_class(model, target)
+    probs = probs[:, target]
+    return Curve(kind, target, (counts.double() / (h * w)).numpy(), probs.double().numpy())
 
 
 def deletion_curve(model, image, attribution, target=None, **kw) -> Curve:

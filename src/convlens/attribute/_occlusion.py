@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convlens.attribute._blend import DEFAULT_PRECISION, blend_probs, chunks
 from convlens.attribute._checks import as_unit, check_images, resolve_class
 from convlens.files import load_result, save_result
-from convlens.probe import Capture, frozen
 
 
 @dataclass
@@ -49,11 +49,13 @@ class OcclusionResult:
 
 
 def occlusion(model, image, target=None, *, window: int = 8, stride: int = 4, value: float = 0.5,
-              unit=None, batch_size: int = 64) -> OcclusionResult:
+              unit=None, batch_size: int | None = None, precision: str = DEFAULT_PRECISION) -> OcclusionResult:
     """Slide a ``window`` x ``window`` square of grey ``value`` with ``stride`` over one image.
 
     ``target`` is a class (index or name; the predicted class by default); ``unit`` (e.g.
-    ``"conv2:3"``) also records that unit's summed activity at each position."""
+    ``"conv2:3"``) also records that unit's summed activity at each position. ``batch_size``
+    (``None``: from the image size) and ``precision`` (``"auto"``, ``"float32"``,
+    ``"bfloat16"``) are as in :func:`convlens.attribute.lime`."""
     x = check_images(model, image)
     if len(x) != 1:
         raise ValueError(f"one image at a time, got a batch of {len(x)}")
@@ -66,26 +68,26 @@ def occlusion(model, image, target=None, *, window: int = 8, stride: int = 4, va
     cols = np.arange(0, w - window + 1, stride)
     corners = [(r, q) for r in rows for q in cols]
     u = as_unit(unit) if unit is not None else None
-    layers = [u.layer] if u else []
-    probs, labels, acts = [], [], []
-    with frozen(model.net), torch.no_grad():
-        logits = model(x)
-        target = int(logits.argmax(1)) if target is None else resolve_class(model, target)
-        base = float(torch.softmax(logits, 1)[0, target])
-        for i in range(0, len(corners), batch_size):
-            batch = x.repeat(len(corners[i : i + batch_size]), 1, 1, 1)
-            for j, (r, q) in enumerate(corners[i : i + batch_size]):
-                batch[j, :, r : r + window, q : q + window] = value
-            if u:
-                with Capture(model.net, layers, stop=False) as cap:
-                    out = model(batch)
-                    acts.append(cap.outputs[u.layer][:, u.index].flatten(1).sum(1).cpu())
-            else:
-                out = model(batch)
-            p = torch.softmax(out.float(), 1)
-            probs.append(p[:, target].cpu())
-            labels.append(p.argmax(1).cpu())
-    probs_t = torch.cat(probs).double()
+    r0 = torch.as_tensor([r for r, _ in corners], device=x.device)
+    c0 = torch.as_tensor([q for _, q in corners], device=x.device)
+    ii, jj = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+
+    def masks():  # the image itself, then (B, H, W) batches: 1 inside each window
+        yield torch.zeros(1, h, w, device=x.device)
+        for a, b in chunks(len(corners), batch_size, (h, w)):
+            rows_in = (ii >= r0[a:b, None]) & (ii < r0[a:b, None] + window)
+            cols_in = (jj >= c0[a:b, None]) & (jj < c0[a:b, None] + window)
+            yield (rows_in[:, :, None] & cols_in[:, None, :]).float()
+
+    acts = []
+    all_probs, dtype = blend_probs(
+        model, x[0], torch.full_like(x[0], value), masks(), total=len(corners) + 1, precision=precision,
+        layer=u.layer if u else None,
+        on_batch=(lambda _p, a: acts.append(a[:, u.index].flatten(1).sum(1).float().cpu())) if u else None)
+    target = int(all_probs[0].argmax()) if target is None else resolve_class(model, target)
+    base = float(all_probs[0, target])
+    probs_t = all_probs[1:, target].double()
+    labels = all_probs[1:].argmax(1)
     drop = np.zeros((h, w))
     count = np.zeros((h, w))
     for (r, q), p in zip(corners, probs_t.tolist()):
@@ -95,6 +97,7 @@ def occlusion(model, image, target=None, *, window: int = 8, stride: int = 4, va
     shape = (len(rows), len(cols))
     return OcclusionResult(
         x[0].cpu().numpy(), target, window, stride, rows, cols, probs_t.numpy().reshape(shape),
-        torch.cat(labels).numpy().reshape(shape), sens, base,
-        torch.cat(acts).numpy().reshape(shape) if u else None, {"value": value, "unit": str(u) if u else None},
+        labels.numpy().reshape(shape), sens, base,
+        torch.cat(acts)[1:].numpy().reshape(shape) if u else None, {"value": value, "unit": str(u) if u else None,
+                                                          "dtype": str(dtype).removeprefix("torch.")},
     )

@@ -107,13 +107,18 @@ def saliency_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
     _save(plot_projections(projs, s.images, names), out, "saliency.png")
 
 
+PrecisionOpt = Annotated[str, typer.Option(
+    help="float32, bfloat16, or auto: bfloat16 where the CPU or GPU runs it natively, else float32.")]
+
+
 @command(app, "lime")
 def lime_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None, label: ClassOpt = None,
              top_labels: Annotated[int, typer.Option(help="Explain the N most probable classes.")] = 2,
              segments: Annotated[str, typer.Option(help="Superpixels: slic or quickshift.")] = "slic",
              n_segments: Annotated[int, typer.Option(help="SLIC: about this many superpixels.")] = 50,
              samples: Annotated[int, typer.Option(help="Perturbed images.")] = 1000,
-             batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+             batch_size: Annotated[int | None, typer.Option(help="Images per forward pass (default: from the image size).")] = None,
+             precision: PrecisionOpt = "auto",
              hide: Annotated[str, typer.Option(help="Switched-off superpixels: mean or a value in [0, 1].")] = "mean",
              features: Annotated[int | None, typer.Option(help="K for a sparse K-LASSO model.")] = None,
              k: Annotated[int, typer.Option(help="Superpixels in the top-k views.")] = 5,
@@ -129,7 +134,8 @@ def lime_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None, label: Cl
     for img, name in zip(x, names):
         with progress_bar(f"LIME {name}", total=samples) as update:
             r = lime(m, img, labels=label or None, top_labels=top_labels, method=segments, n_segments=n_segments,
-                     num_samples=samples, batch_size=batch_size, hide=hide_value, num_features=features,
+                     num_samples=samples, batch_size=batch_size, precision=precision, hide=hide_value,
+                     num_features=features,
                      seed=seed, callback=lambda done, total: update(completed=done))
         r.save(out / name)
         _save(plot_lime(r, k=k), out, f"{name}-lime.png")
@@ -145,6 +151,7 @@ def occlusion_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
                   stride: Annotated[int, typer.Option(help="Occluder step (px).")] = 4,
                   value: Annotated[float, typer.Option(help="Occluder grey level in [0, 1].")] = 0.5,
                   unit: Annotated[str | None, typer.Option(help="Also record this unit's activity.")] = None,
+                  precision: PrecisionOpt = "auto",
                   out: OutOpt = Path("results/occlusion"), weights: WeightsOpt = None,
                   input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
                   resize: ResizeOpt = None):
@@ -154,7 +161,7 @@ def occlusion_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
     m = _model(model, weights, input_spec, classes, trust_pickle)
     x, names = _images(image, m, index, resize)
     for img, name in zip(x, names):
-        o = occlusion(m, img, label, window=window, stride=stride, value=value, unit=unit)
+        o = occlusion(m, img, label, window=window, stride=stride, value=value, unit=unit, precision=precision)
         o.save(out / name)
         _save(plot_occlusion(o, m.class_names), out, f"{name}-occlusion.png")
 

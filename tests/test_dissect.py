@@ -174,6 +174,63 @@ def test_iou_in_unit_interval_and_equals_per_unit_loop(seed, units, h, up):
     np.testing.assert_array_equal(sparse.label_area, label_area)
 
 
+@pytest.mark.parametrize("h, w, size", [(7, 9, (5, 4)), (6, 6, (6, 6)), (3, 5, (17, 23)), (1, 4, (8, 8))])
+def test_compiled_tally_equals_per_unit_loop_when_shrinking_or_stretching(h, w, size):
+    """The tile-by-tile tally against the dense per-unit loop, for masks smaller than the maps,
+    of equal size, stretched unevenly, and from a map one cell high."""
+    rng = np.random.default_rng(h * 100 + w)
+    b, units, cat = 4, 5, np.array([0, 1, 1])
+    acts = torch.from_numpy(rng.normal(size=(b, units, h, w)).astype(np.float32))
+    labels = [(np.array([0, 2]), rng.random((2, *size)) < 0.5), (np.array([], int), np.zeros((0, *size), bool)),
+              (np.array([1]), rng.random((1, *size)) < 0.3), (np.array([0, 1, 2]), rng.random((3, *size)) < 0.6)]
+    annotated = np.array([[True, False], [False, False], [True, True], [False, True]])
+    t = np.quantile(acts.double().numpy().transpose(1, 0, 2, 3).reshape(units, -1), 0.8, axis=1)
+    strict = np.array([False, True, False, False, True])
+    tally = IoUTally(units, cat, 2)
+    tally.update_acts(acts, t, strict, labels, annotated, size)
+    inter, area, label_area = per_unit_tally(acts, t, strict, labels, annotated, cat, size)
+    np.testing.assert_array_equal(tally.inter, inter)
+    np.testing.assert_array_equal(tally.unit_area, area)
+    np.testing.assert_array_equal(tally.label_area, label_area)
+
+
+def test_netdissect_lite_loop_counts_what_we_count():
+    """The benchmark's peer (NetDissect-Lite's loop: PIL resize, argwhere, bincount over label
+    planes), handed the largest float below our cutoff, counts the same intersections."""
+    from convlens.dissect._reference import label_planes, netdissect_lite_tally
+    from convlens.dissect._stats import _cutoff
+
+    rng = np.random.default_rng(5)
+    b, units, size = 6, 7, (32, 32)
+    cat = np.array([0, 0, 1, 1, 2])
+    acts = torch.from_numpy(rng.gamma(2.0, size=(b, units, 8, 8)).astype(np.float32))
+    labels = []
+    for _ in range(b):
+        ids = np.sort(rng.choice(5, size=3, replace=False))
+        labels.append((ids, rng.random((3, *size)) < 0.4))  # overlapping masks: several planes
+    annotated = np.ones((b, 3), bool)
+    t = np.quantile(acts.double().numpy().transpose(1, 0, 2, 3).reshape(units, -1), 0.95, axis=1)
+    strict = np.zeros(units, bool)
+    tally = IoUTally(units, cat, 3)
+    tally.update_acts(acts, t, strict, labels, annotated, size)
+    below = np.nextafter(_cutoff(t, strict).numpy(), np.float32(-np.inf)).astype(np.float64)
+    inter, _ = netdissect_lite_tally(acts.numpy(), below, [label_planes(*lab) for lab in labels], annotated,
+                                     cat, size)
+    assert tally.inter.sum() > 100
+    np.testing.assert_array_equal(inter, tally.inter)
+
+
+def test_nan_activations_are_named(concepts):
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(3, 4, 3, padding=1))
+    with torch.no_grad():
+        net.conv1.bias[2] = float("nan")
+    model = Model(net, InputSpec(size=(SIZE, SIZE), channels=3), name="nan-net")
+    with pytest.raises(ValueError, match="'conv1' gives NaN or infinite activations.*weights"):
+        dissect(model, concepts.subset(range(8)), "conv1")
+
+
 def test_upsampling_is_pytorch_bilinear():
     from convlens.dissect._stats import upsample_bilinear
 

@@ -18,11 +18,10 @@ import torch
 
 from convlens.dissect._concepts import ConceptSet
 from convlens.dissect._result import Dissection, LayerDissection
-from convlens.dissect._stats import IoUTally, TopQuantile
+from convlens.dissect._stats import IoUTally, TopQuantile, pixel_labels
 
 log = logging.getLogger(__name__)
 Callback = Callable[[str, int, int], None]
-CHUNK_ELEMENTS = 2**23  # images x units x mask pixels upsampled at once
 
 
 def _images(model, concepts: ConceptSet):
@@ -101,6 +100,11 @@ def pass_thresholds(model, concepts: ConceptSet, layers: list[str], indices: np.
     done = 0
     for idx, acts in _batches(model, concepts, indices, layers, batch_size):
         for name in layers:
+            bad = ~torch.isfinite(acts[name]).flatten(1).all(1)
+            if bad.any():
+                raise ValueError(
+                    f"layer {name!r} gives NaN or infinite activations for concept images "
+                    f"{idx[bad.numpy()][:5].tolist()}: check the model's weights and the input spec")
             state[name].update(acts[name], idx)
         done += len(idx)
         if callback:
@@ -115,27 +119,18 @@ def pass_tally(model, concepts: ConceptSet, layers: list[str], indices: np.ndarr
     ncat = len(concepts.category_names)
     tallies: dict[str, IoUTally] = {}
     done = 0
-    p = concepts.mask_size[0] * concepts.mask_size[1]
     for idx, acts in _batches(model, concepts, indices, layers, batch_size):
-        labels = [_float_masks(*concepts.masks(int(i))) for i in idx]
-        annotated = concepts.annotated[idx]
+        labels = [concepts.masks(int(i)) for i in idx]
+        pixels = pixel_labels(labels, concepts.mask_size, len(concepts.concepts))  # shared by the layers
         for name in layers:
             a = acts[name]
             t, strict = thresholds[name]
             tally = tallies.setdefault(name, IoUTally(a.shape[1], concepts.concept_category, ncat))
-            step = max(1, CHUNK_ELEMENTS // (a.shape[1] * p))
-            for s in range(0, len(idx), step):
-                tally.update_acts(a[s: s + step], t, strict, labels[s: s + step], annotated[s: s + step],
-                                  concepts.mask_size)
+            tally.update_acts(a, t, strict, labels, concepts.annotated[idx], concepts.mask_size, pixels)
         done += len(idx)
         if callback:
             callback("iou", done, len(indices))
     return tallies
-
-
-def _float_masks(ids: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-    """Masks as float32 ``(k, H*W)`` once per batch, shared by every layer's tally."""
-    return ids, torch.from_numpy(masks.reshape(len(ids), -1)).to(torch.float32)
 
 
 def _check(concepts: ConceptSet, quantile: float, iou_threshold: float, top_n: int, shards: int) -> None:

@@ -49,3 +49,55 @@ def per_unit_tally(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarra
             for k, m in zip(ids, masks):
                 inter[unit, k] += int(np.logical_and(mask, m).sum())
     return inter, unit_area, label_area
+
+
+def label_planes(ids: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """One image's concept masks as NetDissect's pixel label planes ``(planes, H, W)``: concept
+    ``k`` is stored as ``k + 1`` (0 = none) in the first plane where it overlaps nothing, as
+    Broden stacks overlapping labels of a category."""
+    planes: list[np.ndarray] = []
+    for k, m in zip(ids, np.asarray(masks, dtype=bool)):
+        for plane in planes:
+            if not (plane[m] != 0).any():
+                plane[m] = k + 1
+                break
+        else:
+            planes.append(np.where(m, k + 1, 0).astype(np.int64))
+    return np.stack(planes) if planes else np.zeros((0, *np.shape(masks)[1:]), np.int64)
+
+
+def netdissect_lite_tally(acts: np.ndarray, thresholds: np.ndarray, pixels: list[np.ndarray],
+                          annotated: np.ndarray, concept_category: np.ndarray,
+                          mask_size: tuple[int, int]):
+    """``(inter, unit_area)`` counted as NetDissect-Lite's ``tally_job`` does, line for line:
+    per image and unit, skip a map whose maximum does not exceed the threshold, resize it with
+    PIL's bilinear filter (``scipy.misc.imresize(..., mode='F')``), ``argwhere`` the pixels above
+    the threshold and ``bincount`` the label planes there. Unit areas are NetDissect-Lite's:
+    per category, the mask's pixels in images where the mask touches that category (convlens
+    counts images that annotate the category, see :class:`IoUTally`), so only ``inter`` is
+    comparable with convlens's counts."""
+    from PIL import Image
+
+    b, u = acts.shape[:2]
+    c = len(concept_category)
+    labelcat = np.zeros((c + 1, annotated.shape[1]))
+    labelcat[np.arange(c) + 1, concept_category] = 1
+    tally_both = np.zeros((u, c + 1), dtype=np.float64)
+    tally_units_cat = np.zeros((u, annotated.shape[1]), dtype=np.float64)
+    size = (mask_size[1], mask_size[0])
+    for i in range(b):
+        planes = pixels[i]
+        for unit_id in range(u):
+            feature_map = acts[i, unit_id]
+            if feature_map.max() > thresholds[unit_id]:
+                mask = np.asarray(Image.fromarray(feature_map).resize(size, Image.BILINEAR))
+                indexes = np.argwhere(mask > thresholds[unit_id])
+                tally_cat = np.zeros(labelcat.shape[1])
+                if len(planes) > 0:
+                    tally_bt = np.bincount(planes[:, indexes[:, 0], indexes[:, 1]].ravel())
+                    if len(tally_bt) > 0:
+                        tally_bt[0] = 0
+                    tally_cat = np.dot(tally_bt[None, :], labelcat[:len(tally_bt), :])[0]
+                    tally_both[unit_id, :len(tally_bt)] += tally_bt
+                tally_units_cat[unit_id] += len(indexes) * (tally_cat > 0)
+    return tally_both[:, 1:].astype(np.int64), tally_units_cat.astype(np.int64)

@@ -6,7 +6,8 @@
   with the total count known in advance the result equals ``numpy.quantile(all, 1 - q)``
   (``method="linear"``) exactly, and buffers from shards merge exactly.
 - :class:`IoUTally`: intersection and union counts per unit and concept (the survey's Eq. 19),
-  accumulated for all units of a layer at once with one batched matrix product per chunk.
+  accumulated for all units of a layer at once by a compiled loop that evaluates the upsampled
+  mask only near the cells that reach the threshold (NetDissect-Lite resizes every map).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numba
 import numpy as np
 import torch
 
@@ -133,30 +135,40 @@ def _axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 @lru_cache(maxsize=64)
-def _resample_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """``(n_out, n_in)`` bilinear weights: two non-zeros per row."""
-    i0, i1, w0, w1 = _axis(n_in, n_out)
-    r = torch.zeros(n_out, n_in)
-    rows = torch.arange(n_out)
-    r[rows, i0] += w0
-    r[rows, i1] += w1
-    return r
+def _axis_table(n_in: int, n_out: int) -> tuple[torch.Tensor, ...]:
+    """``(i0, i1, w0, w1)`` of one axis as float32/int64 tensors (cached)."""
+    return _axis(n_in, n_out)
+
+
+@lru_cache(maxsize=64)
+def _axis_runs(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
+    """One axis for the compiled tally: for each source cell ``r``, the run of outputs
+    ``start[r] : start[r] + count[r]`` whose first source cell is ``r`` (outputs are monotone
+    in their source), and the weights ``w0, w1`` of every output, as numpy arrays."""
+    i0, _, w0, w1 = _axis(n_in, n_out)
+    count = np.bincount(i0.numpy(), minlength=n_in)
+    start = np.cumsum(count) - count
+    return start, count, w0.numpy(), w1.numpy()
 
 
 def upsample_bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resampling of ``(..., h, w)`` float32 maps to ``size`` with the weights of
-    ``F.interpolate(..., align_corners=False)``, as two batched matrix products (one small GEMM
-    per map, so a map gives the same bits alone or in any batch: shards and batch sizes do not
-    change the masks; checked in the tests)."""
+    ``F.interpolate(..., align_corners=False)``, elementwise: along x, then along y,
+
+        v = wy0 * (wx0 * a[i0, j0] + wx1 * a[i0, j1]) + wy1 * (wx0 * a[i1, j0] + wx1 * a[i1, j1])
+
+    each product and sum rounded once in float32, in this order. Every value depends on its own
+    four cells only, so a map gives the same bits alone or in any batch (shards and batch sizes do
+    not change the masks), and :meth:`IoUTally.update_acts`, which evaluates the same expression
+    at chosen pixels only, gives the same bits as this dense version (both checked in tests)."""
     h, w = maps.shape[-2:]
     if (h, w) == tuple(size):
         return maps
-    lead = maps.shape[:-2]
-    x = maps.reshape(-1, h, w)
-    n = x.shape[0]
-    rx = _resample_matrix(w, size[1]).T.expand(n, w, size[1])
-    ry = _resample_matrix(h, size[0]).expand(n, size[0], h)
-    return torch.bmm(ry, torch.bmm(x, rx)).reshape(*lead, *size)
+    y0, y1, wy0, wy1 = _axis_table(h, size[0])
+    x0, x1, wx0, wx1 = _axis_table(w, size[1])
+    maps = maps.to(torch.float32)
+    along_x = maps.index_select(-1, x0) * wx0 + maps.index_select(-1, x1) * wx1
+    return along_x.index_select(-2, y0) * wy0[:, None] + along_x.index_select(-2, y1) * wy1[:, None]
 
 
 def _cutoff(thresholds: np.ndarray, strict: np.ndarray) -> torch.Tensor:
@@ -236,36 +248,33 @@ class IoUTally:
 
     def update_acts(self, acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarray,
                     labels: list[tuple[np.ndarray, np.ndarray]], annotated: np.ndarray,
-                    mask_size: tuple[int, int]) -> None:
-        """Count a batch from its activations ``(B, U, h, w)``: only the (image, unit) pairs whose
-        map reaches the threshold somewhere are upsampled (a bilinear value never exceeds the
-        map's maximum, so the others have empty masks), all of them at once; intersections are
-        one matrix product per image over its active units and its concepts."""
-        b, u = acts.shape[:2]
+                    mask_size: tuple[int, int], pixels: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> None:
+        """Count a batch from its activations ``(B, U, h, w)`` without upsampling whole maps
+        (``pixels``: :func:`pixel_labels` of ``labels``, when several layers share them).
+
+        A bilinear value is a convex combination of its four source cells, so it can reach the
+        threshold only where one of them does. Output pixels that share their source cells form
+        small tiles (:func:`_axis_runs`); only tiles with a corner at or above the threshold
+        are evaluated -- a few per map at the 0.5 % quantile -- with the expression of
+        :func:`upsample_bilinear`, so the masks are bit-identical to the dense ones, and each
+        pixel that passes is counted against its image's concept masks on the spot. The loop
+        over maps is compiled (:func:`_tally_maps`)."""
+        b, u, h, w = acts.shape
+        size = tuple(mask_size)
+        c = len(self.label_area)
         annotated = annotate_present(annotated, labels, self.concept_category)
-        cut = _cutoff(thresholds, strict)
-        active = acts.amax((2, 3)) >= cut  # (B, U)
-        img, unit = active.nonzero(as_tuple=True)
-        for ids, m in labels:
-            if len(ids):
-                np.add.at(self.label_area, ids, np.asarray(m.reshape(len(ids), -1).sum(1)).astype(np.int64))
+        lab, ids = pixel_labels(labels, size, c) if pixels is None else pixels
+        self.label_area += _label_area(lab, ids, b, c)
         self.images += b
-        if len(img) == 0:
-            return
-        up = upsample_bilinear(acts[img, unit].to(torch.float32), mask_size).flatten(1)
-        mf = (up >= cut[unit, None]).to(torch.float32)
-        area = mf.sum(1).round().long().numpy()
-        unit_np, img_np = unit.numpy(), img.numpy()
-        np.add.at(self.unit_area, unit_np, area[:, None] * annotated[img_np])
-        bounds = np.searchsorted(img_np, np.arange(b + 1))
-        for i in range(b):
-            lo, hi = bounds[i], bounds[i + 1]
-            ids, m = labels[i]
-            if hi == lo or not len(ids):
-                continue
-            lab = m if isinstance(m, torch.Tensor) else torch.from_numpy(m.reshape(len(ids), -1))
-            inter = (mf[lo:hi] @ lab.to(torch.float32).reshape(len(ids), -1).T).round().long().numpy()  # exact integer counts
-            self.inter[np.ix_(unit_np[lo:hi], ids)] += inter
+        inter = np.zeros((u, c + 1), dtype=np.int64)
+        area = np.zeros((b, u), dtype=np.int64)
+        _tally_maps(np.ascontiguousarray(acts.detach().to(torch.float32).cpu().numpy()),
+                    _cutoff(thresholds, strict).numpy(),
+                    *_axis_runs(h, size[0]), *_axis_runs(w, size[1]),
+                    size[1], lab.numpy().reshape(b, size[0] * size[1], -1), ids.numpy(), inter, area)
+        self.inter += inter[:, :c]
+        self.unit_area += area.T @ annotated.astype(np.int64)
 
     def merge(self, other: IoUTally) -> IoUTally:
         out = IoUTally(self.units, self.concept_category, self.n_categories)
@@ -279,3 +288,80 @@ class IoUTally:
         union = self.unit_area[:, self.concept_category] + self.label_area[None] - self.inter
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(union > 0, self.inter / np.maximum(union, 1), 0.0)
+
+
+
+def pixel_labels(labels: list[tuple[np.ndarray, np.ndarray]], size: tuple[int, int],
+                  c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's concept masks as rows of pixels: ``(B * P, kmax)`` uint8 (image-major), and
+    the concept ids ``(B, kmax)``, padded with ``c`` (no concept)."""
+    p = size[0] * size[1]
+    kmax = max((len(ids) for ids, _ in labels), default=0)
+    lab = torch.zeros((len(labels), p, kmax), dtype=torch.uint8)
+    ids = torch.full((len(labels), kmax), c, dtype=torch.int64)
+    for i, (cid, m) in enumerate(labels):
+        if len(cid):
+            m = m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m))
+            lab[i, :, : len(cid)] = m.reshape(len(cid), p).T.to(torch.uint8)
+            ids[i, : len(cid)] = torch.as_tensor(cid, dtype=torch.int64)
+    return lab.reshape(len(labels) * p, kmax), ids
+
+
+def _label_area(lab: torch.Tensor, ids: torch.Tensor, b: int, c: int) -> np.ndarray:
+    """Pixels per concept over the batch."""
+    per = lab.reshape(b, -1, lab.shape[1]).sum(1, dtype=torch.int64)  # (B, kmax)
+    return np.bincount(ids.numpy().ravel(), weights=per.numpy().ravel(), minlength=c + 1)[:c] \
+        .round().astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _tally_maps(acts, cut, ystart, ycount, wy0, wy1, xstart, xcount, wx0, wx1, width, lab, ids,
+                inter, area):  # pragma: no cover - compiled
+    """For every map of ``acts`` ``(B, U, h, w)``: its thresholded mask area ``area[b, u]`` and
+    its pixels inside each of the image's concepts, added to ``inter[u, ids[b, j]]``.
+
+    A map that never reaches ``cut[u]`` is skipped. Otherwise each hot cell ``(r, s)`` names the
+    tiles that have it as a corner -- the output runs of cells ``r - 1, r`` times ``s - 1, s``
+    (:func:`_axis_runs`) -- each evaluated once, every pixel as ``wy0 * (wx0 * a00 + wx1 * a01)
+    + wy1 * (wx0 * a10 + wx1 * a11)`` in float32, in the order of :func:`upsample_bilinear`."""
+    nb, nu, h, w = acts.shape
+    kmax = lab.shape[2]
+    seen = np.full((h, w), -1, dtype=np.int64)  # tile last evaluated for map number ...
+    local = np.zeros(kmax, dtype=np.int64)
+    for b in range(nb):
+        for u in range(nu):
+            a = acts[b, u]
+            t = cut[u]
+            reached = False
+            for r in range(h):
+                for s in range(w):
+                    reached |= a[r, s] >= t
+            if not reached:  # most maps never reach the threshold
+                continue
+            tag = b * nu + u
+            local[:] = 0
+            n = 0
+            for r in range(h):
+                for s in range(w):
+                    if not a[r, s] >= t:
+                        continue
+                    for ry in range(max(r - 1, 0), r + 1):
+                        ry1 = min(ry + 1, h - 1)
+                        for sx in range(max(s - 1, 0), s + 1):
+                            if seen[ry, sx] == tag:
+                                continue
+                            seen[ry, sx] = tag
+                            sx1 = min(sx + 1, w - 1)
+                            a00, a01, a10, a11 = a[ry, sx], a[ry, sx1], a[ry1, sx], a[ry1, sx1]
+                            for px in range(xstart[sx], xstart[sx] + xcount[sx]):
+                                t0 = a00 * wx0[px] + a01 * wx1[px]
+                                t1 = a10 * wx0[px] + a11 * wx1[px]
+                                for py in range(ystart[ry], ystart[ry] + ycount[ry]):
+                                    if t0 * wy0[py] + t1 * wy1[py] >= t:
+                                        n += 1
+                                        pixel = py * width + px
+                                        for j in range(kmax):
+                                            local[j] += lab[b, pixel, j]
+            area[b, u] = n
+            for j in range(kmax):
+                inter[u, ids[b, j]] += local[j]

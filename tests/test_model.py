@@ -171,3 +171,16 @@ def test_squeezenet_classifies_zebra():
         p = m(x).softmax(1)[0]
     assert m.class_names[int(p.argmax())] == "zebra"
     assert p.max() > 0.9
+
+
+def test_vgg4_variants_for_dissection_comparisons():
+    from torch import nn
+
+    plain, bn = load_model("vgg4").net, load_model("vgg4(batch_norm=True, dropout=0.0)").net
+    names = [n for n, _ in bn.named_children()]
+    assert names[:4] == ["conv1", "bn1", "relu1", "conv2"] and "bn4" in names
+    assert all(isinstance(getattr(bn, f"bn{i}"), nn.BatchNorm2d) for i in range(1, 5))
+    assert bn.dropout.p == 0.0 and plain.dropout.p == 0.5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    x = torch.rand(2, 3, 32, 32)
+    assert bn.eval()(x).shape == plain(x).shape == (2, 10)

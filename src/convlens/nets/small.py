@@ -50,27 +50,28 @@ def lenet(in_channels: int = 1, num_classes: int = 10, in_size: int = 28) -> nn.
     return _Classifier(layers)
 
 
-def vgg4(in_channels: int = 3, num_classes: int = 10, in_size: int = 32, hidden: int = 256) -> nn.Module:
-    """Lees' VGG4: conv-conv-pool-conv-conv-pool-dense-dropout-dense, zero padding before each conv."""
-    feats = OrderedDict(
-        conv1=nn.Conv2d(in_channels, 32, 3, padding=1),
-        relu1=nn.ReLU(),
-        conv2=nn.Conv2d(32, 32, 3, padding=1),
-        relu2=nn.ReLU(),
-        pool1=nn.MaxPool2d(2),
-        conv3=nn.Conv2d(32, 64, 3, padding=1),
-        relu3=nn.ReLU(),
-        conv4=nn.Conv2d(64, 64, 3, padding=1),
-        relu4=nn.ReLU(),
-        pool2=nn.MaxPool2d(2),
-    )
+def vgg4(in_channels: int = 3, num_classes: int = 10, in_size: int = 32, hidden: int = 256,
+         dropout: float = 0.5, batch_norm: bool = False) -> nn.Module:
+    """Lees' VGG4: conv-conv-pool-conv-conv-pool-dense-dropout-dense, zero padding before each conv.
+
+    ``dropout=0`` and ``batch_norm=True`` (``bn1``..``bn4`` between each conv and its ReLU) give
+    the variants whose units Bau et al. compare (Fig. 17, right); layer names stay the same."""
+    widths = [(in_channels, 32), (32, 32), (32, 64), (64, 64)]
+    feats: OrderedDict[str, nn.Module] = OrderedDict()
+    for i, (cin, cout) in enumerate(widths, start=1):
+        feats[f"conv{i}"] = nn.Conv2d(cin, cout, 3, padding=1)
+        if batch_norm:
+            feats[f"bn{i}"] = nn.BatchNorm2d(cout)
+        feats[f"relu{i}"] = nn.ReLU()
+        if i % 2 == 0:
+            feats[f"pool{i // 2}"] = nn.MaxPool2d(2)
     n = _flat_size(nn.Sequential(feats), in_channels, in_size)
     layers = OrderedDict(feats)
     layers.update(
         flatten=nn.Flatten(),
         fc1=nn.Linear(n, hidden),
         relu5=nn.ReLU(),
-        dropout=nn.Dropout(0.5),
+        dropout=nn.Dropout(dropout),
         fc2=nn.Linear(hidden, num_classes),
     )
     return _Classifier(layers)

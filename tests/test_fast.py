@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convlens import load_model
-from convlens.fast import bf16_native, fast, resolve_precision
+from convlens.fast import bf16_native, can_fuse, fast, resolve_precision
 from convlens.probe import capture
 
 
@@ -53,3 +53,42 @@ def test_unknown_precision_is_named():
     with pytest.raises(ValueError, match="unknown precision 'half'.*float32, bfloat16, auto"):
         resolve_precision("half")
     assert resolve_precision("auto") == (torch.bfloat16 if bf16_native() else torch.float32)
+
+
+class _Fusable(torch.nn.Module):
+    """conv->ReLU module pairs (fusable), a conv feeding F.relu and a ReLU module shared with a
+    pooling output (both left alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.r1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(inplace=True)
+        self.c2, self.c3 = torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.Conv2d(8, 8, 1)
+        self.shared = torch.nn.ReLU()
+        self.pool = torch.nn.MaxPool2d(2, ceil_mode=True)
+
+    def forward(self, x):
+        x = self.pool(self.r1(self.c1(x)))
+        y = torch.nn.functional.relu(self.c2(x))
+        return torch.cat([self.shared(self.c3(y)), self.shared(y)], 1).mean((2, 3))
+
+
+@pytest.mark.skipif(not can_fuse(), reason="no native bfloat16 / oneDNN fused convolution here")
+def test_fused_conv_relu_gives_the_unfused_bfloat16_result_and_is_undone():
+    net = _Fusable().eval()
+    x = torch.rand(4, 3, 15, 15, generator=torch.Generator().manual_seed(0))
+    with fast(net, "bfloat16"):
+        plain = net(x).float()
+    calls = []
+    with fast(net, "bfloat16", fuse=True):
+        fused_here = [n for n, m in net.named_modules() if "forward" in vars(m)]
+        fused = net(x).float()
+        with fast(net, "bfloat16", fuse=True):  # nested: the same result
+            torch.testing.assert_close(net(x).float(), fused)
+    assert fused_here == ["c1", "r1"]  # c2 feeds F.relu; `shared` also follows y
+    torch.testing.assert_close(fused, plain, rtol=1e-2, atol=1e-2)
+    assert not any("forward" in vars(m) for m in net.modules())  # undone
+    net.c1.register_forward_hook(lambda *a: calls.append(1))
+    with fast(net, "bfloat16", fuse=True):  # a watched convolution is not fused
+        assert not any("forward" in vars(m) for m in net.modules())
+        net(x)
+    assert calls == [1]

@@ -16,14 +16,16 @@ Two levers, both measured on this machine (SqueezeNet 1.1, 227 px, one thread, b
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+log = logging.getLogger(__name__)
 
 
 def bf16_native(device: torch.device | str = "cpu") -> bool:
@@ -62,22 +64,107 @@ def _channels_last(net: nn.Module) -> bool | None:
     return any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in four)
 
 
+def _relu_site(node) -> bool:
+    """Whether an fx node is a ReLU call (module, function or method)."""
+    import torch.nn.functional as F
+
+    if node.op == "call_module":
+        return isinstance(node.graph.owning_module.get_submodule(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_) and len(node.args) == 1
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _watched(m: nn.Module) -> bool:
+    """Hooked, or its forward already replaced (by an enclosing fusion, or by the user)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or "forward" in vars(m))
+
+
+def _fusable(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+            and not _watched(conv))
+
+
+def _fuse_conv_relu(net: nn.Module, dtype: torch.dtype) -> Callable[[], None]:
+    """Make every ``Conv2d`` whose only use is a ``ReLU`` module compute both in one oneDNN call
+    (``torch.ops.mkldnn._convolution_pointwise``, with a ``dtype`` copy of its weights) and that
+    ReLU a pass-through; return the function that undoes it. Pairs are found on a
+    ``torch.fx`` trace of ``net``; a network fx cannot trace is left as it is."""
+    import torch.fx as fx
+
+    try:
+        graph = fx.symbolic_trace(net).graph
+    except Exception as e:  # data-dependent control flow and the like: no fusion, same results
+        log.debug("no conv+ReLU fusion for %s: %s", type(net).__name__, e)
+        return lambda: None
+    pairs, relu_uses = {}, {}
+    for node in graph.nodes:
+        if node.op == "call_module" and _relu_site(node):
+            relu_uses[node.target] = relu_uses.get(node.target, 0) + 1
+        if node.op != "call_module" or not _fusable(net.get_submodule(node.target)) or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.op == "call_module" and _relu_site(user):
+            pairs.setdefault(user.target, []).append(node.target)
+    patched = []
+    for relu_name, convs in pairs.items():
+        relu = net.get_submodule(relu_name)
+        if len(convs) != relu_uses[relu_name] or _watched(relu):
+            continue  # the ReLU module also follows something else, or is watched
+        for name in convs:
+            conv = net.get_submodule(name)
+            w = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+            b = None if conv.bias is None else conv.bias.detach().to(dtype)
+            args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+            def forward(x, w=w, b=b, args=args):
+                return torch.ops.mkldnn._convolution_pointwise(x.to(w.dtype), w, b, *args, "relu", [None], "")
+
+            conv.forward = forward
+            patched.append(conv)
+        relu.forward = lambda x: x
+        patched.append(relu)
+    log.debug("fused %d conv+ReLU pairs of %s", len(patched) - len(pairs), type(net).__name__)
+
+    def undo():
+        for m in patched:
+            del m.forward  # back to the class's forward
+    return undo
+
+
+def can_fuse(device: torch.device | str = "cpu") -> bool:
+    """Whether oneDNN's fused bfloat16 convolution + ReLU is available (and fast) on ``device``."""
+    return (torch.device(device).type == "cpu" and bf16_native(device) and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
 @contextmanager
-def fast(net: nn.Module, precision: str = "float32", *, grad: bool = False) -> Iterator[torch.dtype]:
+def fast(net: nn.Module, precision: str = "float32", *, grad: bool = False,
+         fuse: bool = False) -> Iterator[torch.dtype]:
     """Inside the block, ``net`` keeps its 4-D weights channels-last, runs under bfloat16
     autocast if asked, and records no graph unless ``grad``; its memory format is restored on
     exit. Yields the dtype used. Mode (train/eval) is left as it is: combine with
-    :func:`convlens.probe.frozen`."""
+    :func:`convlens.probe.frozen`.
+
+    ``fuse=True`` (bfloat16 on a CPU, no ``grad``) also runs each ``Conv2d`` followed only by a
+    ``ReLU`` module as one fused oneDNN call (SqueezeNet 227 px: 5.4 -> 4.3 ms per image). Then a
+    hook on such a convolution sees its output after the ReLU: do not fuse while capturing
+    layers."""
     device = _device(net)
     dtype = resolve_precision(precision, device)
     before = _channels_last(net)
     if before is False:
-        net.to(memory_format=torch.channels_last)
+        with torch.inference_mode(False):  # entered in inference mode, weights must stay normal tensors
+            net.to(memory_format=torch.channels_last)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16
            else nullcontext())
+    undo = (_fuse_conv_relu(net, dtype) if fuse and dtype == torch.bfloat16 and not grad and can_fuse(device)
+            else lambda: None)
     try:
         with amp, torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             yield dtype
     finally:
+        undo()
         if before is False:
-            net.to(memory_format=torch.contiguous_format)
+            with torch.inference_mode(False):
+                net.to(memory_format=torch.contiguous_format)

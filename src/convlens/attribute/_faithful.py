@@ -85,7 +85,7 @@ def perturbation_curve(model, image, attribution, target=None, *, kind: str = "d
     base = _baseline(x, baseline if baseline is not None else (0.0 if kind == "deletion" else "blur"))
     start, end = (x, base) if kind == "deletion" else (base, x)
     counts = torch.round(torch.linspace(0, h * w, steps + 1)).long()
-    masks = ((rank < counts[a:b].to(x.device).view(-1, 1, 1)).float()
+    masks = (rank < counts[a:b].to(x.device).view(-1, 1, 1)
              for a, b in chunks(len(counts), batch_size, (h, w)))
     probs, _ = blend_probs(model, start, end, masks, total=len(counts), precision=precision)
     unchanged = probs[0] if kind == "deletion" else probs[-1]  # the image itself

@@ -131,13 +131,13 @@ def perturbation_probs(model, image: torch.Tensor, segments: np.ndarray, z: np.n
                        callback: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, torch.dtype]:
     """Class probabilities of ``model`` on the image with superpixels switched by ``z`` ``(M, S)``
     (1 = kept), and the dtype the network ran in. Each batch's masks are one gather
-    ``z[:, segments]`` (no Python loop over samples); the images are blended in the network's
-    input space and evaluated by :func:`convlens.attribute._blend.blend_probs`."""
+    ``z[:, segments]`` (no Python loop over samples); the images are put together in the
+    network's input space and evaluated by :func:`convlens.attribute._blend.blend_probs`."""
     x = image.to(model.device, torch.float32)
     seg = torch.as_tensor(segments, dtype=torch.long, device=x.device)
     fudge = _fudge(x, seg, z.shape[1], hide)
-    zt = torch.as_tensor(z, dtype=torch.float32, device=x.device)
-    masks = (zt[a:b][:, seg] for a, b in chunks(len(zt), batch_size, seg.shape))  # (B, H, W): 1 = the image's pixel
+    zt = torch.as_tensor(z, device=x.device).bool()
+    masks = (zt[a:b][:, seg] for a, b in chunks(len(zt), batch_size, seg.shape))  # (B, H, W): True = the image's
     probs, dtype = blend_probs(model, fudge, x, masks, total=len(zt), precision=precision, callback=callback)
     return probs.numpy(), dtype
 

@@ -72,12 +72,12 @@ def occlusion(model, image, target=None, *, window: int = 8, stride: int = 4, va
     c0 = torch.as_tensor([q for _, q in corners], device=x.device)
     ii, jj = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
 
-    def masks():  # the image itself, then (B, H, W) batches: 1 inside each window
-        yield torch.zeros(1, h, w, device=x.device)
+    def masks():  # the image itself, then (B, H, W) batches: True inside each window
+        yield torch.zeros(1, h, w, dtype=torch.bool, device=x.device)
         for a, b in chunks(len(corners), batch_size, (h, w)):
             rows_in = (ii >= r0[a:b, None]) & (ii < r0[a:b, None] + window)
             cols_in = (jj >= c0[a:b, None]) & (jj < c0[a:b, None] + window)
-            yield (rows_in[:, :, None] & cols_in[:, None, :]).float()
+            yield rows_in[:, :, None] & cols_in[:, None, :]
 
     acts = []
     all_probs, dtype = blend_probs(

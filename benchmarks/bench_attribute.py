@@ -147,12 +147,14 @@ def time_lime(title, model, images, repeat):
     per = {n: float(np.mean(best[n])) for n in names}
     segs = [int(c[1].max()) + 1 for c in cases]
     print(f"\nLIME time, {title}: {', '.join(images)} ({', '.join(map(str, segs))} superpixels), "
-          f"{SAMPLES} samples, best of {repeat}, s per image (first round in brackets)")
-    ours = per[names[0]]
+          f"{SAMPLES} samples; wall s per image, best of {repeat} (first round); speed-up = time of the "
+          "lime package with the user's classifier / with our fast fp32 one / with our fast bf16 one, "
+          "divided by this row's")
+    peers = [m for m in names if m.startswith("lime package")]
     for n in names:
-        print(f"  {n:42s} {per[n]:7.3f} s  ({cold[n] / len(cases):7.3f})   lime-package-time / this: "
-              + "  ".join(f"{per[m] / per[n]:.2f}x" for m in names if m.startswith("lime package")))
-    plain = per["lime package, user classifier_fn"]
+        print(f"  {n:42s} {per[n]:7.3f} s ({cold[n] / len(cases):7.3f})   "
+              + " / ".join(f"{per[m] / per[n]:.2f}x" for m in peers))
+    plain, ours = per["lime package, user classifier_fn"], per[names[0]]
     print(f"  => speed-up of convlens (auto) over the lime package as users run it: {plain / ours:.2f}x "
           f"(target >= 3x); float32: {plain / per[names[1]]:.2f}x; first round: "
           f"{cold['lime package, user classifier_fn'] / cold[names[0]]:.2f}x")

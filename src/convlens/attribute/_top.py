@@ -5,7 +5,8 @@ is shown with its DeconvNet projection cropped to the unit's receptive field."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from convlens.attribute._backprop import backproject, receptive_fields
+from convlens.fast import fast
 from convlens.files import load_result, save_result
 from convlens.probe import forward_batches, get_layer
 from convlens.units import parse_unit_list
@@ -72,6 +74,14 @@ def _merge(best_v, best_i, best_p, v, i, p, k):
         torch.cat([best_p, p], 1).gather(1, top.indices)
 
 
+def _activations(model, dataset, layer: str, batch_size: int) -> Iterator[torch.Tensor]:
+    """``layer``'s output for each batch of ``dataset``, the network channels-last (float32
+    keeps the rankings exact)."""
+    with fast(model.net, "float32"):
+        for out in forward_batches(model, (x for x, _, _ in dataset.batches(batch_size)), [layer]):
+            yield out[layer]
+
+
 def top_images(
     model,
     dataset,
@@ -102,27 +112,26 @@ def top_images(
     best_v = best_i = best_p = None
     sel = None
     done = 0
-    batches = (x for x, _, _ in dataset.batches(batch_size))
-    for out in forward_batches(model, batches, [layer]):
-        a = out[layer]
-        if sel is None:
-            sel = torch.as_tensor(parse_unit_list(units, a.shape[1]) if not isinstance(units, list)
-                                  else [int(u) for u in units], dtype=torch.long)
-            if len(sel) and int(sel.max()) >= a.shape[1]:
-                raise ValueError(f"unit {int(sel.max())} is out of range: {layer!r} has {a.shape[1]} units")
-            map_shape = tuple(a.shape[1:])
-            u = len(sel)
-            best_v = torch.full((u, 0), -torch.inf)
-            best_i = torch.zeros((u, 0), dtype=torch.long)
-            best_p = torch.zeros((u, 0), dtype=torch.long)
-        a = a[:, sel].float().cpu()
-        flat = a.flatten(2) if a.ndim > 2 else a[..., None]
-        v, p = flat.max(2)  # (B, U)
-        idx = torch.arange(done, done + len(a)).expand(len(sel), -1)
-        best_v, best_i, best_p = _merge(best_v, best_i, best_p, v.T, idx, p.T, k)
-        done += len(a)
-        if callback:
-            callback(done, n)
+    with closing(_activations(model, dataset, layer, batch_size)) as batches:
+        for a in batches:
+            if sel is None:
+                sel = torch.as_tensor(parse_unit_list(units, a.shape[1]) if not isinstance(units, list)
+                                      else [int(u) for u in units], dtype=torch.long)
+                if len(sel) and int(sel.max()) >= a.shape[1]:
+                    raise ValueError(f"unit {int(sel.max())} is out of range: {layer!r} has {a.shape[1]} units")
+                map_shape = tuple(a.shape[1:])
+                u = len(sel)
+                best_v = torch.full((u, 0), -torch.inf)
+                best_i = torch.zeros((u, 0), dtype=torch.long)
+                best_p = torch.zeros((u, 0), dtype=torch.long)
+            a = a[:, sel].float().cpu()
+            flat = a.flatten(2) if a.ndim > 2 else a[..., None]
+            v, p = flat.max(2)  # (B, U)
+            idx = torch.arange(done, done + len(a)).expand(len(sel), -1)
+            best_v, best_i, best_p = _merge(best_v, best_i, best_p, v.T, idx, p.T, k)
+            done += len(a)
+            if callback:
+                callback(done, n)
     w = map_shape[-1] if len(map_shape) > 1 else 1
     pos = torch.stack([best_p // w, best_p % w], -1).numpy()
     ids = [[dataset.ids[int(i)] for i in row] for row in best_i]

@@ -286,3 +286,67 @@ def test_redirected_relu_gradient_rule_and_escape_from_the_dead_zone():
                        project=opt.ClampPixels(), redirect_relu=True)
     assert freed.losses[0] < -0.1                     # the channel is on
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in net.modules())
+
+
+def _small_cnn():
+    """3 -> 8 -> 6 channels with an in-place ReLU and an overlapping ceil-mode max-pool (the
+    layers whose NCHW kernels the channels-last engine avoids)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 8, 3, stride=2), relu1=nn.ReLU(inplace=True),
+        pool=nn.MaxPool2d(3, stride=2, ceil_mode=True), conv2=nn.Conv2d(8, 6, 3, padding=1),
+        relu2=nn.ReLU(inplace=True), flatten=nn.Flatten(), fc=nn.Linear(6 * 7 * 7, 4)))
+    from convlens.inputspec import PRESETS
+
+    return Model(net.eval(), PRESETS["imagenet"], "small")
+
+
+def test_channels_last_engine_gives_the_nchw_gradient():
+    """The engine (channels-last weights, fused channel objective, no clone at the last hooked
+    layer) against plain NCHW autograd written out here, on one step with transforms."""
+    m = _small_cnn()
+    units = [5, 0, 3, 3]
+    seen = {}
+
+    def grab(step, loss, state):
+        seen["grad"] = state.param.spectrum.grad.clone()
+        seen["loss"] = state.losses.clone()
+        return True
+
+    opt.render(m, O.channel("conv2", units), opt.FourierImage(4, 3, 32, seed=1), steps=1,
+               transforms=opt.standard_transforms(32), seed=7, callback=grab)
+    assert all(p.is_contiguous() for p in m.net.parameters())      # layout restored
+    ref = opt.FourierImage(4, 3, 32, seed=1)
+    x = opt.standard_transforms(32)(ref.image(), torch.Generator().manual_seed(7))
+    a = m.net.conv2(m.net.pool(m.net.relu1(m.net.conv1(m.spec.normalize(x)))))
+    loss = -a[torch.arange(4), torch.tensor(units)].mean(dim=(1, 2))
+    loss.sum().backward()
+    torch.testing.assert_close(seen["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen["grad"], ref.spectrum.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_render_reaches_about_the_float32_activation():
+    from convlens.fast import bf16_native
+
+    m = _small_cnn()
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        with pytest.warns(UserWarning, match="no native bfloat16") if (
+                precision == "bfloat16" and not bf16_native()) else _no_warning():
+            runs[precision] = opt.render(m, O.channel("conv2", range(6)),
+                                         opt.FourierImage(6, 3, 32, seed=0), steps=24, lr=0.1,
+                                         precision=precision)
+    f32, bf16 = runs["float32"], runs["bfloat16"]
+    assert (f32.precision, bf16.precision) == ("float32", "bfloat16")
+    start = opt.evaluate(m, O.channel("conv2", range(6)), opt.FourierImage(6, 3, 32, seed=0).image())
+    assert (bf16.losses < start.numpy()).all()                   # every unit rose
+    ratio = bf16.losses / f32.losses                              # both negative activations
+    assert np.median(ratio) > 0.8 and (ratio > 0.5).all()
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        opt.render(m, O.channel("conv2", 0), opt.PixelImage(1, 3, 32), steps=1, precision="half")
+
+
+def _no_warning():
+    from contextlib import nullcontext
+
+    return nullcontext()

@@ -123,10 +123,12 @@ class Capture:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-            # clone: a following in-place op (ReLU(inplace=True)) would overwrite the tensor
-            value = value.detach().clone() if self.detach else value.clone()
-            self.outputs[name] = value
-            if self.stop and len(self._fired) == len(self.layers):
+            last = self.stop and len(self._fired) == len(self.layers)
+            value = value.detach() if self.detach else value
+            # clone: a following in-place op (ReLU(inplace=True)) would overwrite the tensor;
+            # none follows when the forward pass stops here
+            self.outputs[name] = value if last else value.clone()
+            if last:
                 raise _StopForward
 
         return fn

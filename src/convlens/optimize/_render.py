@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convlens.fast import autocast_to, fast
 from convlens.optimize._param import Parametrization, to_param
 from convlens.optimize._project import Compose as ComposeProjections
 from convlens.optimize._relu import redirected_relus
@@ -50,7 +51,9 @@ class RenderResult:
     ``images``: ``(N, C, H, W)`` in display space; ``losses``: the objective of each final image
     without transforms; ``history``: the mean loss at each step; ``steps``: steps run;
     ``stopped_at``: the step at which a callback stopped each image (-1: ran to the end);
-    ``interrupted``: stopped by ``KeyboardInterrupt`` (the images are the last ones).
+    ``interrupted``: stopped by ``KeyboardInterrupt`` (the images are the last ones);
+    ``precision``: the dtype the network ran in during the optimization (``losses`` are always
+    float32).
     """
 
     images: torch.Tensor
@@ -60,6 +63,7 @@ class RenderResult:
     stopped_at: np.ndarray | None = None
     interrupted: bool = False
     description: str = ""
+    precision: str = "float32"
 
     def save(self, directory: str | Path) -> Path:
         from convlens.files import atomic_path, write_json
@@ -71,7 +75,8 @@ class RenderResult:
                                 stopped_at=self.stopped_at if self.stopped_at is not None else [])
         write_json(d / "render.json", {"history": self.history, "steps": self.steps,
                                        "interrupted": self.interrupted,
-                                       "description": self.description})
+                                       "description": self.description,
+                                       "precision": self.precision})
         return d
 
     @classmethod
@@ -83,7 +88,8 @@ class RenderResult:
             images, losses, stopped = z["images"], z["losses"], z["stopped_at"]
         meta = read_json(d / "render.json")
         return cls(torch.from_numpy(images), losses, meta["history"], meta["steps"],
-                   stopped if stopped.size else None, meta["interrupted"], meta["description"])
+                   stopped if stopped.size else None, meta["interrupted"], meta["description"],
+                   meta.get("precision", "float32"))
 
 
 def _as_model(model):
@@ -96,14 +102,23 @@ def _as_model(model):
     raise TypeError(f"model must be a convlens Model or a torch.nn.Module, got {type(model).__name__}")
 
 
-def _forward(model, objective: Objective, cap: Capture | None, x: torch.Tensor) -> dict:
-    """Run the network on ``x`` and return the activations the objective needs."""
+def _forward(model, objective: Objective, cap: Capture | None, x: torch.Tensor,
+             dtype: torch.dtype = torch.float32) -> dict:
+    """Run the network on ``x`` (in ``dtype``: bfloat16 autocast or float32) and return the
+    activations the objective needs, in float32."""
+    with autocast_to(dtype, x.device):
+        acts = _run(model, objective, cap, x)
+    if dtype != torch.float32:
+        acts = {k: v.float() if v.is_floating_point() else v for k, v in acts.items()}
+    return acts
+
+
+def _run(model, objective: Objective, cap: Capture | None, x: torch.Tensor) -> dict:
     if cap is None:
         out = model(x) if OUTPUT in objective.layers else None
         return {OUTPUT: out} if out is not None else {}
     if OUTPUT in objective.layers:
         cap.stop = False
-        acts = {}
         out = None
 
         def run(inp):
@@ -118,10 +133,10 @@ def _forward(model, objective: Objective, cap: Capture | None, x: torch.Tensor) 
 
 
 def evaluate(model, objective: Objective, images: torch.Tensor) -> torch.Tensor:
-    """The objective's loss per image on ``images`` (no transforms, no gradient)."""
+    """The objective's loss per image on ``images`` (no transforms, no gradient, float32)."""
     model = _as_model(model)
     layers = [name for name in objective.layers if name != OUTPUT]
-    with frozen(model.net), torch.no_grad():
+    with frozen(model.net), fast(model.net), torch.no_grad():
         if layers:
             with Capture(model.net, layers, detach=True) as cap:
                 acts = _forward(model, objective, cap, images)
@@ -150,7 +165,8 @@ def _normalize_grads(params: Sequence[torch.Tensor], n: int) -> None:
 
 def _check_finite(params: Sequence[torch.Tensor], losses: torch.Tensor, step: int, desc: str) -> None:
     bad_loss = not torch.isfinite(losses).all()
-    bad_grad = any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params)
+    # one reduction per gradient: its sum is NaN or infinite when any element is
+    bad_grad = any(p.grad is not None and not torch.isfinite(p.grad.sum()) for p in params)
     if bad_loss or bad_grad:
         what = "loss" if bad_loss else "gradient"
         raise FloatingPointError(
@@ -183,6 +199,7 @@ def render(
     redirect_relu: bool = False,
     seed: int | torch.Generator = 0,
     callback: Callback | None = None,
+    precision: str = "float32",
 ) -> RenderResult:
     """Optimize ``param`` so that the network's response minimizes ``objective``.
 
@@ -204,6 +221,11 @@ def render(
     callback : ``(step, loss, state) -> stop?`` called after the backward pass and before the
         update; return ``True`` to stop, or a bool tensor ``(N,)`` to stop those images (needs
         batch-first parameters; a stopped image keeps the state the callback saw)
+    precision : ``"float32"`` (default), ``"bfloat16"`` or ``"auto"`` (bfloat16 where the
+        hardware runs it natively; see :mod:`convlens.fast`): the dtype of the network's
+        convolutions and matrix products during the optimization. The parametrization,
+        transforms, objectives and the final :func:`evaluate` stay in float32. The network
+        always runs with channels-last weights (same results as NCHW up to rounding).
 
     Returns
     -------
@@ -229,7 +251,8 @@ def render(
     stopped_at = np.full(n, -1, dtype=int)
     history: list[float] = []
     interrupted, step = False, 0
-    with frozen(model.net), (redirected_relus(model.net) if redirect_relu else nullcontext()):
+    with frozen(model.net), fast(model.net, precision, grad=True, autocast=False) as dtype, \
+            (redirected_relus(model.net) if redirect_relu else nullcontext()):
         cap = Capture(model.net, layers, detach=False) if layers else None  # after the ReLU hooks
         try:
             if cap is not None:
@@ -238,7 +261,7 @@ def render(
                 opt.zero_grad(set_to_none=True)
                 raw = param.image()
                 x = tf(raw, gen)
-                acts = _forward(model, objective, cap, x)
+                acts = _forward(model, objective, cap, x, dtype)
                 losses = objective(ObjectiveContext(acts, x, raw, step))
                 losses.sum().backward()
                 _check_finite(params, losses.detach(), step, objective.description)
@@ -269,7 +292,7 @@ def render(
         images = param.image().detach().clamp(0, 1)
     final = evaluate(model, objective, images) if n else torch.zeros(0)
     return RenderResult(images, final.cpu().numpy(), history, len(history), stopped_at,
-                        interrupted, objective.description)
+                        interrupted, objective.description, str(dtype).removeprefix("torch."))
 
 
 def _update(opt, params, done: torch.Tensor, n: int, step: int, proj, param) -> None:

@@ -193,7 +193,10 @@ def channel(layer: str, index: Index) -> Objective:
             )
         n = a.shape[0]
         idx = _indices(index, n, a.shape[1], "channel", _layer_label(layer))
-        return -a[torch.arange(n), idx].mean(dim=(1, 2))
+        # the means of all channels, then one per image: its gradient keeps the layout of ``a``
+        # (indexing ``a`` first would send back a dense NCHW gradient to a channels-last net)
+        means = a.mean(dim=(2, 3))
+        return -means[torch.arange(n), idx.to(a.device)]
 
     return Objective(fn, frozenset([layer]), f"channel {_layer_label(layer)}:{_name(index)}")
 

@@ -1,15 +1,23 @@
 """Activation maximization: 64 units of one layer optimized together (one batch) against one
 after another with the same steps, and against Lucent on the same units with its defaults.
 
-    python benchmarks/bench_visualize.py [--steps 32] [--sequential 8] [--lucent 4] [--size 128]
+    python benchmarks/bench_visualize.py [--steps 32] [--sequential 8] [--lucent 2] [--size 128]
+        [--precisions float32,bfloat16] [--settings vgg4,squeezenet,squeezenet7,lenet] [--repeats 3]
 
-Two settings: Lees' VGG4 (CIFAR-10 size, 32 px; random weights -- the time does not depend on
-them), layer ``conv3`` (64 channels); and the SqueezeNet in ../shared/models when present (else
-the same architecture with random weights), layer ``features.3.expand1x1`` (64 channels). Channel
-objectives, Fourier parametrization with decorrelated colour and the standard transforms.
-"One after another" and Lucent run a sample of the 64 units (``--sequential``, ``--lucent``) and
-report the time per unit. Lucent (``torch-lucent``) depends on torchvision, which cannot be
-imported beside our CPU torch; it is used when importable, e.g. from a throwaway folder:
+Settings: Lees' VGG4 (CIFAR-10 size, 32 px; random weights -- the time does not depend on them),
+layer ``conv3`` (64 channels); the SqueezeNet in ../shared/models when present (else the same
+architecture with random weights), layer ``features.3.expand1x1`` (64 channels) and, deeper,
+``features.7`` (units 0-63 of 256), at ``--size`` px; the built-in LeNet, ``conv2`` (16 channels,
+each visualized 4 times with another seed so that 64 images run). Channel objectives, Fourier
+parametrization with decorrelated colour and the standard transforms, Adam 0.05; the engine's
+options are the same for both sides, one after another is the same ``render`` call with one unit.
+"One after another" and Lucent run a sample of the units (``--sequential``, ``--lucent``); all
+times are per unit. Each measurement is the best of ``--repeats`` rounds, and the rounds
+interleave the two sides, because the machine is shared; the load (``uptime``) is printed.
+For bfloat16 the activation each unit reaches (evaluated in float32) is compared with float32.
+
+Lucent (``torch-lucent``) depends on torchvision, which cannot be imported beside our CPU torch;
+it is used when importable, e.g. from a throwaway folder:
 
     pip install --target /tmp/lucent_env --no-deps torch-lucent kornia kornia_rs decorator
     PYTHONPATH=/tmp/lucent_stubs:/tmp/lucent_env python benchmarks/bench_visualize.py
@@ -23,9 +31,11 @@ empty ``IPython.display`` (see the note of issue 5). Lucent's defaults: ``param.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 LAYER = "features.3.expand1x1"
@@ -49,71 +59,119 @@ def load():
     return load_model("squeezenet1_1", input_spec="caffe"), "random weights"
 
 
-def ours(model, units: list[int], steps: int, size: int, layer: str = LAYER) -> float:
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "uptime unavailable"
+
+
+def ours(model, units: list[int], steps: int, size: int, layer: str, precision: str,
+         seed: int = 0) -> tuple[float, np.ndarray]:
+    """Seconds for one ``render`` of ``units`` (one image each), and the activations reached."""
     from convlens.optimize import FourierImage, objectives, render, standard_transforms
 
+    channels = model.spec.channels
     t = time.perf_counter()
-    render(model, objectives.channel(layer, units), FourierImage(len(units), 3, size, seed=0),
-           steps=steps, transforms=standard_transforms(size), seed=0)
-    return time.perf_counter() - t
+    r = render(model, objectives.channel(layer, units), FourierImage(len(units), channels, size, seed=seed),
+               steps=steps, transforms=standard_transforms(size), seed=seed, precision=precision)
+    return time.perf_counter() - t, -r.losses
 
 
-def compare(model, layer: str, size: int, steps: int, sequential: int) -> tuple[float, float]:
-    """Seconds per unit: 64 units in one batch, and one unit per run."""
-    ours(model, [0], 2, size, layer)  # warm-up
-    together = ours(model, list(range(64)), steps, size, layer) / 64
-    seq = sum(ours(model, [u], steps, size, layer) for u in range(sequential)) / sequential
-    print(f"  convlens, 64 units together : {together:8.4f} s per unit")
-    print(f"  convlens, one after another : {seq:8.4f} s per unit ({sequential} units)")
-    print(f"  ratio one-after-another / together: {seq / together:.1f}x (target >= 10x)")
-    return together, seq
+def compare(model, layer: str, size: int, steps: int, sequential: int, units: list[int],
+            precisions: list[str], repeats: int) -> dict[str, tuple[float, float]]:
+    """Per precision: seconds per unit for ``units`` in one batch and one unit per run (best of
+    ``repeats`` interleaved rounds)."""
+    out, reached = {}, {}
+    for precision in precisions:
+        ours(model, units[:1], 2, size, layer, precision)  # warm-up
+        best_t, best_s = float("inf"), float("inf")
+        for _ in range(repeats):  # rounds interleave the two sides
+            dt, reached[precision] = ours(model, units, steps, size, layer, precision)
+            best_t = min(best_t, dt / len(units))
+            seq = sum(ours(model, [u], steps, size, layer, precision, seed=i)[0]
+                      for i, u in enumerate(units[:sequential])) / sequential
+            best_s = min(best_s, seq)
+        out[precision] = (best_t, best_s)
+        print(f"  [{precision}] {len(units)} units together : {best_t:8.4f} s per unit")
+        print(f"  [{precision}] one after another  : {best_s:8.4f} s per unit ({sequential} units)")
+        print(f"  [{precision}] ratio one-after-another / together: {best_s / best_t:.1f}x "
+              "(target >= 10x)")
+    if "float32" in reached and "bfloat16" in reached:
+        r = reached["bfloat16"] / np.where(reached["float32"] == 0, np.nan, reached["float32"])
+        print(f"  activation reached (evaluated in float32, {len(units)} units): mean float32 "
+              f"{reached['float32'].mean():.4g}, bfloat16 {reached['bfloat16'].mean():.4g}; per unit "
+              f"bfloat16 / float32: median {np.nanmedian(r):.3f}, min {np.nanmin(r):.3f}, "
+              f"max {np.nanmax(r):.3f}")
+    return out
 
 
-def lucent(model, units: list[int], steps: int) -> float | None:
+def lucent(model, layer: str, units: list[int], steps: int, repeats: int) -> float | None:
+    """Seconds per unit with Lucent's defaults (best of ``repeats`` rounds)."""
     try:
         import kornia
         from kornia.geometry import transform as kt
         from lucent.optvis import render
     except Exception as e:  # ImportError, or torchvision failing beside a CPU torch
-        print(f"Lucent: not run ({type(e).__name__}: {e})")
+        print(f"  Lucent: not run ({type(e).__name__}: {e})")
         return None
     # lucent 0.1.8 calls kornia's old top-level names, which kornia 0.9 dropped: alias them
     kornia.get_rotation_matrix2d = getattr(kornia, "get_rotation_matrix2d", kt.get_rotation_matrix2d)
     kornia.warp_affine = getattr(kornia, "warp_affine", kt.warp_affine)
-    name = LAYER.replace(".", "_")
-    t = time.perf_counter()
-    for u in units:
-        render.render_vis(model.net, f"{name}:{u}", thresholds=(steps,), progress=False,
-                          show_image=False)
-    return time.perf_counter() - t
+    name = layer.replace(".", "_")
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for u in units:
+            render.render_vis(model.net, f"{name}:{u}", thresholds=(steps,), progress=False,
+                              show_image=False)
+        best = min(best, (time.perf_counter() - t) / len(units))
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--sequential", type=int, default=8, help="units run one after another")
-    ap.add_argument("--lucent", type=int, default=4, help="units run with Lucent")
+    ap.add_argument("--lucent", type=int, default=2, help="units run with Lucent (0: skip)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precisions", default="float32,bfloat16")
+    ap.add_argument("--settings", default="vgg4,squeezenet,squeezenet7,lenet")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from convlens import load_model
 
-    torch.manual_seed(0)
-    print(f"vgg4 (Lees' CIFAR-10 net, random weights), layer conv3, {a.steps} steps, 32 px, "
-          f"{a.threads} thread(s)")
-    compare(load_model("vgg4"), "conv3", 32, a.steps, 64)
-    model, kind = load()
-    print(f"squeezenet1_1 ({kind}), layer {LAYER}, {a.steps} steps, {a.size} px, "
-          f"{a.threads} thread(s)")
-    together, seq = compare(model, LAYER, a.size, a.steps, a.sequential)
-    luc = lucent(model, list(range(a.lucent)), a.steps) if a.lucent else None
-    if luc is not None:
-        luc /= a.lucent
-        print(f"  Lucent defaults, one per call: {luc:8.3f} s per unit ({a.lucent} units; its "
-              f"128 px image is upsampled to 224 px)")
-        print(f"  ratio Lucent / convlens together: {luc / together:.1f}x; "
-              f"Lucent / convlens one after another: {luc / seq:.1f}x")
+    precisions = a.precisions.split(",")
+    settings = a.settings.split(",")
+    print(f"{a.steps} steps, {a.threads} thread(s), best of {a.repeats} interleaved rounds; "
+          f"{_uptime()}")
+    if "vgg4" in settings:
+        torch.manual_seed(0)
+        print(f"vgg4 (Lees' CIFAR-10 net, random weights), layer conv3, 32 px; {_uptime()}")
+        compare(load_model("vgg4"), "conv3", 32, a.steps, 64, list(range(64)), precisions, a.repeats)
+    model, kind = load() if {"squeezenet", "squeezenet7"} & set(settings) else (None, "")
+    if "squeezenet" in settings:
+        print(f"squeezenet1_1 ({kind}), layer {LAYER}, {a.size} px; {_uptime()}")
+        res = compare(model, LAYER, a.size, a.steps, a.sequential, list(range(64)), precisions,
+                      a.repeats)
+        luc = lucent(model, LAYER, list(range(a.lucent)), a.steps, a.repeats) if a.lucent else None
+        if luc is not None:
+            print(f"  Lucent defaults, one per call: {luc:8.3f} s per unit ({a.lucent} units; its "
+                  f"128 px image is upsampled to 224 px)")
+            for precision, (together, seq) in res.items():
+                print(f"  [{precision}] ratio Lucent / convlens together: {luc / together:.1f}x; "
+                      f"Lucent / convlens one after another: {luc / seq:.1f}x")
+    if "squeezenet7" in settings:
+        print(f"squeezenet1_1 ({kind}), layer features.7 (units 0-63), {a.size} px; {_uptime()}")
+        compare(model, "features.7", a.size, a.steps, a.sequential, list(range(64)), precisions,
+                a.repeats)
+    if "lenet" in settings:
+        print(f"lenet-digits (trained), layer conv2 (16 units x 4 seeds), 28 px; {_uptime()}")
+        compare(load_model("lenet-digits"), "conv2", 28, a.steps, 16,
+                [u % 16 for u in range(64)], precisions, a.repeats)
+    print(f"done; {_uptime()}")
 
 
 if __name__ == "__main__":

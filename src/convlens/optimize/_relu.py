@@ -24,12 +24,15 @@ class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        zero = torch.zeros_like(g)
-        relu_g = torch.where(x < 0, zero, g)
-        # g > 0 at a negative input: descending would push the input lower still; drop that part
-        redirected = torch.where((x < 0) & (g > 0), zero, g)
         n = g.shape[0]
-        passed = relu_g.reshape(n, -1).abs().amax(1) > 0
+        relu_g = torch.ops.aten.threshold_backward(g, x, 0)  # the plain ReLU gradient, one pass
+        # per image, without reshaping (a channels-last gradient would be copied); abs().amax
+        # measured 4x faster than count_nonzero or a vector norm on a channels-last map
+        passed = relu_g.abs().amax(dim=tuple(range(1, g.ndim))) > 0
+        if bool(passed.all()):  # the usual case once units are on
+            return relu_g
+        # g > 0 at a negative input: descending would push the input lower still; drop that part
+        redirected = g.masked_fill((x < 0) & (g > 0), 0)
         return torch.where(passed.view(n, *([1] * (g.ndim - 1))), relu_g, redirected)
 
 
@@ -40,10 +43,17 @@ def redirected_relu(x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def redirected_relus(net: nn.Module) -> Iterator[int]:
-    """Give every ``nn.ReLU`` module of ``net`` redirected gradients while the context is open
-    (hooks removed on exit). Yields the number of ReLU modules changed; functional
-    ``torch.relu`` calls inside ``forward`` are not reached."""
+    """Give every ``nn.ReLU`` module of ``net`` redirected gradients while the context is open.
+    Yields the number of ReLU modules changed; functional ``torch.relu`` calls inside
+    ``forward`` are not reached.
+
+    A ReLU module computes :func:`redirected_relu` instead of its own ``forward`` (an instance
+    attribute, deleted on exit; hooks on the module still run around it). One whose ``forward``
+    is already replaced gets hooks instead, which keep its input and replace its output (one more
+    copy and one wasted ReLU per call: twice the cost on SqueezeNet's first layers)."""
     relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+    swapped = [m for m in relus if "forward" not in vars(m)]
+    watched = [m for m in relus if "forward" in vars(m)]
     stash: dict[int, torch.Tensor] = {}
 
     def pre(module, args):
@@ -52,6 +62,12 @@ def redirected_relus(net: nn.Module) -> Iterator[int]:
     def post(module, args, output):
         return redirected_relu(stash.pop(id(module)))
 
-    regs = [(m, "forward_pre", pre) for m in relus] + [(m, "forward", post) for m in relus]
-    with hooks(regs):
-        yield len(relus)
+    regs = [(m, "forward_pre", pre) for m in watched] + [(m, "forward", post) for m in watched]
+    try:
+        for m in swapped:
+            m.forward = redirected_relu
+        with hooks(regs):
+            yield len(relus)
+    finally:
+        for m in swapped:
+            vars(m).pop("forward", None)

@@ -162,6 +162,9 @@ def test_cli_visualize_and_errors(tmp_path):
     res = runner.invoke(app, ["visualize", "lenet-digits", "--layer", "conv1", "--units", "0-9",
                               "--steps", "5", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "out of range" in res.output
+    res = runner.invoke(app, ["visualize", "lenet-digits", "--layer", "conv1", "--units", "0",
+                              "--steps", "2", "--precision", "half", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown precision 'half'" in res.output
     res = runner.invoke(app, ["fool", "lenet-digits", "--class", "3", "--max-steps", "100",
                               "--out", str(tmp_path / "f")])
     assert res.exit_code == 0 and "confidence 0.999" in res.output

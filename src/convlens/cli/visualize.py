@@ -22,6 +22,7 @@ from convlens.cli._common import (
     open_model,
     progress_bar,
 )
+from convlens.cli.attribute import PrecisionOpt
 
 StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
@@ -65,6 +66,7 @@ def visualize(
     l2: Annotated[float, typer.Option(help="L2-decay weight (per pixel).")] = 0.0,
     normalize_grad: Annotated[bool, typer.Option(help="Divide gradients by their RMS (Lees).")] = False,
     batch_size: Annotated[int, typer.Option(help="Units optimized together.")] = 64,
+    precision: PrecisionOpt = "float32",
     steps: StepsOpt = 256,
     lr: LrOpt = 0.05,
     size: SizeOpt = None,
@@ -84,7 +86,8 @@ def visualize(
         r = activation_maximization(
             m, layer, units, size=size, steps=steps, lr=lr, param=param, objective=objective,
             transforms=transforms, tv=tv, l2=l2, normalize_grad=normalize_grad, batch_size=batch_size,
-            reference=ref, seed=seed, callback=lambda done, total: update(completed=done, total=total))
+            reference=ref, seed=seed, precision=precision,
+            callback=lambda done, total: update(completed=done, total=total))
     folder = out / layer
     r.save(folder)
     save_unit_pngs(r, folder / "units", scale=max(1, 128 // max(r.images.shape[-2:])))

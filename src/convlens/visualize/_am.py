@@ -132,6 +132,7 @@ def activation_maximization(
     reference=None,
     seed: int = 0,
     callback: Callable[[int, int], None] | None = None,
+    precision: str = "float32",
 ) -> UnitVisualization:
     """An image that maximizes each unit of ``layer``, ``batch_size`` units per optimization.
 
@@ -153,6 +154,9 @@ def activation_maximization(
     reference : an :class:`~convlens.data.ImageDataset` conformed to the model; each unit is
         compared with the highest activation an image of it gives (same statistic: map maximum)
     callback : ``callback(units_done, units_total)``
+    precision : the network's dtype during the optimization, ``"float32"`` (default),
+        ``"bfloat16"`` or ``"auto"`` (see :func:`convlens.optimize.render`); the activations
+        reached are measured in float32 either way
 
     Returns
     -------
@@ -190,7 +194,7 @@ def activation_maximization(
 
         r = render(model, obj, p, steps=steps, lr=lr, transforms=tf, project=proj,
                    normalize_grad=normalize_grad, redirect_relu=redirect_relu, seed=seed + start,
-                   callback=watch)
+                   callback=watch, precision=precision)
         acts = capture(model, r.images, [layer])[layer]
         value = _map_max(acts, torch.as_tensor(idx))
         for u, v, m in zip(idx, value.tolist(), moved.tolist()):

@@ -181,6 +181,13 @@ def _agreement(a, b):
     return np.corrcoef(a, b)[0, 1], float(ta[0] == tb[0]), len(set(ta[:5]) & set(tb[:5])) / 5
 
 
+def package_samples(seed: int, n: int, s: int) -> np.ndarray:
+    """The on/off patterns lime 0.2's LimeImageExplainer(random_state=seed) draws."""
+    z = np.random.RandomState(seed).randint(0, 2, n * s).reshape(n, s).astype(float)
+    z[0] = 1
+    return z
+
+
 def _area_rows(model, images, seeds, package_how):
     """Per (image, seed): deletion areas (float32 curves) of ours (auto, float32) and the package's,
     and the weights of ours for the precision comparison."""
@@ -191,14 +198,18 @@ def _area_rows(model, images, seeds, package_how):
             w = {"auto": lime(model, x, labels=[lab], segments=seg, num_samples=SAMPLES, seed=seed).weights(lab),
                  "float32": lime(model, x, labels=[lab], segments=seg, num_samples=SAMPLES, seed=seed,
                                  precision="float32").weights(lab),
-                 "package": lime_package(model, x, seg, lab, seed, package_how)}
+                 "package": lime_package(model, x, seg, lab, seed, package_how),
+                 # ours on the very samples the package drew (its RandomState stream): what is left
+                 # of the difference once the sampling noise is taken out
+                 "paired": lime(model, x, labels=[lab], segments=seg, seed=seed,
+                                samples=package_samples(seed, SAMPLES, int(seg.max()) + 1)).weights(lab)}
             areas = {k: deletion_curve(model, x, v[seg], lab, precision="float32").area for k, v in w.items()}
             rows.append({"image": name, "seed": seed, "weights": w, "areas": areas})
     return rows
 
 
 def _report_areas(title, rows):
-    a = {k: np.array([r["areas"][k] for r in rows]) for k in ("auto", "float32", "package")}
+    a = {k: np.array([r["areas"][k] for r in rows]) for k in ("auto", "float32", "package", "paired")}
     print(f"\nLIME deletion area (lower is better), {title}: {len(rows)} image x seed pairs")
     for k, label in (("auto", "convlens, precision=auto"), ("float32", "convlens, float32"),
                      ("package", "lime package")):
@@ -209,6 +220,11 @@ def _report_areas(title, rows):
         print(f"  ours ({k}) - package: mean {d.mean():+.4f} +- {1.96 * se:.4f} (95% CI), sd {d.std(ddof=1):.4f}; "
               f"ours lower in {np.mean(d < 0):.0%}, higher in {np.mean(d > 0):.0%}; ratio of means "
               f"{a[k].mean() / a['package'].mean():.3f} -> {'significantly worse' if d.mean() - 1.96 * se > 0 else 'not significantly worse'}")
+    d = a["paired"] - a["package"]
+    pair = np.array([_agreement(r["weights"]["paired"], r["weights"]["package"]) for r in rows])
+    print(f"  ours (auto) on the package's own samples - package: mean {d.mean():+.4f}, max |diff| "
+          f"{np.abs(d).max():.4f}; weight correlation {pair[:, 0].mean():.4f} (min {pair[:, 0].min():.4f}), "
+          f"same top superpixel {pair[:, 1].mean():.0%}")
     same = np.array([_agreement(r["weights"]["auto"], r["weights"]["float32"]) for r in rows])
     by_image = {}
     for r in rows:
@@ -235,8 +251,8 @@ def bench_areas(n_photos, seeds, per_class=3):
         print(f"SqueezeNet case skipped: {SHARED / 'models'} is absent")
     else:
         pics = dict(list(photos().items())[:n_photos])
-        # the package's classifier runs channels-last in float32 here: the same probabilities as
-        # the user's classifier up to float rounding (tests/test_fast.py), in half the time
+        # the package's classifier runs inside fast(net, "float32") here: the user's classifier's
+        # probabilities up to float rounding (tests/test_fast.py); no faster, as the timing shows
         _report_areas(f"SqueezeNet on {len(pics)} photos ({', '.join(pics)}), quickshift",
                       _area_rows(sq, pics, seeds, "fast32"))
     print(f"{time.perf_counter() - t0:.0f} s; {_load()}")

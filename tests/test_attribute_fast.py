@@ -90,3 +90,37 @@ def test_bad_precision_and_batch_size_are_named(lenet, digits):
         lime(lenet, x, num_samples=10, precision="half")
     with pytest.raises(ValueError, match="batch_size must be a positive integer or None, got 0"):
         deletion_curve(lenet, x, np.zeros((28, 28)), batch_size=0)
+
+
+def package_samples(seed: int, n: int, s: int) -> np.ndarray:
+    """The on/off patterns lime 0.2's LimeImageExplainer(random_state=seed) draws."""
+    z = np.random.RandomState(seed).randint(0, 2, n * s).reshape(n, s).astype(float)
+    z[0] = 1
+    return z
+
+
+def test_on_the_packages_samples_our_lime_is_the_packages(lenet, digits):
+    from lime import lime_image
+
+    x = digits.image(42)
+    seg = superpixels(x, "slic", n_segments=20)
+    label = int(lenet(x[None]).argmax())
+
+    def classify(batch):
+        with torch.no_grad():
+            t = torch.as_tensor(batch[..., :1], dtype=torch.float32).permute(0, 3, 1, 2)
+            return torch.softmax(lenet(t), 1).numpy()
+
+    rgb = np.repeat(x.numpy().transpose(1, 2, 0), 3, axis=2).astype(np.float64)
+    exp = lime_image.LimeImageExplainer(random_state=7).explain_instance(
+        rgb, classify, labels=(label,), top_labels=None, num_samples=200, segmentation_fn=lambda _: seg,
+        random_seed=7)
+    theirs = np.zeros(seg.max() + 1)
+    for s, v in exp.local_exp[label]:
+        theirs[s] = v
+    z = package_samples(7, 200, seg.max() + 1)
+    ours = lime(lenet, x, labels=[label], segments=seg, samples=z, precision="float32")
+    np.testing.assert_allclose(ours.weights(label), theirs, atol=1e-5)
+    assert ours.meta["samples"] == "given" and ours.meta["num_samples"] == 200
+    with pytest.raises(ValueError, match=r"samples must be a 0/1 matrix \(samples x \d+ superpixels\)"):
+        lime(lenet, x, segments=seg, samples=np.ones((5, 3)))

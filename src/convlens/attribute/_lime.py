@@ -194,6 +194,7 @@ def lime(
     kernel_width: float = 0.25,
     num_features: int | None = None,
     seed: int = 0,
+    samples: np.ndarray | None = None,
     callback: Callable[[int, int], None] | None = None,
 ) -> LimeResult:
     """Explain ``model``'s classification of one display-space ``image`` with LIME.
@@ -208,6 +209,9 @@ def lime(
     num_samples : perturbed images (the first is the unperturbed image)
     hide : what a switched-off superpixel becomes: ``"mean"`` (its mean colour) or a value
     num_features : ``K`` for a sparse K-LASSO model; ``None`` keeps every superpixel
+    samples : your own on/off patterns ``(M, S)`` (1 = superpixel kept) instead of ``num_samples``
+        drawn from ``seed``; e.g. the ``lime`` package's draws, to compare the two on the same
+        samples
     batch_size : perturbed images per forward pass; ``None`` picks one from the image size
         (:func:`convlens.attribute._blend.auto_batch`: 5 at 227 px, 256 at 28 px)
     precision : ``"auto"`` (default: bfloat16 where the CPU or GPU runs it natively, else
@@ -236,7 +240,7 @@ def lime(
     x = check_images(model, image)
     if len(x) != 1:
         raise ValueError(f"LIME explains one image at a time, got a batch of {len(x)}")
-    if num_samples < 2:
+    if num_samples < 2 and samples is None:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
     if kernel_width <= 0:
         raise ValueError(f"kernel_width must be positive, got {kernel_width}")
@@ -248,9 +252,15 @@ def lime(
     _, seg = np.unique(seg, return_inverse=True)
     seg = seg.reshape(x.shape[1:])
     n_seg = int(seg.max()) + 1
-    rng = np.random.default_rng(seed)
-    z = rng.integers(0, 2, size=(num_samples, n_seg)).astype(np.float64)
-    z[0] = 1.0
+    if samples is None:
+        z = np.random.default_rng(seed).integers(0, 2, size=(num_samples, n_seg)).astype(np.float64)
+        z[0] = 1.0
+    else:
+        z = np.asarray(samples, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != n_seg or not np.isin(z, (0, 1)).all():
+            raise ValueError(f"samples must be a 0/1 matrix (samples x {n_seg} superpixels), got shape "
+                             f"{z.shape}" + ("" if z.ndim != 2 or z.shape[1] != n_seg else " with other values"))
+        num_samples = len(z)
     probs, dtype = perturbation_probs(model, x, seg, z, hide=hide, batch_size=batch_size, precision=precision,
                                       callback=callback)
     if labels is None:
@@ -264,6 +274,7 @@ def lime(
         coefs=np.stack([f[0] for f in fits]), intercepts=np.array([f[1] for f in fits]),
         scores=np.array([f[2] for f in fits]), probs=probs[0], class_names=list(model.class_names),
         meta={"num_samples": num_samples, "segments": n_seg, "method": method if segments is None else "given",
+              "samples": "drawn" if samples is None else "given",
               "hide": hide, "kernel_width": kernel_width, "num_features": num_features, "seed": seed,
               "precision": precision, "dtype": str(dtype).removeprefix("torch.")},
     )

@@ -219,9 +219,9 @@ def lime(
         recorded in ``meta["dtype"]``. Results are reproducible from ``seed`` on one machine in
         every precision. Why ``"auto"`` is the default (``benchmarks/bench_attribute.py
         --areas``, 1000 samples): with the same seed, bfloat16 and float32 weights correlate
-        at 0.999-1.000, the top superpixel is the same in 100 % of 90 LeNet and 20 SqueezeNet
+        at 0.999-1.000, the top superpixel is the same in 100 % of 90 LeNet and 44 SqueezeNet
         runs and the top 5 overlap 98-99 %, while two seeds in float32 correlate at only
-        0.96-0.97 (top superpixel the same in 90-97 %); the deletion area moves by under 0.001.
+        0.96-0.97 (top superpixel the same in 86-97 %); the deletion area moves by under 0.001.
         LIME's own sampling noise dwarfs the rounding (1 - correlation: 0.03-0.04 between seeds,
         under 0.001 between precisions), and bfloat16 made LIME 2.6x faster on SqueezeNet here
         (a CPU with AMX).

@@ -333,9 +333,10 @@ def render(
         finally:
             if cap is not None:
                 cap.__exit__(None, None, None)
-    with torch.no_grad():
-        images = param.image().detach().clamp(0, 1)
-    final = evaluate(model, objective, images) if n else torch.zeros(0)
+        with torch.no_grad():
+            images = param.image().detach().clamp(0, 1)
+        # inside the block: the weights are channels-last already, evaluate converts nothing
+        final = evaluate(model, objective, images) if n else torch.zeros(0)
     return RenderResult(images, final.cpu().numpy(), history, len(history), stopped_at,
                         interrupted, objective.description, str(dtype).removeprefix("torch."))
 

@@ -425,3 +425,14 @@ def test_report_section_and_layer_fragment(tmp_path, lenet, digits):
     page = (tmp_path / "layer-conv1.html").read_text()
     assert "Unique detectors" in page and "dissect/top0.png" in page
     assert "Unique detectors" not in (tmp_path / "layer-fc1.html").read_text()
+
+
+def test_batch_without_any_concept_counts_areas_only():
+    acts = torch.rand(3, 2, 4, 4)
+    labels = [(np.array([], int), np.zeros((0, 8, 8), bool))] * 3
+    tally = IoUTally(2, np.array([0, 1]), 2)
+    tally.update_acts(acts, np.array([0.5, 0.9]), np.zeros(2, bool), labels, np.ones((3, 2), bool), (8, 8))
+    inter, area, label_area = per_unit_tally(acts, np.array([0.5, 0.9]), np.zeros(2, bool), labels,
+                                             np.ones((3, 2), bool), np.array([0, 1]), (8, 8))
+    assert tally.inter.sum() == 0 and tally.label_area.sum() == 0 and tally.unit_area.sum() > 0
+    np.testing.assert_array_equal(tally.unit_area, area)

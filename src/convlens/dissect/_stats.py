@@ -272,7 +272,7 @@ class IoUTally:
         _tally_maps(np.ascontiguousarray(acts.detach().to(torch.float32).cpu().numpy()),
                     _cutoff(thresholds, strict).numpy(),
                     *_axis_runs(h, size[0]), *_axis_runs(w, size[1]),
-                    size[1], lab.numpy().reshape(b, size[0] * size[1], -1), ids.numpy(), inter, area)
+                    size[1], lab.numpy().reshape(b, size[0] * size[1], lab.shape[1]), ids.numpy(), inter, area)
         self.inter += inter[:, :c]
         self.unit_area += area.T @ annotated.astype(np.int64)
 
@@ -309,7 +309,7 @@ def pixel_labels(labels: list[tuple[np.ndarray, np.ndarray]], size: tuple[int, i
 
 def _label_area(lab: torch.Tensor, ids: torch.Tensor, b: int, c: int) -> np.ndarray:
     """Pixels per concept over the batch."""
-    per = lab.reshape(b, -1, lab.shape[1]).sum(1, dtype=torch.int64)  # (B, kmax)
+    per = lab.reshape(b, lab.shape[0] // max(b, 1), lab.shape[1]).sum(1, dtype=torch.int64)  # (B, kmax)
     return np.bincount(ids.numpy().ravel(), weights=per.numpy().ravel(), minlength=c + 1)[:c] \
         .round().astype(np.int64)
 

@@ -7,15 +7,16 @@ Four levers, measured on this machine (SqueezeNet 1.1, 227 px, one thread, batch
   Results are the same up to float rounding.
 - bfloat16 autocast (``precision="bfloat16"``), worth it only where the CPU has bfloat16 matrix
   instructions (AMX or AVX512-BF16; :func:`bf16_native`) or on a GPU: 13 -> 6 ms per image.
-  Scores change by about 1e-2 relative, so it is asked for, never implied; ``"auto"`` picks it
-  only where it is native.
+  Scores change by about 1e-2 relative, so ``fast`` defaults to float32 and each caller decides:
+  ``"auto"`` picks bfloat16 only where it is native. The perturbation methods of
+  ``convlens.attribute`` default to ``"auto"`` (LIME weights: correlation >= 0.999 with float32,
+  same top superpixel); the optimization engine and dissection default to float32.
 - ``fuse=True`` with bfloat16: each ``Conv2d`` whose only consumer is a ``ReLU`` module runs as
   one oneDNN convolution with the ReLU applied in place (found on a ``torch.fx`` trace; the
   modules' ``forward`` is swapped for the block and restored after): 4.8 -> 3.7 ms per image at
   batch 5, the same logits bit for bit. Off by default, because a hook on such a convolution
   would see its output after the ReLU; the perturbation methods of ``convlens.attribute`` use
   it when they capture no layer. (In float32 the fused kernel was not faster here.)
-
 - freed memory kept for reuse (:func:`keep_freed_memory`, from the first :func:`fast` on): glibc
   hands every freed block over 128 KiB back to the kernel, so each step of an optimization paid
   fresh page faults for the same tensors (SqueezeNet to ``features.3`` at 128 px, batch 16: ~560

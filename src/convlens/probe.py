@@ -188,8 +188,12 @@ def forward_batches(
     *,
     stop: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture ``layers`` for each batch of ``images``; hooks are registered once."""
+    """Capture ``layers`` for each batch of ``images``; hooks are registered once. The network
+    runs channels-last in float32 (:func:`convlens.fast.fast`: the same activations up to
+    rounding, about twice as fast on CPU); the outputs are handed back contiguous."""
+    from convlens.fast import fast
+
     net = model.net
-    with frozen(net), Capture(net, layers, stop=stop) as cap, torch.no_grad():
+    with frozen(net), fast(net), Capture(net, layers, stop=stop) as cap, torch.no_grad():
         for x in images:
-            yield cap.run(model, x.to(model.device))
+            yield {k: v.contiguous() for k, v in cap.run(model, x.to(model.device)).items()}

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from convlens.attribute._backprop import backproject, receptive_fields
-from convlens.fast import fast
 from convlens.files import load_result, save_result
 from convlens.probe import forward_batches, get_layer
 from convlens.units import parse_unit_list
@@ -75,11 +74,9 @@ def _merge(best_v, best_i, best_p, v, i, p, k):
 
 
 def _activations(model, dataset, layer: str, batch_size: int) -> Iterator[torch.Tensor]:
-    """``layer``'s output for each batch of ``dataset``, the network channels-last (float32
-    keeps the rankings exact)."""
-    with fast(model.net, "float32"):
-        for out in forward_batches(model, (x for x, _, _ in dataset.batches(batch_size)), [layer]):
-            yield out[layer]
+    """``layer``'s output for each batch of ``dataset``."""
+    for out in forward_batches(model, (x for x, _, _ in dataset.batches(batch_size)), [layer]):
+        yield out[layer]
 
 
 def top_images(

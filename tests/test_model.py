@@ -184,3 +184,12 @@ def test_vgg4_variants_for_dissection_comparisons():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
     x = torch.rand(2, 3, 32, 32)
     assert bn.eval()(x).shape == plain(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("preset", ["imagenet", "caffe", "unit-gray"])
+def test_input_spec_affine_is_normalize(preset):
+    spec = PRESETS[preset]
+    x = torch.rand(2, spec.channels, 5, 7, dtype=torch.float64)
+    mix, bias = spec.affine()
+    got = torch.einsum("ij,njhw->nihw", mix, x) + bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(got, spec.normalize(x))

@@ -62,6 +62,19 @@ class InputSpec:
         mean, std = self._stats(x)
         return (x - mean) / std
 
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`normalize` as one channel mix: ``(mix (C, C), bias (C,))`` in float64 with
+        ``normalize(x)[:, i] = sum_j mix[i, j] * x[:, j] + bias[i]`` (the same map up to float
+        rounding; the channel flip, value range and mean/std folded together)."""
+        c = self.channels
+        lo, hi = self.value_range
+        mean = torch.as_tensor(self.mean, dtype=torch.float64).expand(c)
+        std = torch.as_tensor(self.std, dtype=torch.float64).expand(c)
+        src = list(range(c))[::-1] if self.channel_order == "BGR" and c == 3 else list(range(c))
+        mix = torch.zeros(c, c, dtype=torch.float64)
+        mix[torch.arange(c), torch.tensor(src)] = (hi - lo) / std
+        return mix, (lo - mean) / std
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Network input -> display space (not clipped)."""
         mean, std = self._stats(x)

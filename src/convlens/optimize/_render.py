@@ -104,24 +104,18 @@ def _as_model(model):
 
 class _Normalized:
     """``model(x)`` with the input spec's normalisation done as one channel mix plus a bias
-    (``baddbmm``), instead of a channel flip and four elementwise passes, each with its backward.
+    (:meth:`InputSpec.affine`, applied with ``baddbmm``), instead of a channel flip and four elementwise passes, each with its backward.
     The same map up to float rounding; only for a plain :class:`convlens.Model`, whose call is
     ``net(spec.normalize(x))``."""
 
     def __init__(self, model):
-        self.model, self.net, spec = model, model.net, model.spec
-        c = spec.channels
-        lo, hi = spec.value_range
-        mean = torch.as_tensor(spec.mean, dtype=torch.float64).expand(c)
-        std = torch.as_tensor(spec.std, dtype=torch.float64).expand(c)
-        src = list(range(c))[::-1] if spec.channel_order == "BGR" and c == 3 else list(range(c))
-        mix = torch.zeros(c, c, dtype=torch.float64)
-        mix[torch.arange(c), torch.tensor(src)] = (hi - lo) / std
-        self.identity = bool((mix == torch.eye(c)).all() and lo == 0 and (mean == 0).all())
+        self.model, self.net = model, model.net
+        mix, bias = model.spec.affine()
+        c = self.channels = model.spec.channels
+        self.identity = bool((mix == torch.eye(c)).all() and (bias == 0).all())
         device = next(self.net.parameters(), torch.zeros(0)).device
         self.mix = mix.float().to(device)[None]
-        self.bias = ((lo - mean) / std).float().to(device).view(1, c, 1)
-        self.channels = c
+        self.bias = bias.float().to(device).view(1, c, 1)
 
     @staticmethod
     def applies(model) -> bool:

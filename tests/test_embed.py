@@ -252,8 +252,7 @@ def test_three_pipelines_table_over_seeds(relu4, tmp_path):
 
 
 def test_cluster_map_save_load_roundtrip_and_pictures(relu4, tmp_path):
-    from convlens.embed import ClusterMap
-    from convlens.embed._outputs import save_map_outputs
+    from convlens.embed import ClusterMap, save_map_outputs
 
     f = relu4
     sub = Features(f.array[:120], f.ids[:120], f.labels[:120], f.class_names, f.layer, f.pooling, f.key)
@@ -307,7 +306,7 @@ EVIL = "<img src=x onerror=alert(1)>.png"
 
 
 def _page(tmp_path):
-    from convlens.report.interactive import write_scatter_page
+    from convlens.embed import write_scatter_page
 
     imgs = torch.rand(4, 3, 12, 12)
     return write_scatter_page(tmp_path / "map.html", np.random.default_rng(0).normal(size=(4, 2)),

@@ -3,14 +3,27 @@ renamed, so an interrupted run never leaves a half-written file that looks compl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+
+@contextmanager
+def slug(name: str) -> str:
+    """A file-name-safe form of a layer, class or concept name: anything outside
+    ``[A-Za-z0-9_.@-]`` becomes ``_``, plus a short hash of the name whenever it had to change, so
+    two names never share a file (``features.12`` stays ``features.12``)."""
+    out = re.sub(r"[^A-Za-z0-9_.@-]+", "_", str(name)).strip("._") or "_"
+    if out != name:
+        out = f"{out[:60]}_{hashlib.sha1(str(name).encode()).hexdigest()[:6]}"
+    return out
 
 
 @contextmanager
@@ -30,6 +43,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_png(path: str | Path, image, *, scale: int = 1, min_size: int = 0,
+              max_size: int | None = None) -> Path:
+    """Write one image as a PNG, atomically: the project's one PNG writer.
+
+    ``image``: a NumPy array or tensor, ``(C, H, W)`` with C in {1, 3} or ``(H, W)`` or
+    ``(H, W, C)``; floats are taken in ``[0, 1]`` (clipped), ``uint8`` as is. ``scale`` enlarges by
+    an integer factor with nearest neighbours; ``min_size`` enlarges (nearest) until the shorter
+    side reaches it; ``max_size`` shrinks (Lanczos) so the longer side fits it.
+    """
+    from PIL import Image
+
+    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] in (1, 3) and a.shape[0] < a.shape[-1]:
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8:
+        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    k = max(scale, -(-min_size // max(1, min(a.shape[:2]))) if min_size else 1)
+    if k > 1:
+        a = a.repeat(k, axis=0).repeat(k, axis=1)
+    im = Image.fromarray(a)
+    if max_size:
+        im.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path
 
 
 def _default(o):
@@ -63,13 +108,16 @@ def read_json(path: str | Path):
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure atomically (one made by :func:`convlens.figures.subplots`, or a
+    pyplot figure, which is then closed)."""
+    import sys
 
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and pyplot.fignum_exists(getattr(fig, "number", -1)):
+        pyplot.close(fig)
     return path
 
 

@@ -262,17 +262,13 @@ def set_seed(seed: int) -> None:
 
 def plot_training_curve(history: list[dict], path: str | Path) -> Path:
     """Batch loss and held-out loss (log scale) beside held-out accuracy, against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from convlens.figures import subplots
     from convlens.files import save_figure
 
     if not history:
         raise ValueError("no training history to plot")
     steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, ax = subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(steps, [h["loss"] for h in history], label="training loss (batch)")
     val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
     if val:

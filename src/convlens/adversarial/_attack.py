@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.attribute._checks import check_images, resolve_class
+from convlens.attribute import check_images, resolve_class
 from convlens.files import load_result, save_result
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convlens.attribute._checks import check_images
+from convlens.attribute import check_images
 from convlens.files import load_result, save_result
 from convlens.probe import Capture, frozen
 

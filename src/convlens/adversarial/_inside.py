@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.attribute._checks import check_images
+from convlens.attribute import check_images
 from convlens.files import load_result, save_result
 from convlens.probe import Capture, frozen, get_layer
 from convlens.units import parse_unit

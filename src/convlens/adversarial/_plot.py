@@ -18,14 +18,11 @@ def _show(ax, img: np.ndarray, title: str = "", **kw) -> None:
 
 def plot_layer_distances(shift, path=None):
     """Median relative distance per layer with its interquartile band; the parting layer marked."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     d = shift.distance
     x = np.arange(len(shift.layers))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.22 * len(x) + 2), 3.2))
+    fig, ax = subplots(figsize=(max(5.0, 0.22 * len(x) + 2), 3.2))
     ax.fill_between(x, np.quantile(d, 0.25, 0), np.quantile(d, 0.75, 0), alpha=0.25, label="25-75 %")
     ax.plot(x, np.median(d, 0), "o-", ms=3, label="median ||a(x')-a(x)|| / ||a(x)||")
     ax.axhline(float(np.median(shift.input_distance)), color="gray", ls=":", label="input")
@@ -46,13 +43,10 @@ def plot_layer_distances(shift, path=None):
 def plot_unit_maps(shift, example: int = 0, class_names=(), labels=None, path=None):
     """Fig. 20: the clean image, its adversarial twin and the amplified perturbation, then for each
     chosen unit its map on the clean image, on the twin, and the difference (shared colour scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     k = len(shift.map_units)
-    fig, axes = plt.subplots(3, k + 1, figsize=(1.6 * (k + 1), 4.9), squeeze=False)
+    fig, axes = subplots(3, k + 1, figsize=(1.6 * (k + 1), 4.9), squeeze=False)
     clean, adv = shift.clean[example], shift.adversarial[example]
     cap = labels[example] if labels is not None else ("", "")
     _show(axes[0, 0], clean, f"clean {cap[0]}")
@@ -78,12 +72,9 @@ def plot_unit_maps(shift, example: int = 0, class_names=(), labels=None, path=No
 
 
 def plot_roc(detection, path=None):
-    import matplotlib
+    from convlens.figures import subplots
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(3.4, 3.2))
+    fig, ax = subplots(figsize=(3.4, 3.2))
     ax.plot(detection.fpr, detection.tpr, label=f"detector, AUC {detection.auc:.3f}")
     ax.plot([0, 1], [0, 1], color="gray", ls=":")
     ax.set_xlabel("false positive rate (clean flagged)")

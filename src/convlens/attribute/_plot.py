@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from convlens.figures import subplots
 
 
 def hwc(img: np.ndarray) -> np.ndarray:
@@ -45,9 +38,8 @@ def _show(ax, img, title=None, cmap="gray"):
 
 def plot_projections(projs: dict, images: np.ndarray, titles: list[str] | None = None):
     """Rows of images, then one row per method (``{name: Projection}``)."""
-    plt = _plt()
     n = len(images)
-    fig, axes = plt.subplots(1 + len(projs), n, figsize=(1.6 * n, 1.7 * (1 + len(projs))), squeeze=False)
+    fig, axes = subplots(1 + len(projs), n, figsize=(1.6 * n, 1.7 * (1 + len(projs))), squeeze=False)
     for j in range(n):
         _show(axes[0, j], hwc(images[j]), titles[j] if titles else None)
         for i, (name, p) in enumerate(projs.items(), start=1):
@@ -65,12 +57,11 @@ def plot_projections(projs: dict, images: np.ndarray, titles: list[str] | None =
 def plot_top_images(top, units=None, *, max_units: int = 16):
     """Zeiler & Fergus, Fig. 2: for each unit, its top images' projections (left) and the image
     patches (right), both cropped to the unit's receptive field."""
-    plt = _plt()
     if top.projections is None:
         raise ValueError("these top images have no projections: run top_images(..., project=True)")
     rows = [top.row(u) for u in (units if units is not None else top.units[:max_units])]
     k = top.indices.shape[1]
-    fig, axes = plt.subplots(len(rows), 2 * k, figsize=(0.8 * 2 * k, 0.85 * len(rows) + 0.3), squeeze=False)
+    fig, axes = subplots(len(rows), 2 * k, figsize=(0.8 * 2 * k, 0.85 * len(rows) + 0.3), squeeze=False)
     for i, r in enumerate(rows):
         for j in range(k):
             box = top.boxes[r, j]
@@ -84,12 +75,11 @@ def plot_top_images(top, units=None, *, max_units: int = 16):
 
 def plot_activation_grid(grid, layer: str, *, max_channels: int = 64):
     """Lees' grid: every channel's map, the strongest framed in red, the map size in the title."""
-    plt = _plt()
     maps = grid.maps[layer]
     c = min(len(maps), max_channels)
     cols = int(np.ceil(np.sqrt(c)))
     rows = int(np.ceil(c / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(1.1 * cols, 1.1 * rows + 0.4), squeeze=False)
     best = grid.strongest[layer]
     hi = float(maps.max()) or 1.0
     for i, ax in enumerate(axes.flat):
@@ -140,9 +130,8 @@ def plot_lime(r, labels=None, *, k: int = 5, k_both: int = 10, min_weight: float
     positive superpixels alone, the same with the rest of the image, the top ``k_both`` positive
     (green) and negative (red) ones, and those whose weight reaches ``min_weight`` (default: a
     tenth of the largest weight; Lees used 0.1)."""
-    plt = _plt()
     labels = list(labels) if labels is not None else r.labels
-    fig, axes = plt.subplots(len(labels), 5, figsize=(10, 2.2 * len(labels)), squeeze=False)
+    fig, axes = subplots(len(labels), 5, figsize=(10, 2.2 * len(labels)), squeeze=False)
     for i, label in enumerate(labels):
         w = np.abs(r.weights(label))
         mw = min_weight if min_weight is not None else 0.1 * float(w.max())
@@ -156,8 +145,7 @@ def plot_lime(r, labels=None, *, k: int = 5, k_both: int = 10, min_weight: float
 
 
 def plot_occlusion(o, class_names=()):
-    plt = _plt()
-    fig, axes = plt.subplots(1, 4, figsize=(9, 2.4))
+    fig, axes = subplots(1, 4, figsize=(9, 2.4))
     _show(axes[0], hwc(o.image), "image")
     name = class_names[o.target] if o.target < len(class_names) else str(o.target)
     im = axes[1].imshow(o.probs, cmap="jet", vmin=0, vmax=max(o.base_prob, 1e-6))
@@ -175,9 +163,8 @@ def plot_occlusion(o, class_names=()):
 
 def plot_curves(curves: dict):
     """Deletion/insertion curves, ``{method: Curve}``, with their areas in the legend."""
-    plt = _plt()
     kinds = sorted({c.kind for c in curves.values()})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3), squeeze=False)
+    fig, axes = subplots(1, len(kinds), figsize=(4 * len(kinds), 3), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for name, c in curves.items():
             if c.kind == kind:
@@ -192,9 +179,8 @@ def plot_curves(curves: dict):
 
 def plot_monitor(mon):
     """Rows: snapshots (step); columns: the unit's top projections cropped to its receptive field."""
-    plt = _plt()
     t, k = mon.values.shape
-    fig, axes = plt.subplots(t, k, figsize=(0.9 * k, 0.95 * t + 0.3), squeeze=False)
+    fig, axes = subplots(t, k, figsize=(0.9 * k, 0.95 * t + 0.3), squeeze=False)
     for i in range(t):
         for j in range(k):
             _show(axes[i, j], projection_image(_crop(mon.projections[i, j], mon.boxes[i, j])))

@@ -45,8 +45,7 @@ def _images(spec: str, m, index: list[int] | None, resize: str | None):
     """``(N, C, H, W)`` display-space images fitted to the model, and their names."""
     import torch
 
-    from convlens.data import Resize, ToChannels, parse_size, read_image
-    from convlens.data._io import IMAGE_SUFFIXES
+    from convlens.data import IMAGE_SUFFIXES, Resize, ToChannels, parse_size, read_image
 
     path = Path(spec)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
@@ -176,8 +175,7 @@ def faithfulness_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
                      resize: ResizeOpt = None):
     """Deletion and insertion curves and areas of saliency, guided backprop, LIME, occlusion and
     a random order on the same images."""
-    from convlens.attribute import plot_curves
-    from convlens.attribute._compare import compare_methods
+    from convlens.attribute import compare_methods, plot_curves
     from convlens.files import write_json
 
     m = _model(model, weights, input_spec, classes, trust_pickle)

@@ -105,12 +105,12 @@ def dissect_cmd(
 
 
 def _figures(d, cs, out: Path) -> None:
-    from convlens.dissect._plot import plot_detector_counts, plot_top_images
+    from convlens.dissect import plot_detector_counts, plot_detector_images
     from convlens.files import save_figure
 
     save_figure(plot_detector_counts({d.model: d}), out / "detectors.png")
     for i, ld in enumerate(d.layers.values()):
-        save_figure(plot_top_images(ld, cs), out / f"layer{i}-top.png")
+        save_figure(plot_detector_images(ld, cs), out / f"layer{i}-top.png")
 
 
 @command(app, "dissect-compare")
@@ -121,8 +121,7 @@ def dissect_compare(
     """Several models' dissections side by side: unique detectors per category and layer."""
     import csv
 
-    from convlens.dissect import Dissection, compare
-    from convlens.dissect._plot import plot_detector_counts
+    from convlens.dissect import Dissection, compare, plot_detector_counts
     from convlens.files import atomic_path, save_figure
 
     ds = {}

@@ -107,8 +107,7 @@ def embed(
     """Cluster images by a layer's features: PCA, t-SNE/UMAP, k-means, scores (Kitahara & Holm)."""
     import torch
 
-    from convlens.embed import cluster_map, perplexity_sweep, run_pipelines, scree
-    from convlens.embed._outputs import save_map_outputs
+    from convlens.embed import cluster_map, perplexity_sweep, run_pipelines, save_map_outputs, scree
     from convlens.files import write_json
 
     torch.manual_seed(seed)

@@ -73,8 +73,7 @@ def _pair(text: str) -> tuple[str, str]:
 def _decoder(m, decoder: Path | None, data: str | None, code_layer: str | None, epochs: int,
              limit: int | None, seed: int, out: Path):
     """Load the decoder, or train one (saved under ``out/decoder``)."""
-    from convlens.generative import load_decoders, train_decoders
-    from convlens.generative._decoder import default_code_layer
+    from convlens.generative import default_code_layer, load_decoders, train_decoders
 
     if decoder is not None:
         decs = load_decoders(decoder)
@@ -125,9 +124,14 @@ def train_decoder_cmd(
     import torch
 
     from convlens.data import conform
-    from convlens.generative import compare_inversion, decoder_errors, save_decoders, train_decoders
-    from convlens.generative._decoder import default_code_layer
-    from convlens.generative._plot import reconstruction_figure
+    from convlens.generative import (
+        compare_inversion,
+        decoder_errors,
+        default_code_layer,
+        reconstruction_figure,
+        save_decoders,
+        train_decoders,
+    )
 
     m = open_model(model, weights, input_spec, classes, trust_pickle)
     ds = open_data(data, limit=limit, seed=seed)
@@ -181,8 +185,7 @@ def dgn_am_cmd(
     trust_pickle: TrustOpt = False,
 ):
     """Activation maximization in a generator's code space (DGN-AM, Nguyen et al.)."""
-    from convlens.generative import dgn_am
-    from convlens.generative._plot import sample_rows
+    from convlens.generative import dgn_am, sample_rows
 
     m = open_model(model, weights, input_spec, classes, trust_pickle)
     gen = _decoder(m, decoder, data, code_layer, epochs, limit, seed, out)
@@ -228,8 +231,13 @@ def inverse_set_cmd(
     (Hada & Carreira-Perpiñán), or the intersection of several neurons' inverse sets."""
     import warnings
 
-    from convlens.generative import RangeNotReachedWarning, inverse_set, make_constraint
-    from convlens.generative._plot import intersection_figure, range_figure
+    from convlens.generative import (
+        RangeNotReachedWarning,
+        intersection_figure,
+        inverse_set,
+        make_constraint,
+        range_figure,
+    )
 
     if len(unit) > 1 and len(range_) != len(unit):
         raise ValueError(f"{len(unit)} neurons need one --range each, got {len(range_)}")
@@ -262,7 +270,7 @@ def inverse_set_cmd(
     elif singles:
         pic = intersection_figure(results[1:], results[0], out / "intersection.png")
     else:
-        from convlens.generative._plot import sample_rows
+        from convlens.generative import sample_rows
 
         pic = sample_rows(results, ["intersection"], out / "intersection.png")
     console.print(f"results in {out}; picture {pic}")

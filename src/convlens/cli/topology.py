@@ -67,9 +67,9 @@ def _write_grid(grid, out: Path) -> None:
 
 
 def _cell_names(grid) -> dict:
-    from convlens.topology._analyze import _slug
+    from convlens.files import slug
 
-    return {key: _slug(f"{key[0]}__{key[1]}") for key in grid.cells}
+    return {key: slug(f"{key[0]}__{key[1]}") for key in grid.cells}
 
 
 def _print_table(rows: list[dict]) -> None:

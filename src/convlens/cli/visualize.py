@@ -33,8 +33,7 @@ ImageArg = Annotated[str, typer.Argument(
 
 def read_input(spec: str, model):
     """An image file, or ``DATA:INDEX``, as a ``(C, H, W)`` tensor fitted to the model."""
-    from convlens.data import Resize, ToChannels
-    from convlens.data._io import read_image
+    from convlens.data import Resize, ToChannels, read_image
 
     path = Path(spec)
     if not path.is_file() and ":" in spec:

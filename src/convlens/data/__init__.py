@@ -2,7 +2,7 @@
 
 from convlens.data._builtin import BUILTIN_DATASETS, digits, grating, gratings, textures
 from convlens.data._dataset import ImageDataset, stack_images
-from convlens.data._io import UnreadableImageError, array_to_tensor, read_image
+from convlens.data._io import IMAGE_SUFFIXES, UnreadableImageError, array_to_tensor, read_image
 from convlens.data._sources import (
     UnreadableImagesError,
     conform,
@@ -15,6 +15,7 @@ from convlens.data._sources import (
 from convlens.data._transforms import CLAHE, Resize, ToChannels, parse_size, tile_grid
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "BUILTIN_DATASETS", "CLAHE", "ImageDataset", "Resize", "ToChannels", "UnreadableImageError",
     "UnreadableImagesError", "array_to_tensor", "conform", "digits", "from_folder", "from_manifest",
     "from_npz", "grating", "gratings", "load_dataset", "parse_size", "read_image", "stack_images",

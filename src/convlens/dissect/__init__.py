@@ -10,10 +10,12 @@ from convlens.dissect._concepts import ConceptSet, decode_label_png, load_broden
 from convlens.dissect._dissect import dissect, spatial_shapes
 from convlens.dissect._generate import COLOURS, SHAPES, TEXTURES, concept_table, make_concepts
 from convlens.dissect._net2vec import Net2VecResult, net2vec
+from convlens.dissect._plot import plot_detector_counts, plot_detector_images
 from convlens.dissect._result import Dissection, LayerDissection, compare
 from convlens.dissect._stats import IoUTally, TopQuantile, unit_masks
 
 __all__ = [
+    "plot_detector_counts", "plot_detector_images",
     "COLOURS", "SHAPES", "TEXTURES", "ConceptSet", "Dissection", "IoUTally", "LayerDissection",
     "Net2VecResult", "TopQuantile", "compare", "concept_table", "decode_label_png", "dissect", "load_broden",
     "load_concepts", "make_concepts", "net2vec", "spatial_shapes", "unit_masks",

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from convlens.data import ImageDataset, read_image
-from convlens.files import atomic_path, write_json
+from convlens.files import atomic_path, slug, write_json, write_png
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +120,15 @@ class ConceptSet:
             x = self.images.image(i)
             img = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             stem = f"{i:06d}"
-            _save_png(folder / "images" / f"{stem}.png", img[..., 0] if img.shape[2] == 1 else img)
+            write_png(folder / "images" / f"{stem}.png", img[..., 0] if img.shape[2] == 1 else img)
             ids, masks = self.masks(i)
             for c, m in zip(ids, masks):
                 name = self.concepts[c]
                 if m.all() and tuple(img.shape[:2]) != self.mask_size:
                     rows.append([f"images/{stem}.png", name, self.categories[c], ""])
                     continue
-                path = f"masks/{stem}_{_safe(name)}.png"
-                _save_png(folder / path, m.astype(np.uint8) * 255)
+                path = f"masks/{stem}_{slug(name)}.png"
+                write_png(folder / path, m.astype(np.uint8) * 255)
                 rows.append([f"images/{stem}.png", name, self.categories[c], path])
         _write_csv(folder / "concepts.csv", ["concept", "category"],
                    [[c, k] for c, k in zip(self.concepts, self.categories)])
@@ -137,15 +137,6 @@ class ConceptSet:
                                               "concepts": len(self.concepts),
                                               "mask_size": list(self.mask_size)})
         return folder
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-
-
-def _save_png(path: Path, a: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(a).save(tmp, format="PNG")
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:

@@ -28,16 +28,16 @@ def region_overlay(image: torch.Tensor, fmap: np.ndarray, threshold: float, stri
     return np.where(m[..., None], x, 0.15 * x + 0.1)
 
 
-def plot_top_images(ld: LayerDissection, concepts: ConceptSet, units: Sequence[int] | None = None,
+def plot_detector_images(ld: LayerDissection, concepts: ConceptSet, units: Sequence[int] | None = None,
                     max_units: int = 8):
     """A grid: one row per unit (best IoU first by default), its top images with the thresholded
     region shown; the row title gives the unit's label and IoU."""
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     if units is None:
         units = [r["unit"] for r in ld.table()[:max_units]]
     n = ld.top_images.shape[1]
-    fig, axes = plt.subplots(len(units), n, figsize=(1.6 * n, 1.75 * len(units)), squeeze=False)
+    fig, axes = subplots(len(units), n, figsize=(1.6 * n, 1.75 * len(units)), squeeze=False)
     for r, u in enumerate(units):
         c = ld.best[u]
         label = ld.concepts[c] if ld.is_detector[u] else f"({ld.concepts[c]})"
@@ -58,11 +58,11 @@ def plot_top_images(ld: LayerDissection, concepts: ConceptSet, units: Sequence[i
 
 def plot_detector_counts(dissections: dict[str, Dissection]):
     """Unique detectors per category for each layer (and model, side by side): Fig. 17."""
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     groups = [(m, layer, d[layer]) for m, d in dissections.items() for layer in d.layers]
     cats = list(dict.fromkeys(c for _, _, ld in groups for c in ld.categories))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(groups) + 1.5), 3.2))
+    fig, ax = subplots(figsize=(max(4.0, 0.9 * len(groups) + 1.5), 3.2))
     bottom = np.zeros(len(groups))
     for cat in cats:
         vals = np.array([ld.unique_detectors().get(cat, 0) for _, _, ld in groups], dtype=float)

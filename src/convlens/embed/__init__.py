@@ -28,6 +28,8 @@ from convlens.embed._cluster import (
     matching_accuracy,
 )
 from convlens.embed._extract import POOLINGS, Features, cache_key, extract_features, pool
+from convlens.embed._interactive import scatter_fragment, write_scatter_page, write_thumbnails
+from convlens.embed._outputs import save_map_outputs
 from convlens.embed._pipeline import (
     PIPELINES,
     ClusterMap,
@@ -52,5 +54,6 @@ __all__ = [
     "cluster_scores", "confusion_matrix", "extract_features", "kmeans", "mapped_predictions",
     "matching_accuracy", "pca_reduce", "perplexity_sweep", "plot_confusion", "plot_map",
     "plot_scree", "plot_sweep", "plot_training_maps", "pool", "run_pipelines",
-    "save_training_gif", "scree", "tsne_over_training",
+    "save_map_outputs", "save_training_gif", "scatter_fragment", "scree", "tsne_over_training",
+    "write_scatter_page", "write_thumbnails",
 ]

@@ -13,7 +13,7 @@ def save_map_outputs(result, out: str | Path, images=None, thumb_size: int = 64)
     ``map_cluster.png`` and ``confusion.png`` (with labels), and ``interactive.html`` with
     thumbnails when ``images`` (the dataset, one image per point) is given. Returns the files
     written, relative to ``out``."""
-    from convlens.report.interactive import write_scatter_page
+    from convlens.embed._interactive import write_scatter_page
 
     out = Path(out)
     result.save(out / "map")

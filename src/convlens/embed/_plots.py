@@ -10,16 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from convlens.figures import subplots
 from convlens.files import atomic_path
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _names(class_names, k: int) -> list[str]:
@@ -28,8 +20,9 @@ def _names(class_names, k: int) -> list[str]:
 
 
 def _cmap(k: int):
-    plt = _plt()
-    return plt.get_cmap("tab10" if k <= 10 else "tab20" if k <= 20 else "turbo")
+    from matplotlib import colormaps
+
+    return colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "turbo"]
 
 
 def _scatter(ax, coords, values, k, size=8):
@@ -46,13 +39,12 @@ def plot_map(cmap_result, color_by: str = "label", title: str | None = None, siz
     are circles and wrongly assigned ones crosses (Fig. 5)."""
     if color_by not in ("label", "cluster"):
         raise ValueError(f"color_by must be 'label' or 'cluster', got {color_by!r}")
-    plt = _plt()
     r = cmap_result
     has = r.predicted is not None
     values = r.labels if (color_by == "label" and has) else r.clusters
     k = int(values.max()) + 1
     names = _names(r.class_names, k) if values is r.labels else [f"cluster {i}" for i in range(k)]
-    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    fig, ax = subplots(figsize=(6.2, 5.4))
     cm = _cmap(k)
     ok = r.correct if has else np.ones(len(values), bool)
     for v in range(k):
@@ -78,8 +70,7 @@ def plot_map(cmap_result, color_by: str = "label", title: str | None = None, siz
 
 def plot_scree(scree):
     """Cumulative explained variance and, when computed, accuracy against components (Fig. 3)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     n = np.arange(1, len(scree.cumulative) + 1)
     ax.plot(n, scree.cumulative, color="C0", label="cumulative explained variance")
     ax.axvline(scree.chosen, color="grey", ls=":", lw=1)
@@ -97,9 +88,8 @@ def plot_scree(scree):
 
 def plot_sweep(sweep, labels=None, class_names=()):
     """One map per perplexity (Fig. 6), coloured by label when given."""
-    plt = _plt()
     p = len(sweep.perplexities)
-    fig, axes = plt.subplots(1, p, figsize=(3.2 * p, 3.3), squeeze=False)
+    fig, axes = subplots(1, p, figsize=(3.2 * p, 3.3), squeeze=False)
     lab = np.zeros(sweep.maps.shape[1], int) if labels is None else np.asarray(labels)
     k = int(lab.max()) + 1
     for ax, perp, z, i in zip(axes[0], sweep.perplexities, sweep.maps, range(p)):
@@ -115,12 +105,11 @@ def plot_sweep(sweep, labels=None, class_names=()):
 
 def plot_confusion(confusion: np.ndarray, class_names=()):
     """Rows true class, columns the matched class of the cluster (Fig. 7)."""
-    plt = _plt()
     cm = np.asarray(confusion)
     k = cm.shape[0]
     names = _names(class_names, k)
     cols = names + (["unmatched"] if cm.shape[1] > k else [])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * cm.shape[1], 0.8 + 0.45 * k))
+    fig, ax = subplots(figsize=(1.0 + 0.5 * cm.shape[1], 0.8 + 0.45 * k))
     ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -135,11 +124,10 @@ def plot_confusion(confusion: np.ndarray, class_names=()):
 
 def plot_training_maps(maps, cols: int = 4):
     """Small multiples: one map per snapshot, coloured by label (Fig. 21)."""
-    plt = _plt()
     s = len(maps.steps)
     cols = min(cols, s)
     rows = -(-s // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
     lab = np.where(maps.labels >= 0, maps.labels, 0)
     k = int(lab.max()) + 1
     for i, ax in enumerate(axes.flat):
@@ -160,19 +148,17 @@ def save_training_gif(maps, path: str | Path, seconds_per_frame: float = 0.6, si
     """An animated GIF of the maps across training, one frame per snapshot."""
     from PIL import Image
 
-    plt = _plt()
     lab = np.where(maps.labels >= 0, maps.labels, 0)
     k = int(lab.max()) + 1
     frames = []
     for i, step in enumerate(maps.steps):
-        fig, ax = plt.subplots(figsize=(size, size))
+        fig, ax = subplots(figsize=(size, size))
         _scatter(ax, maps.coords[i], lab, k, size=4)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"{maps.layer} · step {step}", fontsize=9)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
         buf.seek(0)
         frames.append(Image.open(buf).convert("P", palette=Image.Palette.ADAPTIVE))
     path = Path(path)

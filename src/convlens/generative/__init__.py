@@ -16,6 +16,7 @@ from convlens.generative._decoder import (
     Decoder,
     UpconvDecoder,
     decoder_errors,
+    default_code_layer,
     load_decoders,
     reconstruction_loss,
     save_decoders,
@@ -31,10 +32,17 @@ from convlens.generative._neurons import (
     mean_pairwise_distance,
     neuron_values,
 )
+from convlens.generative._plot import (
+    intersection_figure,
+    range_figure,
+    reconstruction_figure,
+    sample_rows,
+)
 
 __all__ = [
     "Constraint", "Decoder", "Encoder", "InverseSet", "RangeNotReachedWarning", "Synthesis",
-    "UpconvDecoder", "dgn_am",
+    "UpconvDecoder", "default_code_layer", "dgn_am", "intersection_figure", "range_figure",
+    "reconstruction_figure", "sample_rows",
     "InversionComparison", "compare_inversion", "decoder_errors", "inverse_set", "load_decoders", "make_constraint", "mean_pairwise_distance",
     "neuron_values", "reconstruction_loss", "save_decoders", "train_decoder", "train_decoders",
 ]

@@ -30,13 +30,10 @@ def sample_rows(results: Sequence, labels: Sequence[str], path: str | Path, *, p
                 title: str | None = None) -> Path:
     """One row of ``per_row`` samples per result (an inverse set, or an ``(images,
     activations (n, p))`` pair), its label on the left and each sample's activations above it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     rows = len(results)
-    fig, axes = plt.subplots(rows, per_row, figsize=(1.15 * per_row + 1.6, 1.35 * rows + 0.4), squeeze=False)
+    fig, axes = subplots(rows, per_row, figsize=(1.15 * per_row + 1.6, 1.35 * rows + 0.4), squeeze=False)
     for r, (res, label) in enumerate(zip(results, labels)):
         images, acts = res if isinstance(res, tuple) else (res.images, res.activations)
         idx = pick(acts, per_row)
@@ -75,14 +72,11 @@ def intersection_figure(singles: Sequence, joint, path: str | Path, *, per_row: 
 
 def reconstruction_figure(originals: np.ndarray, rows: dict[str, np.ndarray], path: str | Path) -> Path:
     """Originals on top, then one row of reconstructions per method/layer (``rows``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     n = len(originals)
     names = ["original", *rows]
-    fig, axes = plt.subplots(len(names), n, figsize=(1.1 * n + 1.4, 1.15 * len(names)), squeeze=False)
+    fig, axes = subplots(len(names), n, figsize=(1.1 * n + 1.4, 1.15 * len(names)), squeeze=False)
     for r, name in enumerate(names):
         imgs = originals if r == 0 else rows[name]
         for c in range(n):

@@ -30,7 +30,8 @@ from markupsafe import Markup
 from convlens.files import read_json, write_json
 from convlens.report._budget import Budget, fit_budget
 from convlens.report._config import ReportConfig, load_config, parse_config
-from convlens.report._html import STATIC, copy_static, csv_table, render_page
+from convlens.report._html import STATIC, copy_static, csv_table, render_page, safe_render
+from convlens.report._layers import layer_page_name, layers_table, write_layer_pages
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +147,6 @@ def _version() -> str:
         return version("convlens")
     except PackageNotFoundError:
         return "dev"
-
-
-def layer_page_name(layer: str) -> str:
-    """``layer-<name>.html`` with anything outside ``[A-Za-z0-9_.-]`` replaced, plus a short
-    hash when the name had to change (so two layers never share a page)."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip("._") or "layer"
-    if slug != layer:
-        slug = f"{slug[:60]}_{hashlib.sha1(layer.encode()).hexdigest()[:6]}"
-    return f"layer-{slug}.html"
 
 
 def _section_key(ctx: Context, s: Section, ident: dict) -> str:
@@ -307,17 +299,6 @@ def _layer_infos(model) -> list[dict]:
     return [i.to_dict() for i in describe_layers(model) if i.shape is not None]
 
 
-def _safe(fn: Callable, what: str, failures: dict, key: str):
-    """Call a render function; on error log it, remember it and return an escaped note."""
-    try:
-        return fn()
-    except Exception as e:
-        log.error("%s failed: %s", what, e, exc_info=True)
-        failures.setdefault(key, f"rendering failed: {type(e).__name__}: {e}")
-        return Markup('<p class="error">{} could not be shown: {}: {}</p>').format(
-            what, type(e).__name__, e)
-
-
 def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
     out = Path(ctx.out)
     parts = []
@@ -329,12 +310,10 @@ def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
             continue
         if not ctx._done(s):
             continue
-        body = _safe(lambda s=s: s.render(ctx), f"section {s.name!r}", failures, s.name)
+        body = safe_render(lambda s=s: s.render(ctx), f"section {s.name!r}", failures, s.name)
         parts.append(Markup('<section id="{}"><h2>{}</h2>{}</section>').format(s.name, s.title, body))
     if ctx.layers:
-        from convlens.report._layers import layers_table, write_layer_pages
-
-        fragments = write_layer_pages(ctx, failures)
+        fragments = write_layer_pages(ctx, failures, sections())
         parts.append(Markup('<section id="layers"><h2>Layers</h2>{}</section>').format(
             layers_table(ctx, fragments)))
     timing = [[s.title, *(read_json(out / s.name / "_done.json").get(k) for k in ("seconds", "cpu_seconds"))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 from markupsafe import Markup, escape
 
 from convlens.files import atomic_path, write_text
+
+log = logging.getLogger("convlens.report")
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -108,3 +111,14 @@ def csv_table(folder: Path, name: str, columns: list[str], rows: list[list], cap
 
 
 __all__ = ["Markup", "copy_static", "csv_table", "escape", "figure", "render_page"]
+
+
+def safe_render(fn: Callable, what: str, failures: dict, key: str):
+    """Call a render function; on error log it, remember it and return an escaped note."""
+    try:
+        return fn()
+    except Exception as e:
+        log.error("%s failed: %s", what, e, exc_info=True)
+        failures.setdefault(key, f"rendering failed: {type(e).__name__}: {e}")
+        return Markup('<p class="error">{} could not be shown: {}: {}</p>').format(
+            what, type(e).__name__, e)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from convlens.report._html import csv_table
+from convlens.files import slug
+from convlens.report._html import csv_table, safe_render
+
+
+def layer_page_name(layer: str) -> str:
+    """``layer-<name>.html`` (:func:`convlens.files.slug`: unsafe characters replaced, plus a short
+    hash when the name had to change, so two layers never share a page)."""
+    return f"layer-{slug(layer)}.html"
 
 
 def _shape(info: dict) -> str:
@@ -14,8 +21,6 @@ def _shape(info: dict) -> str:
 
 
 def _nav(ctx, i: int) -> Markup:
-    from convlens.report._build import layer_page_name
-
     links = []
     if i > 0:
         prev = ctx.layers[i - 1]["name"]
@@ -27,14 +32,13 @@ def _nav(ctx, i: int) -> Markup:
     return Markup('<p class="layernav">{}</p>').format(Markup(" · ").join(links))
 
 
-def write_layer_pages(ctx, failures: dict) -> dict[str, list[str]]:
+def write_layer_pages(ctx, failures: dict, sections) -> dict[str, list[str]]:
     """Write ``layer-<name>.html`` for every layer the forward pass runs; returns, per layer,
     the titles of the sections that said something about it. Removes pages of layers that
-    are gone (a different model in the same folder)."""
-    from convlens.report._build import _safe, layer_page_name, sections
+    are gone (a different model in the same folder). ``sections``: the registered sections."""
 
     out = Path(ctx.out)
-    with_fragments = [s for s in sections() if s.layer_fragment is not None and ctx._done(s)
+    with_fragments = [s for s in sections if s.layer_fragment is not None and ctx._done(s)
                       and s.name not in failures]
     said: dict[str, list[str]] = {}
     keep = set()
@@ -44,7 +48,7 @@ def write_layer_pages(ctx, failures: dict) -> dict[str, list[str]]:
             info["type"], _shape(info), f"{info['params']:,}")]
         said[name] = []
         for s in with_fragments:
-            frag = _safe(lambda s=s, name=name: s.layer_fragment(ctx, name), f"{s.title} for layer {name!r}",
+            frag = safe_render(lambda s=s, name=name: s.layer_fragment(ctx, name), f"{s.title} for layer {name!r}",
                          failures, s.name)
             if frag:
                 said[name].append(s.title)
@@ -63,8 +67,6 @@ def write_layer_pages(ctx, failures: dict) -> dict[str, list[str]]:
 
 def layers_table(ctx, said: dict[str, list[str]]) -> Markup:
     """The index's table of layers, each name linking to its page."""
-    from convlens.report._build import layer_page_name
-
     rows = [[info["name"], info["type"], _shape(info), info["params"], ", ".join(said.get(info["name"], []))]
             for info in ctx.layers]
     return csv_table(ctx.dir("layers"), "layers", ["layer", "type", "output shape", "parameters", "analyses"],

@@ -15,17 +15,11 @@ from __future__ import annotations
 
 from markupsafe import Markup
 
-from convlens.files import read_json, save_figure, write_json
+from convlens.files import read_json, save_figure, slug, write_json
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
 
 NAME = "attribution"
-
-
-def _slug(layer: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", layer)
 
 
 def _conv_layers(model) -> list[str]:
@@ -47,7 +41,6 @@ def _samples(ds, n: int, seed: int) -> list[int]:
 def _explain(ctx, m, ds, idx: list[int], layer: str, lime_samples: int, out) -> list[list]:
     import torch
 
-    from convlens import capture
     from convlens.attribute import (
         deconvnet,
         deletion_curve,
@@ -57,6 +50,7 @@ def _explain(ctx, m, ds, idx: list[int], layer: str, lime_samples: int, out) -> 
         random_order,
         saliency,
     )
+    from convlens.probe import capture
 
     x = torch.stack([ds.image(i) for i in idx])
     sal = saliency(m, x)
@@ -100,15 +94,15 @@ def _compute(ctx: Context) -> None:
     g = activation_grid(m, ds.image(idx[0]))
     g.save(out / "grid")
     for ly in g.layers:
-        save_figure(plot_activation_grid(g, ly), out / f"grid-{_slug(ly)}.png")
+        save_figure(plot_activation_grid(g, ly), out / f"grid-{slug(ly)}.png")
         result["grid"].append(ly)
     scan = ds if len(ds) <= b.images else ds.sample(b.images, seed=ctx.seed)
     for ly in layers:
         top = top_images(m, scan, ly, k=int(opts.get("k", 6)))
         shown = [u for u in top.units.tolist() if u not in top.dead][: max(b.units, 8)]
         project_top(m, scan, top, shown)
-        top.save(out / f"top-{_slug(ly)}")
-        save_figure(plot_top_images(top, shown), out / f"top-{_slug(ly)}.png")
+        top.save(out / f"top-{slug(ly)}")
+        save_figure(plot_top_images(top, shown), out / f"top-{slug(ly)}.png")
         result["top"].append({"layer": ly, "dead": top.dead, "images": len(scan)})
     write_json(out / "result.json", result)
 
@@ -125,7 +119,7 @@ def _render(ctx: Context) -> Markup:
         parts.append(csv_table(ctx.out / NAME, "deletion", ["image", "class", "LIME", "saliency", "random"],
                                r["deletion"], "Deletion areas (lower: the map found what the model uses)"))
     for t in r["top"]:
-        parts.append(figure(f"{NAME}/top-{_slug(t['layer'])}.png",
+        parts.append(figure(f"{NAME}/top-{slug(t['layer'])}.png",
                             f"{t['layer']}: top images over {t['images']} images with DeconvNet projections"))
     if r["grid"]:
         parts.append(Markup("<p>Activation grids of the first sample: {}.</p>").format(
@@ -141,10 +135,10 @@ def layer_fragment(ctx: Context, layer: str) -> Markup | None:
     r = read_json(path)
     parts = []
     if layer in r["grid"]:
-        parts.append(figure(f"{NAME}/grid-{_slug(layer)}.png", f"Activation grid of {layer} for {r['samples'][0]}; "
+        parts.append(figure(f"{NAME}/grid-{slug(layer)}.png", f"Activation grid of {layer} for {r['samples'][0]}; "
                             "the strongest channel framed in red."))
     if any(t["layer"] == layer for t in r["top"]):
-        parts.append(figure(f"{NAME}/top-{_slug(layer)}.png", "Top images per unit: DeconvNet projections "
+        parts.append(figure(f"{NAME}/top-{slug(layer)}.png", "Top images per unit: DeconvNet projections "
                             "(left) and patches (right), cropped to the receptive field."))
     return Markup("").join(parts) if parts else None
 

@@ -48,8 +48,13 @@ def random_copy(model, seed: int = 0):
 
 
 def _compute(ctx: Context) -> None:
-    from convlens.dissect import dissect, make_concepts, net2vec
-    from convlens.dissect._plot import plot_detector_counts, plot_top_images
+    from convlens.dissect import (
+        dissect,
+        make_concepts,
+        net2vec,
+        plot_detector_counts,
+        plot_detector_images,
+    )
 
     opts = ctx.options(NAME)
     out = ctx.dir(NAME)
@@ -68,7 +73,7 @@ def _compute(ctx: Context) -> None:
         runs[rnd.model] = rnd
     save_figure(plot_detector_counts(runs), out / "detectors.png")
     for i, ld in enumerate(d.layers.values()):
-        save_figure(plot_top_images(ld, cs, max_units=4), out / f"top{i}.png")
+        save_figure(plot_detector_images(ld, cs, max_units=4), out / f"top{i}.png")
     result = {"layers": layers, "images": n, "concept_set": cs.name, "concepts": len(cs.concepts),
               "categories": list(cs.category_names), "random": "random" if len(runs) > 1 else None}
     if opts.get("net2vec", True):

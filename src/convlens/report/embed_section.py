@@ -41,9 +41,14 @@ def _compute(ctx: Context) -> None:
 
 def _compute_sized(ctx: Context) -> None:
     from convlens.data import conform
-    from convlens.embed import cluster_map, plot_confusion, plot_map, run_pipelines
-    from convlens.embed._extract import extract_features
-    from convlens.report.interactive import write_thumbnails
+    from convlens.embed import (
+        cluster_map,
+        extract_features,
+        plot_confusion,
+        plot_map,
+        run_pipelines,
+        write_thumbnails,
+    )
 
     opt = ctx.options(NAME)
     out = ctx.dir(NAME)
@@ -101,8 +106,7 @@ def _render(ctx: Context) -> Markup:
 
 
 def _write_page(ctx: Context, r: dict) -> None:
-    from convlens.embed import ClusterMap
-    from convlens.report.interactive import scatter_fragment
+    from convlens.embed import ClusterMap, scatter_fragment
 
     out = ctx.out / NAME
     m = ClusterMap.load(out / "map")

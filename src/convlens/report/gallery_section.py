@@ -14,7 +14,7 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from convlens.files import read_json, write_json
+from convlens.files import read_json, slug, write_json
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
 
@@ -51,10 +51,10 @@ def _compute(ctx: Context) -> None:
                                     steps=b.steps, param=opts["param"],
                                     objective=opts["objective"], transforms=opts["transforms"],
                                     reference=ref if len(ref) else None, seed=ctx.seed)
-        folder = out / _slug(layer)
+        folder = out / slug(layer)
         r.save(folder)
-        unit_gallery(r, out / f"{_slug(layer)}.png", cols=8)
-        summary["layers"].append({"layer": layer, "file": _slug(layer), **r.summary()})
+        unit_gallery(r, out / f"{slug(layer)}.png", cols=8)
+        summary["layers"].append({"layer": layer, "file": slug(layer), **r.summary()})
     if opts.get("class_models", True) and m.class_names:
         c = class_model(m, "all", steps=b.steps, param=opts["param"], seed=ctx.seed)
         c.save(out / "class_models")
@@ -67,10 +67,6 @@ def _n_units(model, layer: str, cap: int) -> int:
     from convlens.summary import layer_shapes
 
     return min(layer_shapes(model, [layer])[layer][0], cap)
-
-
-def _slug(layer: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in layer)
 
 
 def _layer_html(ctx: Context, entry: dict) -> Markup:

@@ -75,17 +75,15 @@ def _compute(ctx: Context) -> None:
     from convlens.data import conform
     from convlens.generative import (
         Encoder,
+        default_code_layer,
         dgn_am,
+        intersection_figure,
         inverse_set,
         mean_pairwise_distance,
-        train_decoder,
-    )
-    from convlens.generative._decoder import default_code_layer
-    from convlens.generative._plot import (
-        intersection_figure,
         range_figure,
         reconstruction_figure,
         sample_rows,
+        train_decoder,
     )
 
     m, out, b = ctx.model, ctx.dir(NAME), ctx.budget_for(NAME)

@@ -20,16 +20,15 @@ MAX_FILTERS = 20000  # a seeded sample beyond this keeps the section fast on big
 
 
 def _choose_layers(model) -> list[str]:
-    from convlens.topology import conv_layers
-    from convlens.topology._cloud import _layer_weight
+    from convlens.topology import conv_layers, layer_weight
 
     convs = conv_layers(model.net)
     if not convs:
         return []
-    shape = tuple(_layer_weight(model.net, convs[0]).shape[2:])
+    shape = tuple(layer_weight(model.net, convs[0]).shape[2:])
     chosen, n = [], 0
     for name in convs:
-        w = _layer_weight(model.net, name)
+        w = layer_weight(model.net, name)
         if tuple(w.shape[2:]) != shape:
             continue
         chosen.append(name)

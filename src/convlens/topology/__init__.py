@@ -12,6 +12,7 @@ from convlens.topology._cloud import (
     FilterCloud,
     conv_layers,
     filter_cloud,
+    layer_weight,
     model_filters,
     normalize_filters,
     spatial_filters,
@@ -44,7 +45,7 @@ __all__ = [
     "plot_grid", "train_study",
     "Bar", "Barcodes", "CircleScore", "FilterCloud", "GapSingleLinkage", "Mapper", "MapperGraph", "gap_threshold", "nerve_edges",
     "barcodes", "conv_layers", "density_filtration",
-    "filter_cloud", "gaussian_patches", "klein_bottle_patches", "knn_distance", "maxmin_landmarks",
+    "filter_cloud", "layer_weight", "gaussian_patches", "klein_bottle_patches", "knn_distance", "maxmin_landmarks",
     "model_filters", "normalize_filters", "primary_circle_patches", "primary_circle_score",
     "spatial_filters", "three_circle_patches",
 ]

@@ -5,13 +5,12 @@ of one pretrained model (Fig. 14)."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convlens.files import read_json, write_json
+from convlens.files import read_json, slug, write_json
 from convlens.topology._cloud import FilterCloud, conv_layers, filter_cloud, model_filters
 from convlens.topology._density import density_filtration
 from convlens.topology._mapper import Mapper, MapperGraph
@@ -110,7 +109,7 @@ class TopologyGrid:
         folder = Path(folder)
         names = {}
         for (r, c), a in self.cells.items():
-            name = _slug(f"{r}__{c}")
+            name = slug(f"{r}__{c}")
             a.save(folder / "cells" / name)
             names[f"{r}|{c}"] = name
         write_json(folder / "grid.json", {"rows": self.rows, "cols": self.cols, "title": self.title,
@@ -125,10 +124,6 @@ class TopologyGrid:
         r = read_json(folder / "grid.json")
         cells = {tuple(k.split("|", 1)): CloudAnalysis.load(folder / "cells" / v) for k, v in r["cells"].items()}
         return cls(r["rows"], r["cols"], cells, r.get("title", ""))
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.@-]+", "_", s)
 
 
 def analyze_study(sources, layers: str | Sequence[str], *, steps="all", params: dict | None = None,

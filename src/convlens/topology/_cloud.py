@@ -156,7 +156,7 @@ def conv_layers(net) -> list[str]:
             if isinstance(m, nn.Conv2d) and m.kernel_size[0] * m.kernel_size[1] > 1]
 
 
-def _layer_weight(net, layer: str):
+def layer_weight(net, layer: str):
     from torch import nn
 
     from convlens.probe import get_layer
@@ -193,7 +193,7 @@ def model_filters(model, layer: str, *, source: str | None = None, step: int = -
     bare ``nn.Module``)."""
     net = getattr(model, "net", model)
     name = source or getattr(model, "name", type(net).__name__)
-    return _cloud_from_weight(_layer_weight(net, layer), layer, name, step)
+    return _cloud_from_weight(layer_weight(net, layer), layer, name, step)
 
 
 def _is_run(path: Path) -> bool:
@@ -258,7 +258,7 @@ def _weight_of(item, layer: str, name: str, arch: str | None):
     from convlens.model import load_model, read_state_dict
 
     if not isinstance(item, (str, Path)):
-        return _layer_weight(getattr(item, "net", item), layer)
+        return layer_weight(getattr(item, "net", item), layer)
     path = Path(item)
     if path.is_file() and path.suffix in (".pt", ".pth", ".safetensors", ".npz", ".bin", ".ckpt"):
         try:
@@ -269,7 +269,7 @@ def _weight_of(item, layer: str, name: str, arch: str | None):
             if isinstance(state, dict):
                 return _state_weight(state, layer, name)
     model = load_model(arch, weights=path) if arch else load_model(str(item))
-    return _layer_weight(model.net, layer)
+    return layer_weight(model.net, layer)
 
 
 def filter_cloud(sources, layers: str | Sequence[str], *, step=None, arch: str | None = None,

@@ -51,12 +51,14 @@ def draw_mapper(graph, ax=None, *, glyphs: int = 12, pos: np.ndarray | None = No
                 seed: int = 0):
     """Nodes sized and coloured by point count (blue small, red large, as in the paper), edges
     between clusters sharing points, and the mean filter of some nodes drawn beside them."""
-    import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
+    from matplotlib.colors import Normalize
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
+    from convlens.figures import subplots
+
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 6))
+        _, ax = subplots(figsize=(6, 6))
     pos = layout(graph, seed=seed) if pos is None else pos
     sizes = graph.sizes
     if len(graph.edges):
@@ -74,7 +76,7 @@ def draw_mapper(graph, ax=None, *, glyphs: int = 12, pos: np.ndarray | None = No
             direction = pos[v] - center
             direction = direction / (np.linalg.norm(direction) or 1.0)
             ab = AnnotationBbox(OffsetImage(img, zoom=max(1.0, 18 / max(img.shape)), cmap="gray",
-                                            norm=plt.Normalize(-lim, lim)),
+                                            norm=Normalize(-lim, lim)),
                                 pos[v], xybox=pos[v] + 0.12 * span * direction, xycoords="data",
                                 boxcoords="data", arrowprops={"arrowstyle": "-", "color": "0.3", "lw": 0.5},
                                 pad=0.1, frameon=True)
@@ -92,10 +94,10 @@ def draw_mapper(graph, ax=None, *, glyphs: int = 12, pos: np.ndarray | None = No
 
 def draw_barcodes(bc, ax=None, *, dims=(0, 1), max_bars: int = 25, title: str | None = None):
     """Bars per dimension, longest first (infinite bars drawn to the end of the filtration)."""
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4))
+        _, ax = subplots(figsize=(5, 4))
     y = 0
     for d in dims:
         if d >= len(bc.diagrams):
@@ -114,10 +116,10 @@ def draw_barcodes(bc, ax=None, *, dims=(0, 1), max_bars: int = 25, title: str | 
 
 def draw_angles(score, ax=None):
     """Histogram of edge orientations of the filters near the primary circle."""
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(4, 3))
+        _, ax = subplots(figsize=(4, 3))
     h = np.asarray(score.histogram)
     width = 360 / len(h)
     ax.bar(np.arange(len(h)) * width + width / 2, h, width=width * 0.9, color="C2")
@@ -130,12 +132,9 @@ def draw_angles(score, ax=None):
 
 def plot_analysis(analysis, path: str | Path) -> Path:
     """Mapper graph, barcodes and orientation histogram of one :class:`CloudAnalysis`."""
-    import matplotlib
+    from convlens.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    fig, ax = subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     a = analysis
     filt = f"rho({a.k}, {a.p})" if a.k is not None and a.p is not None else "no filtration"
     prm = a.graph.params
@@ -148,15 +147,12 @@ def plot_analysis(analysis, path: str | Path) -> Path:
 
 def plot_grid(grid, path: str | Path, *, what: str = "mapper") -> Path:
     """A grid figure: rows x columns of Mapper graphs (``what="mapper"``) or barcodes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     if what not in ("mapper", "barcodes"):
         raise ValueError(f"what must be 'mapper' or 'barcodes', got {what!r}")
     nr, nc = len(grid.rows), len(grid.cols)
-    fig, axes = plt.subplots(nr, nc, figsize=(3.2 * nc, 3.2 * nr), squeeze=False)
+    fig, axes = subplots(nr, nc, figsize=(3.2 * nc, 3.2 * nr), squeeze=False)
     for i, r in enumerate(grid.rows):
         for j, c in enumerate(grid.cols):
             ax = axes[i, j]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.files import atomic_path, save_figure
+from convlens.files import save_figure, write_png
 
 
 def _hwc(img: np.ndarray) -> np.ndarray:
@@ -17,15 +17,7 @@ def _hwc(img: np.ndarray) -> np.ndarray:
 
 def save_png(img: np.ndarray, path: str | Path, scale: int = 1) -> Path:
     """Write one ``(C, H, W)`` image in [0, 1] as a PNG (nearest-neighbour enlarged ``scale``x)."""
-    from PIL import Image
-
-    a = (_hwc(img) * 255 + 0.5).astype(np.uint8)
-    if scale > 1:
-        a = a.repeat(scale, 0).repeat(scale, 1)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(a).save(tmp, format="PNG")
-    return path
+    return write_png(path, img, scale=scale)
 
 
 def _show(ax, img, title=None, fontsize=7):
@@ -38,14 +30,11 @@ def _show(ax, img, title=None, fontsize=7):
 
 
 def _grid(n: int, cols: int, cell: float = 1.3, rows_per_item: int = 1):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
     cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols)) * rows_per_item
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows * 1.1), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(cell * cols, cell * rows * 1.1), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     return fig, axes

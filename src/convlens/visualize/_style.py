@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import PixelImage, evaluate, objectives, render
-from convlens.optimize._project import ClampPixels
+from convlens.optimize import ClampPixels, PixelImage, evaluate, objectives, render
 from convlens.probe import capture
 from convlens.visualize._common import model_info
 from convlens.visualize._invert import _one_image

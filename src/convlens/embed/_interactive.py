@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
-from convlens.files import atomic_path, write_text
+from convlens.files import write_png, write_text
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
@@ -173,7 +173,6 @@ def write_thumbnails(images, folder: str | Path, indices: Sequence[int] | None =
     """Write each image as ``folder/NNNNNN.png`` (at most ``size`` px on a side) and return the
     file names. ``images`` is an :class:`ImageDataset` or a sequence/array of ``(C, H, W)``
     images in ``[0, 1]``. File names never come from ids, so any id is safe."""
-    from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,15 +180,8 @@ def write_thumbnails(images, folder: str | Path, indices: Sequence[int] | None =
     idx = range(len(images)) if indices is None else indices
     names = []
     for j, i in enumerate(idx):
-        a = np.asarray(get(int(i)), dtype=np.float32)
-        if a.ndim == 3 and a.shape[0] in (1, 3):
-            a = np.moveaxis(a, 0, -1)
-        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
-        im = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
-        im.thumbnail((size, size), Image.Resampling.LANCZOS)
         name = f"{j:06d}.png"
-        with atomic_path(folder / name) as tmp:
-            im.save(tmp, format="PNG")
+        write_png(folder / name, np.asarray(get(int(i)), dtype=np.float32), max_size=size)
         names.append(name)
     return names
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_type_hints
 
 import typer
 from rich.console import Console
@@ -39,6 +41,57 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use a seeded rand
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """The options that say how to load the model, declared once: a command that takes a
+    parameter annotated ``ModelOptions`` gets them all (see :func:`command`)."""
+
+    weights: WeightsOpt = None
+    input_spec: InputSpecOpt = None
+    classes: ClassesOpt = None
+    trust_pickle: TrustOpt = False
+
+    def open(self, model: str):
+        """The model named on the command line, loaded with these options."""
+        return open_model(model, self.weights, self.input_spec, self.classes, self.trust_pickle)
+
+
+OPTION_GROUPS = (ModelOptions,)
+
+
+def _expand_groups(fn: Callable) -> Callable:
+    """Replace each parameter annotated with an option group by the group's fields (so typer
+    sees ordinary options) and rebuild the group object when the command runs."""
+    sig = inspect.signature(fn, eval_str=True)
+    groups = {p.name: p.annotation for p in sig.parameters.values() if p.annotation in OPTION_GROUPS}
+    if not groups:
+        return fn
+    params = [p for p in sig.parameters.values() if p.name not in groups]
+    fields = {}
+    for name, group in groups.items():
+        hints = get_type_hints(group, include_extras=True)
+        for f in dataclasses.fields(group):
+            if f.name in sig.parameters or f.name in fields:
+                raise TypeError(f"{fn.__name__}: option {f.name!r} is declared twice")
+            fields[f.name] = name
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                            annotation=hints[f.name]))
+
+    @functools.wraps(fn)
+    def run(*a, **kw):
+        parts = {name: {} for name in groups}
+        for field, name in fields.items():
+            if field in kw:
+                parts[name][field] = kw.pop(field)
+        return fn(*a, **kw, **{name: groups[name](**parts[name]) for name in groups})
+
+    run.__signature__ = sig.replace(parameters=params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, KeyError, FloatingPointError)
 
 
@@ -48,9 +101,12 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def command(app: typer.Typer, *args, **kwargs) -> Callable:
-    """``app.command`` whose user errors print one clear line and exit with status 2."""
+    """``app.command`` whose user errors print one clear line and exit with status 2; parameters
+    annotated with an option group (:class:`ModelOptions`) become that group's options."""
 
     def wrap(fn: Callable) -> Callable:
+        fn = _expand_groups(fn)
+
         @functools.wraps(fn)
         def run(*a, **kw):
             setup_logging()

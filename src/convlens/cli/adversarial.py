@@ -9,21 +9,17 @@ import typer
 
 from convlens.cli import app
 from convlens.cli._common import (
-    ClassesOpt,
     DataArg,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     ResizeOpt,
     SeedOpt,
     StrictOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
     open_data,
-    open_model,
     progress_bar,
 )
 
@@ -44,10 +40,7 @@ def adversarial(
         help="Units to draw side by side, LAYER:INDEX separated by commas (default: most changed).")] = None,
     detect: Annotated[bool, typer.Option(help="Fit and test the detector.")] = True,
     out: OutOpt = Path("results/adversarial"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
     resize: ResizeOpt = None,
     strict: StrictOpt = False,
     limit: LimitOpt = None,
@@ -59,7 +52,7 @@ def adversarial(
     from convlens.adversarial import check_attack_args, run_study
 
     check_attack_args(eps, norm, method, steps, step_size)
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     ds = open_data(data, m, resize=resize, strict=strict, limit=limit, seed=seed)
     tgt = None if target.lower() == "none" else int(target) if target.strip().isdigit() else target
     map_units = [u.strip() for u in units.split(",") if u.strip()] if units else None

@@ -10,21 +10,17 @@ import typer
 
 from convlens.cli import app
 from convlens.cli._common import (
-    ClassesOpt,
     DataArg,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     ResizeOpt,
     SeedOpt,
     StrictOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
     open_data,
-    open_model,
     progress_bar,
 )
 
@@ -35,10 +31,6 @@ IndexOpt = Annotated[list[int] | None, typer.Option(
 UnitOpt = Annotated[str, typer.Option("--unit", "-u", help="Unit LAYER:INDEX, optionally @ROW,COL.")]
 ClassOpt = Annotated[list[str] | None, typer.Option(
     "--label", "-l", help="Class to explain, index or name (repeatable; default: top classes).")]
-
-
-def _model(model, weights, input_spec, classes, trust_pickle):
-    return open_model(model, weights, input_spec, classes, trust_pickle)
 
 
 def _images(spec: str, m, index: list[int] | None, resize: str | None):
@@ -74,13 +66,12 @@ def _save(fig, out: Path, name: str) -> Path:
 def deconv(model: ModelArg, image: ImageArg, unit: UnitOpt, index: IndexOpt = None,
            rule: Annotated[str, typer.Option(help="deconv (Zeiler & Fergus), guided or gradient.")] = "deconv",
            spread: Annotated[str, typer.Option(help="max: the strongest activation; map: the whole map.")] = "max",
-           out: OutOpt = Path("results/deconv"), weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
-           classes: ClassesOpt = None, trust_pickle: TrustOpt = False, resize: ResizeOpt = None):
+           out: OutOpt = Path("results/deconv"), model_opts: ModelOptions = ModelOptions(), resize: ResizeOpt = None):
     """Project a unit back to pixels: DeconvNet (switches, ReLU on the way back), guided
     backpropagation or the gradient."""
     from convlens.attribute import backproject, plot_projections
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names = _images(image, m, index, resize)
     p = backproject(m, x, unit, rule=rule, spread=spread)
     p.save(out)
@@ -90,13 +81,12 @@ def deconv(model: ModelArg, image: ImageArg, unit: UnitOpt, index: IndexOpt = No
 @command(app, "saliency")
 def saliency_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
                  label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
-                 out: OutOpt = Path("results/saliency"), weights: WeightsOpt = None,
-                 input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                 out: OutOpt = Path("results/saliency"), model_opts: ModelOptions = ModelOptions(),
                  resize: ResizeOpt = None):
     """Gradient saliency (Simonyan et al.) and guided backpropagation of a class score."""
     from convlens.attribute import guided_backprop, plot_projections, saliency
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names = _images(image, m, index, resize)
     s = saliency(m, x, label)
     s.save(out / "saliency")
@@ -121,13 +111,12 @@ def lime_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None, label: Cl
              hide: Annotated[str, typer.Option(help="Switched-off superpixels: mean or a value in [0, 1].")] = "mean",
              features: Annotated[int | None, typer.Option(help="K for a sparse K-LASSO model.")] = None,
              k: Annotated[int, typer.Option(help="Superpixels in the top-k views.")] = 5,
-             seed: SeedOpt = 0, out: OutOpt = Path("results/lime"), weights: WeightsOpt = None,
-             input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+             seed: SeedOpt = 0, out: OutOpt = Path("results/lime"), model_opts: ModelOptions = ModelOptions(),
              resize: ResizeOpt = None):
     """LIME with superpixels: the views of Lees' Figs. 24-25 for each class."""
     from convlens.attribute import lime, plot_lime
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names = _images(image, m, index, resize)
     hide_value = hide if hide == "mean" else float(hide)
     for img, name in zip(x, names):
@@ -151,13 +140,12 @@ def occlusion_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
                   value: Annotated[float, typer.Option(help="Occluder grey level in [0, 1].")] = 0.5,
                   unit: Annotated[str | None, typer.Option(help="Also record this unit's activity.")] = None,
                   precision: PrecisionOpt = "auto",
-                  out: OutOpt = Path("results/occlusion"), weights: WeightsOpt = None,
-                  input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                  out: OutOpt = Path("results/occlusion"), model_opts: ModelOptions = ModelOptions(),
                   resize: ResizeOpt = None):
     """Occlusion sensitivity (Zeiler & Fergus, Fig. 7)."""
     from convlens.attribute import occlusion, plot_occlusion
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names = _images(image, m, index, resize)
     for img, name in zip(x, names):
         o = occlusion(m, img, label, window=window, stride=stride, value=value, unit=unit, precision=precision)
@@ -170,15 +158,14 @@ def faithfulness_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
                      label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
                      samples: Annotated[int, typer.Option(help="LIME perturbations.")] = 500,
                      steps: Annotated[int, typer.Option(help="Points on each curve.")] = 50,
-                     seed: SeedOpt = 0, out: OutOpt = Path("results/faithfulness"), weights: WeightsOpt = None,
-                     input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                     seed: SeedOpt = 0, out: OutOpt = Path("results/faithfulness"), model_opts: ModelOptions = ModelOptions(),
                      resize: ResizeOpt = None):
     """Deletion and insertion curves and areas of saliency, guided backprop, LIME, occlusion and
     a random order on the same images."""
     from convlens.attribute import compare_methods, plot_curves
     from convlens.files import write_json
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names = _images(image, m, index, resize)
     for img, name in zip(x, names):
         curves = compare_methods(m, img, label, lime_samples=samples, steps=steps, seed=seed)
@@ -195,15 +182,14 @@ def top_images_cmd(model: ModelArg, data: DataArg, layer: Annotated[str, typer.O
                    project: Annotated[str | None, typer.Option(
                        help="Units to project with DeconvNet (all, 0-15 ...); default the first 16.")] = None,
                    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
-                   out: OutOpt = Path("results/top-images"), weights: WeightsOpt = None,
-                   input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                   out: OutOpt = Path("results/top-images"), model_opts: ModelOptions = ModelOptions(),
                    resize: ResizeOpt = None, strict: StrictOpt = False, limit: LimitOpt = None, seed: SeedOpt = 0):
     """The k images that excite each unit most, found in one pass, with DeconvNet projections
     cropped to the receptive field (Zeiler & Fergus, Fig. 2)."""
     from convlens.attribute import plot_top_images, project_top, top_images
     from convlens.units import parse_unit_list
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     ds = open_data(data, m, resize=resize, strict=strict, limit=limit, seed=seed)
     with progress_bar(f"top images of {layer}", total=len(ds)) as update:
         top = top_images(m, ds, layer, k=k, units=units, batch_size=batch_size,
@@ -221,13 +207,12 @@ def top_images_cmd(model: ModelArg, data: DataArg, layer: Annotated[str, typer.O
 def activations_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
                     layer: Annotated[list[str] | None, typer.Option(help="Layers (default: every layer with maps).")] = None,
                     max_channels: Annotated[int, typer.Option(help="Channels shown per layer.")] = 64,
-                    out: OutOpt = Path("results/activations"), weights: WeightsOpt = None,
-                    input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                    out: OutOpt = Path("results/activations"), model_opts: ModelOptions = ModelOptions(),
                     resize: ResizeOpt = None):
     """Activation grids (Lees): every channel of every layer for one image, strongest marked."""
     from convlens.attribute import activation_grid, plot_activation_grid
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names = _images(image, m, index, resize)
     for img, name in zip(x, names):
         g = activation_grid(m, img, layer)

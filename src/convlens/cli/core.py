@@ -10,32 +10,27 @@ from rich.table import Table
 
 from convlens.cli import app
 from convlens.cli._common import (
-    ClassesOpt,
     DataArg,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     SeedOpt,
     StrictOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
     open_data,
-    open_model,
     progress_bar,
 )
 
 
 @command(app, "layers")
-def layers(model: ModelArg, weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
-           classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+def layers(model: ModelArg, model_opts: ModelOptions = ModelOptions(),
            csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None):
     """Print every layer: name, type, output shape for the input spec, parameters."""
     from convlens.summary import describe_layers
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     info = describe_layers(m)
     s = m.spec
     t = Table(title=f"{m.name}: input {s.channels}x{s.size[0]}x{s.size[1]} {s.channel_order} "
@@ -76,8 +71,7 @@ def train_cmd(
     augment_shift: Annotated[int, typer.Option(help="Random shifts of up to N pixels.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last snapshot in --out.")] = False,
     seed: SeedOpt = 0,
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
+    model_opts: ModelOptions = ModelOptions(),
     strict: StrictOpt = False,
     limit: LimitOpt = None,
 ):
@@ -90,7 +84,7 @@ def train_cmd(
     cfg = TrainConfig(seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer,
                       lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
                       snapshot_every=snapshot_every, augment_shift=augment_shift)
-    m = open_model(arch, weights, input_spec)
+    m = model_opts.open(arch)
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
     with progress_bar(f"training {m.name}") as update:
         def cb(rec):

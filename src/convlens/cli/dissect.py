@@ -9,17 +9,13 @@ import typer
 
 from convlens.cli import app
 from convlens.cli._common import (
-    ClassesOpt,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     SeedOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
-    open_model,
     progress_bar,
 )
 
@@ -75,8 +71,7 @@ def dissect_cmd(
     workers: Annotated[int | None, typer.Option(help="Run the shards on a local Dask cluster.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler.")] = None,
     n: NOpt = 1000, size: SizeOpt = 64, limit: LimitOpt = None, seed: SeedOpt = 0,
-    weights: WeightsOpt = None, input_spec: InputSpecOpt = None, classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Label every unit of the layers with its best concept (Bau et al.): tables, detector counts,
     top images with thresholded regions."""
@@ -84,7 +79,7 @@ def dissect_cmd(
 
     from convlens.dissect import dissect
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     cs = open_concepts(concepts, n, size, seed, limit)
     with progress_bar(f"dissecting {m.name}", total=len(cs)) as update:
         d = dissect(m, cs, layer, quantile=quantile, iou_threshold=iou_threshold, top_n=top_n,
@@ -151,8 +146,7 @@ def net2vec_cmd(
     val_fraction: Annotated[float, typer.Option(help="Held-out images for the IoU.")] = 0.25,
     quantile: Annotated[float, typer.Option(help="Top activation quantile per unit.")] = 0.005,
     n: NOpt = 1000, size: SizeOpt = 64, limit: LimitOpt = 500, seed: SeedOpt = 0,
-    weights: WeightsOpt = None, input_spec: InputSpecOpt = None, classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Net2Vec (Fong & Vedaldi): per concept, weights over the layer's thresholded units; its
     held-out IoU against the best single unit's."""
@@ -160,7 +154,7 @@ def net2vec_cmd(
 
     from convlens.dissect import net2vec
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     cs = open_concepts(concepts, n, size, seed)
     with progress_bar("net2vec", total=epochs) as update:
         r = net2vec(m, cs, layer, concept, quantile=quantile, val_fraction=val_fraction, epochs=epochs,

@@ -11,22 +11,18 @@ import typer
 from convlens.cli import app
 from convlens.cli._common import (
     ClaheOpt,
-    ClassesOpt,
     DataArg,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     ResizeOpt,
     SeedOpt,
     StrictOpt,
     TileOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
     open_data,
-    open_model,
     progress_bar,
 )
 
@@ -93,10 +89,7 @@ def embed(
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     out: OutOpt = Path("results/embed"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
     resize: ResizeOpt = "model",
     tile: TileOpt = None,
     clahe: ClaheOpt = False,
@@ -111,7 +104,7 @@ def embed(
     from convlens.files import write_json
 
     torch.manual_seed(seed)
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     ds = open_data(data, m, resize=resize, tile=tile, clahe=clahe, strict=strict, limit=limit, seed=seed)
     feats = _extract(m, ds, layer, pooling, batch_size, _cache(cache, no_cache), workers, scheduler)
     labelled = bool((feats.labels >= 0).all()) and len(set(feats.labels.tolist())) > 1

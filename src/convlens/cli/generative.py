@@ -10,19 +10,15 @@ from typer.core import TyperCommand
 
 from convlens.cli import app
 from convlens.cli._common import (
-    ClassesOpt,
     DataArg,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     SeedOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
     open_data,
-    open_model,
     progress_bar,
 )
 
@@ -114,10 +110,7 @@ def train_decoder_cmd(
     out: OutOpt = Path("results/decoder"),
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Train up-convolutional decoders that rebuild images from a layer's features (Dosovitskiy &
     Brox; the survey's eq. 16), one per layer, and save them under OUT/LAYER."""
@@ -133,7 +126,7 @@ def train_decoder_cmd(
         train_decoders,
     )
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     ds = open_data(data, limit=limit, seed=seed)
     layers = layer or [default_code_layer(m)]
     with progress_bar("decoders", total=epochs) as update:
@@ -179,15 +172,12 @@ def dgn_am_cmd(
     out: OutOpt = Path("results/dgn-am"),
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Activation maximization in a generator's code space (DGN-AM, Nguyen et al.)."""
     from convlens.generative import dgn_am, sample_rows
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     gen = _decoder(m, decoder, data, code_layer, epochs, limit, seed, out)
     with progress_bar("DGN-AM", total=steps) as update:
         res = dgn_am(m, gen, unit, n, steps=steps, weight=weight, seed=seed,
@@ -222,10 +212,7 @@ def inverse_set_cmd(
     out: OutOpt = Path("results/inverse-set"),
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Sample the inverse set of a neuron: N diverse images whose activation lies in [Z1, Z2]
     (Hada & Carreira-Perpiñán), or the intersection of several neurons' inverse sets."""
@@ -243,7 +230,7 @@ def inverse_set_cmd(
         raise ValueError(f"{len(unit)} neurons need one --range each, got {len(range_)}")
     pairs = [_pair(r) for r in range_]
     cons = [make_constraint(u, *r) for u, r in zip(unit * len(pairs) if len(unit) == 1 else unit, pairs)]
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     gen = _decoder(m, decoder, data, code_layer, epochs, limit, seed, out)
     jobs = [[c] for c in cons] if len(unit) == 1 else [cons] + ([[c] for c in cons] if singles else [])
     results = []

@@ -10,21 +10,17 @@ import typer
 from convlens.cli import app
 from convlens.cli._common import (
     ClaheOpt,
-    ClassesOpt,
     DataArg,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     ResizeOpt,
     StrictOpt,
     TileOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
     open_data,
-    open_model,
     progress_bar,
 )
 
@@ -49,10 +45,7 @@ def report(
     only: OnlyOpt = None,
     force: ForceOpt = None,
     out: OutOpt = Path("results/report"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
     resize: ResizeOpt = None,
     tile: TileOpt = None,
     clahe: ClaheOpt = False,
@@ -70,7 +63,7 @@ def report(
         from convlens.report import load_config
 
         config_obj = load_config(config, names)
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     transform = resize is not None or tile is not None or clahe
     ds = open_data(data, m if transform else None, resize=resize, tile=tile, clahe=clahe,
                    strict=strict, limit=limit, seed=seed or 0)

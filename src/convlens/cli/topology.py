@@ -11,16 +11,13 @@ import typer
 from convlens.cli import app
 from convlens.cli._common import (
     DataArg,
-    InputSpecOpt,
     LimitOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     SeedOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
-    open_model,
     progress_bar,
 )
 
@@ -143,9 +140,7 @@ def analyze_cmd(
 @command(topology_app, "layers")
 def layers_cmd(
     model: ModelArg,
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
     layer: Annotated[list[str] | None, typer.Option("--layer", "-l", help="Layers (default: every spatial convolution).")] = None,
     k: KOpt = 100,
     p: POpt = 0.3,
@@ -160,7 +155,7 @@ def layers_cmd(
     """Layer by layer on one pretrained model (the VGG16 study of Fig. 14)."""
     from convlens.topology import analyze_layers
 
-    m = open_model(model, weights, input_spec, None, trust_pickle)
+    m = model_opts.open(model)
     kw = _settings(k, p, resolution, gain, lenses, landmarks, method, seed)
     with progress_bar("layers", total=None) as update:
         grid = analyze_layers(m, layer or None, callback=lambda d, n, what: update(completed=d, total=n, info=what), **kw)

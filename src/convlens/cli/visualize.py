@@ -9,17 +9,13 @@ import typer
 
 from convlens.cli import app
 from convlens.cli._common import (
-    ClassesOpt,
-    InputSpecOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     SeedOpt,
-    TrustOpt,
-    WeightsOpt,
     command,
     console,
     open_data,
-    open_model,
     progress_bar,
 )
 from convlens.cli.attribute import PrecisionOpt
@@ -71,15 +67,12 @@ def visualize(
     size: SizeOpt = None,
     seed: SeedOpt = 0,
     out: OutOpt = Path("results/visualize"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Activation maximization: an image per unit, a gallery per layer, dead units listed."""
     from convlens.visualize import activation_maximization, save_unit_pngs, unit_gallery
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     ref = open_data(reference, m) if reference else None
     with progress_bar(f"{layer} units") as update:
         r = activation_maximization(
@@ -114,15 +107,12 @@ def class_model_cmd(
     size: SizeOpt = None,
     seed: SeedOpt = 0,
     out: OutOpt = Path("results/class-model"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Class model visualization: an L2-regularised image maximizing a class score."""
     from convlens.visualize import class_gallery, class_model, save_png
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     chosen = target if target == "all" else [c.strip() for c in target.split(",")]
     with progress_bar("class models") as update:
         r = class_model(m, chosen, size=size, steps=steps, lr=lr, l2=l2, tv=tv, param=param,
@@ -151,10 +141,7 @@ def invert_cmd(
     lr: LrOpt = 0.05,
     seed: SeedOpt = 0,
     out: OutOpt = Path("results/invert"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Network inversion: rebuild an image from each layer's features; relative feature error
     and pixel error per layer."""
@@ -162,7 +149,7 @@ def invert_cmd(
 
     from convlens.visualize import inversion_figure, invert
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x = read_input(image, m)
     names = [n.strip() for n in layers.split(",")] if layers else None
     results = []
@@ -194,15 +181,12 @@ def fool_cmd(
     size: SizeOpt = None,
     seed: SeedOpt = 0,
     out: OutOpt = Path("results/fool"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Fooling images: ascend each class score from noise until the confidence reaches a target."""
     from convlens.visualize import class_gallery, fooling_images
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     chosen = target_class if target_class == "all" else [c.strip() for c in target_class.split(",")]
     with progress_bar("fooling", total=max_steps) as update:
         r = fooling_images(m, chosen, target=target, max_steps=max_steps, lr=lr, regularize=regularize,
@@ -229,15 +213,12 @@ def style_cmd(
     lr: LrOpt = 0.02,
     seed: SeedOpt = 0,
     out: OutOpt = Path("results/style"),
-    weights: WeightsOpt = None,
-    input_spec: InputSpecOpt = None,
-    classes: ClassesOpt = None,
-    trust_pickle: TrustOpt = False,
+    model_opts: ModelOptions = ModelOptions(),
 ):
     """Style transfer (Gatys et al.): content at one layer, Gram-matrix style over several."""
     from convlens.visualize import style_figure, style_transfer
 
-    m = open_model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     with progress_bar("style transfer") as update:
         r = style_transfer(m, read_input(content, m), read_input(style, m), content_layer=content_layer,
                            style_layers=[s.strip() for s in style_layers.split(",")],

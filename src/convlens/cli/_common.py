@@ -173,3 +173,14 @@ def progress_bar(description: str, total: float | None = None) -> Iterator[Calla
             prog.update(task, **kw)
 
         yield update
+
+
+@contextmanager
+def progress_events(description: str) -> Iterator[Callable]:
+    """A bar driven by :class:`convlens.progress.Progress` events: yields the callback to pass to
+    a long-running function (total and ETA from the events, their info beside the bar)."""
+    with progress_bar(description) as update:
+        def callback(p) -> None:
+            update(completed=p.done, total=p.total, info=p.describe())
+
+        yield callback

@@ -201,3 +201,11 @@ def test_no_new_long_function():
     assert not new, f"split these (over {MAX_FUNCTION_LINES} lines):\n" + "\n".join(new)
     done = sorted(STILL_LONG - long)
     assert not done, "no longer long: remove from STILL_LONG in tests/test_structure.py:\n" + "\n".join(done)
+
+
+def test_slug_keeps_safe_names_and_never_merges_two():
+    from convlens.files import slug
+
+    assert slug("features.12") == "features.12"
+    assert slug("conv 1") != slug("conv_1") and slug("conv 1").startswith("conv_1_")
+    assert all(c.isalnum() or c in "_.@-" for c in slug("a/b\\c:d*<e>"))

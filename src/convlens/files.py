@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 
-@contextmanager
 def slug(name: str) -> str:
     """A file-name-safe form of a layer, class or concept name: anything outside
     ``[A-Za-z0-9_.@-]`` becomes ``_``, plus a short hash of the name whenever it had to change, so

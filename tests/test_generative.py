@@ -21,7 +21,7 @@ from convlens.generative import (
     reconstruction_loss,
     train_decoders,
 )
-from convlens.generative._inverse import _Lagrangian
+from convlens.generative._inverse_set import _Lagrangian
 from convlens.probe import capture
 
 

@@ -24,7 +24,7 @@ from convlens.generative._decoder import (
     train_decoders,
 )
 from convlens.generative._dgnam import Synthesis, dgn_am
-from convlens.generative._inverse import InverseSet, RangeNotReachedWarning, inverse_set
+from convlens.generative._inverse_set import InverseSet, RangeNotReachedWarning, inverse_set
 from convlens.generative._neurons import (
     Constraint,
     Encoder,

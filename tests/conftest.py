@@ -18,6 +18,14 @@ def _find_shared() -> Path:
     return repo.parent / "shared"
 
 
+def dtype_tol(dtype: torch.dtype, magnitude: float, terms: int = 1) -> float:
+    """Absolute tolerance for comparing two computations of the same values in ``dtype`` that
+    may sum ``terms`` products in different orders (other kernels, another CPU): a few units of
+    rounding, times sqrt(terms) (random-walk growth of rounding errors), times the size of the
+    values. Derived from the dtype and the magnitude, never from one CPU's result."""
+    return 4 * torch.finfo(dtype).eps * max(terms, 1) ** 0.5 * max(float(magnitude), 1e-30)
+
+
 SHARED = _find_shared()
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 

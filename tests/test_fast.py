@@ -9,6 +9,7 @@ import torch
 from convlens import load_model
 from convlens.fast import bf16_native, can_fuse, fast, resolve_precision
 from convlens.probe import capture
+from tests.conftest import dtype_tol
 
 
 def test_fast_matches_plain_and_restores_the_network():
@@ -72,8 +73,15 @@ class _Fusable(torch.nn.Module):
         return torch.cat([self.shared(self.c3(y)), self.shared(y)], 1).mean((2, 3))
 
 
-@pytest.mark.skipif(not can_fuse(), reason="no native bfloat16 / oneDNN fused convolution here")
-def test_fused_conv_relu_gives_the_unfused_bfloat16_result_and_is_undone():
+@pytest.mark.parametrize("kernel", ["emulated", "native"])
+def test_fused_conv_relu_gives_the_unfused_bfloat16_result_and_is_undone(kernel, monkeypatch):
+    """The emulated case runs on every CPU (the composed conv+ReLU, bfloat16 emulated where the
+    CPU has no bfloat16 units: what such a CPU runs); oneDNN's fused kernel where can_fuse().
+    The pairing, patching and undoing are the same code either way."""
+    if kernel == "native" and not can_fuse():
+        pytest.skip("oneDNN's fused bfloat16 kernel needs native bfloat16 (the emulated case ran)")
+    if kernel == "emulated":
+        monkeypatch.setattr("convlens.fast.can_fuse", lambda device="cpu": False)
     net = _Fusable().eval()
     x = torch.rand(4, 3, 15, 15, generator=torch.Generator().manual_seed(0))
     with fast(net, "bfloat16"):
@@ -85,7 +93,14 @@ def test_fused_conv_relu_gives_the_unfused_bfloat16_result_and_is_undone():
         with fast(net, "bfloat16", fuse=True):  # nested: the same result
             torch.testing.assert_close(net(x).float(), fused)
     assert fused_here == ["c1", "r1"]  # c2 feeds F.relu; `shared` also follows y
-    torch.testing.assert_close(fused, plain, rtol=1e-2, atol=1e-2)
+    # both round each convolution's output to bfloat16 (one unit: eps/2 relative), in another
+    # order; the reference is float32
+    with torch.no_grad():
+        exact = net(x)
+    eps = torch.finfo(torch.bfloat16).eps
+    big = exact.abs().max().item()
+    torch.testing.assert_close(fused, plain, rtol=eps, atol=dtype_tol(torch.bfloat16, big, 8 * 9))
+    torch.testing.assert_close(fused, exact, rtol=eps, atol=dtype_tol(torch.bfloat16, big, 8 * 9))
     assert not any("forward" in vars(m) for m in net.modules())  # undone
     net.c1.register_forward_hook(lambda *a: calls.append(1))
     with fast(net, "bfloat16", fuse=True):  # a watched convolution is not fused

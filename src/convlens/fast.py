@@ -33,6 +33,7 @@ network's forward passes in :func:`autocast_to` with the dtype ``fast`` yields.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import platform
 import threading
@@ -125,6 +126,7 @@ def _fuse_conv_relu(net: nn.Module, dtype: torch.dtype) -> Callable[[], None]:
         (user,) = node.users
         if user.op == "call_module" and _relu_site(user):
             pairs.setdefault(user.target, []).append(node.target)
+    kernel = _conv_relu_kernel(_device(net))
     patched = []
     for relu_name, convs in pairs.items():
         relu = net.get_submodule(relu_name)
@@ -137,7 +139,7 @@ def _fuse_conv_relu(net: nn.Module, dtype: torch.dtype) -> Callable[[], None]:
             args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
 
             def forward(x, w=w, b=b, args=args):
-                return torch.ops.mkldnn._convolution_pointwise(x.to(w.dtype), w, b, *args, "relu", [None], "")
+                return kernel(x.to(w.dtype), w, b, *args)
 
             conv.forward = forward
             patched.append(conv)
@@ -151,10 +153,36 @@ def _fuse_conv_relu(net: nn.Module, dtype: torch.dtype) -> Callable[[], None]:
     return undo
 
 
+def _conv_relu_kernel(device: torch.device) -> Callable:
+    """``(x, w, b, padding, stride, dilation, groups) -> relu(conv(x))`` in one call: oneDNN's
+    fused kernel where :func:`can_fuse`, else the same two steps composed (bfloat16 emulated on
+    CPUs without bfloat16 units: no faster, but the fusion path computes the same thing)."""
+    if can_fuse(device):
+        return lambda x, w, b, *args: torch.ops.mkldnn._convolution_pointwise(x, w, b, *args, "relu", [None], "")
+
+    def composed(x, w, b, padding, stride, dilation, groups):
+        return torch.nn.functional.conv2d(x, w, b, stride, padding, dilation, groups).relu_()
+
+    return composed
+
+
 def can_fuse(device: torch.device | str = "cpu") -> bool:
     """Whether oneDNN's fused bfloat16 convolution + ReLU is available (and fast) on ``device``."""
     return (torch.device(device).type == "cpu" and bf16_native(device) and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise") and _fused_kernel_runs())
+
+
+@functools.cache
+def _fused_kernel_runs() -> bool:
+    """One tiny call: oneDNN refuses bfloat16 where its ISA is capped (ONEDNN_MAX_CPU_ISA) even
+    when the CPU reports the instructions."""
+    x = torch.zeros(1, 1, 3, 3, dtype=torch.bfloat16)
+    try:
+        torch.ops.mkldnn._convolution_pointwise(x, torch.zeros(1, 1, 1, 1, dtype=torch.bfloat16), None,
+                                                [0, 0], [1, 1], [1, 1], 1, "relu", [None], "")
+    except RuntimeError:
+        return False
+    return True
 
 
 def autocast_to(dtype: torch.dtype, device: torch.device | str = "cpu"):
@@ -215,7 +243,7 @@ def fast(net: nn.Module, precision: str = "float32", *, grad: bool = False,
             net.to(memory_format=torch.channels_last)
     keep_freed_memory()
     amp = autocast_to(dtype, device) if autocast else nullcontext()
-    undo = (_fuse_conv_relu(net, dtype) if fuse and dtype == torch.bfloat16 and not grad and can_fuse(device)
+    undo = (_fuse_conv_relu(net, dtype) if fuse and dtype == torch.bfloat16 and not grad and device.type == "cpu"
             else lambda: None)
     try:
         with amp, torch.set_grad_enabled(grad and torch.is_grad_enabled()):

@@ -130,7 +130,7 @@ def test_config_parses_sections_budgets_and_options():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"sections": ["sumary"]}, "unknown section 'sumary' in 'sections'; did you mean 'summary'"),
+    ({"sections": ["sumary"]}, "'sections': unknown report section 'sumary'; did you mean 'summary'"),
     ({"embeding": {}}, "unknown key 'embeding'; did you mean 'embedding'"),
     ({"embedding": [1, 2]}, "options of section 'embedding' must be a mapping"),
     ({"budget": {"images": 0}}, r"budget.images must be a positive integer; got 0"),

@@ -121,10 +121,73 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"class-name file not found: {p}; give a text file with one name per line")
-    text = p.read_text(encoding="utf-8")
+    if p.is_dir():
+        raise FileNotFoundError(f"class-name file {p} is a folder; give a text file with one name per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"class-name file {p} is not UTF-8 (byte {e.object[e.start]:#x} at offset "
+                         f"{e.start}); save it as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     if p.suffix == ".json":
-        return tuple(str(n) for n in json.loads(text))
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"class-name file {p} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        if not isinstance(names, list):
+            raise ValueError(f"class-name file {p} must hold a JSON list of names")
+        out = tuple(str(n) for n in names)
+    else:
+        out = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not out:
+        raise ValueError(f"class-name file {p} holds no names; give one name per line")
+    return out
+
+
+def _synonyms(name: str) -> list[str]:
+    """``"Indian elephant, Elephas maximus"`` -> ``["indian elephant", "elephas maximus"]``."""
+    return [part.strip().lower() for part in name.split(",") if part.strip()]
+
+
+def find_class(names, target, n_outputs: int | None = None) -> int:
+    """A class index from an index or a name, the one matching rule of every convlens function
+    and command: an index (int or digits); else the exact name; else any case; else one of
+    ImageNet's comma-separated synonyms (``"Indian elephant"``); else a unique partial match
+    (``"zebra"``, ``"hopper"``). Several partial matches or none are an error listing the
+    candidates or the closest names."""
+    import difflib
+
+    names = [str(n) for n in names]
+    n = n_outputs if n_outputs is not None else len(names)
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+        target = int(target)
+    if not isinstance(target, (str, bool)) and hasattr(target, "__index__"):  # int, numpy integer
+        idx = int(target)
+        if not 0 <= idx < n:
+            raise ValueError(f"class {idx} is out of range: the model has {n} classes (0-{n - 1})")
+        return idx
+    if not isinstance(target, str):
+        raise TypeError(f"a class is an int or a name, got {type(target).__name__}")
+    want = target.strip().lower()
+    if not names:
+        raise ValueError(f"no class named {target!r}: this model has no class names; give an index "
+                         "or name the classes (--classes FILE, one name per line)")
+    rules = (lambda c: c == target.strip(), lambda c: c.lower() == want,
+             lambda c: want in _synonyms(c), lambda c: any(want in part for part in _synonyms(c)))
+    for stage, match in enumerate(rules):
+        hits = [i for i, c in enumerate(names) if match(c)]
+        if len(hits) == 1 or (hits and stage < 3):  # a name given in full: its first class
+            return hits[0]
+        if len(hits) > 1:
+            listing = "; ".join(f"{names[i].split(',')[0]} ({i})" for i in hits[:8])
+            more = f" and {len(hits) - 8} more" if len(hits) > 8 else ""
+            raise ValueError(f"class name {target!r} matches {len(hits)} classes: {listing}{more}; "
+                             "give the full name or the index")
+    pool = {syn: i for i, c in enumerate(names) for syn in _synonyms(c)}
+    close = difflib.get_close_matches(want, list(pool), n=3, cutoff=0.6)
+    hint = (" Closest: " + ", ".join(f"{names[pool[c]].split(',')[0]} ({pool[c]})" for c in close) + "."
+            if close else "")
+    raise ValueError(f"no class named {target!r} in this model.{hint} Give a class index or a name "
+                     "(a unique part of one is enough); --classes FILE names the model's classes.")
 
 
 def resolve_input_spec(value: str | dict | InputSpec | None, default: InputSpec) -> InputSpec:

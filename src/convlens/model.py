@@ -22,6 +22,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import pickle
+import warnings
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -93,29 +95,74 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.split("/", 2)[1:2] == ["code"] for n in z.namelist() if "/" in n)
 
 
+def _classify_weights_file(p: Path) -> str:
+    """What a weights file is, from its bytes alone (nothing is unpickled): ``"zip"`` (torch's
+    format), ``"pickle"`` (torch's legacy format or a plain pickle), or a reason it is unusable:
+    empty, truncated, not a weights file."""
+    size = p.stat().st_size
+    if size == 0:
+        return f"{p} is empty (0 bytes): an interrupted download or copy? Fetch the file again"
+    with p.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            return f"{p} is truncated or damaged ({e}): fetch or save it again"
+        if bad is not None:
+            return f"{p} is damaged (entry {bad} fails its checksum): fetch or save it again"
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"  # a pickle protocol header (torch's legacy format starts with one)
+    return (f"{p} is not a weights file (corrupt, or another format: it starts with bytes "
+            f"{head.hex(' ')}); convlens reads torch .pt/.pth, .safetensors and .npz state dicts")
+
+
 def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.pt``/``.pth``/``.safetensors``/``.npz`` without running code."""
+    """Read a state dict from ``.pt``/``.pth``/``.safetensors``/``.npz`` without running code.
+
+    The file is classified from its bytes first (empty, truncated, corrupt, a plain state dict
+    or a full pickle) so that only a real pickle leads to the ``trust_pickle`` question."""
     p = Path(path)
+    if p.is_dir():
+        raise FileNotFoundError(f"weights {p} is a folder, not a file: give the .pt/.pth/.safetensors/.npz inside it")
     if not p.is_file():
         raise FileNotFoundError(f"weights file not found: {p}")
     if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{p} is not a readable safetensors file ({e}): fetch or save it again") from None
     if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            return {k: torch.from_numpy(z[k]) for k in z.files}
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return {k: torch.from_numpy(z[k]) for k in z.files}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ValueError(f"{p} is not a readable .npz of arrays ({e}): fetch or save it again") from None
+    kind = _classify_weights_file(p)
+    if kind not in ("zip", "pickle"):
+        raise ValueError(kind)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError: a whole pickled module or other objects
+    except pickle.UnpicklingError:  # the file holds objects other than tensors
         if not trust_pickle:
             raise ValueError(
                 f"{p} is not a plain state dict: it is a full pickle, and loading it would run code "
                 "stored in the file. If you trust where it came from, pass --trust-pickle "
                 "(trust_pickle=True in Python); better, save model.state_dict() and load it with "
                 "its architecture."
-            ) from e
-        obj = torch.load(p, map_location="cpu", weights_only=False)
+            ) from None
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as e2:  # the pickle itself fails: a missing class, damaged data
+            raise ValueError(f"{p} is a pickle that cannot be loaded ({type(e2).__name__}: {e2}); "
+                             "re-save it as a state dict (torch.save(model.state_dict(), ...))") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{p} is damaged or truncated ({str(e).splitlines()[0]}): fetch or save it again") from None
     if isinstance(obj, nn.Module):
         return obj  # type: ignore[return-value]  # handled by the caller
     if isinstance(obj, dict):
@@ -123,11 +170,22 @@ def read_state_dict(path: str | Path, *, trust_pickle: bool = False) -> dict[str
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
-        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             if all(k.startswith("module.") for k in obj):
                 obj = {k[len("module."):]: v for k, v in obj.items()}
             return obj
     raise ValueError(f"{p} holds a {type(obj).__name__}, not a state dict of tensors")
+
+
+def check_finite(net: nn.Module, source: str) -> None:
+    """NaN or infinite parameters/buffers are an error naming the tensors (a diverged training
+    run or a damaged file), found at load instead of as "dead units" later."""
+    bad = [k for k, v in net.state_dict().items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"the weights in {source} contain NaN or infinite values (in "
+                         f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}): the training that "
+                         "wrote them diverged or the file is damaged; use an earlier snapshot")
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -153,25 +211,54 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str) ->
             "Check the architecture name and its arguments (`convlens layers` shows the layout)."
         )
     net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    check_finite(net, source)
 
 
 # -- the loaders ---------------------------------------------------------------------------------
 def _load_factory(spec: str) -> tuple[nn.Module, str]:
+    """Run ``path/to/file.py:function`` and return its module and a name. Errors inside the
+    user's file (a SyntaxError, an exception) are reported as one line naming the file."""
     file, _, func = spec.rpartition(":")
     path = Path(file)
     if not path.is_file():
         raise FileNotFoundError(f"factory file not found: {path} (expected path/to/file.py:function)")
     mod_spec = importlib.util.spec_from_file_location(f"convlens_user_{path.stem}", path)
     module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    try:
+        mod_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"{path} has a syntax error at line {e.lineno}: {e.msg}; fix the file") from None
+    except Exception as e:  # anything the user's module raises on import
+        raise ValueError(f"running {path} failed: {type(e).__name__}: {e}; fix the file") from None
     fn = getattr(module, func, None)
     if not callable(fn):
         names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
         raise ValueError(f"{path} has no callable {func!r}; callables there: {names}")
-    net = fn()
+    try:
+        net = fn()
+    except Exception as e:
+        raise ValueError(f"{spec}() raised {type(e).__name__}: {e}; fix the factory") from None
     if not isinstance(net, nn.Module):
         raise TypeError(f"{spec} returned {type(net).__name__}, expected a torch.nn.Module")
     return net, path.stem
+
+
+def factory_reference(spec: str, base: Path | None = None) -> str:
+    """``file.py:function`` with the file made absolute (relative to ``base``, else the current
+    folder): what a card or snapshot stores so the model can be rebuilt."""
+    file, _, func = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return f"{path.resolve()}:{func}"
+
+
+def _check_factory_trust(ref: str, where: Path, trust_pickle: bool) -> None:
+    if not trust_pickle:
+        raise ValueError(
+            f"{where} names the factory {ref}, and building the model would run that file's "
+            "code. If you trust it, pass --trust-pickle (trust_pickle=True in Python), as for a "
+            "full pickle; or load the factory yourself: give FILE.py:FUNCTION as the model")
 
 
 def _default_spec_for(net: nn.Module) -> InputSpec:
@@ -181,22 +268,61 @@ def _default_spec_for(net: nn.Module) -> InputSpec:
     return PRESETS["unit-gray"] if channels == 1 else PRESETS["unit-rgb"]
 
 
+# keys a user writes in a model card, and those `convlens train` adds to model.json / snapshots
+CARD_KEYS = ("arch", "weights", "input_spec", "classes", "name", "description")
+WRITTEN_CARD_KEYS = ("train", "val_accuracy", "step", "seed", "history", "snapshots", "dataset")
+
+
 def _read_card(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
+    """Parse and validate a model card: unknown keys are errors naming the closest known key
+    (a misspelt ``weight:`` must not load random weights)."""
+    import difflib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"model card {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        card = yaml.safe_load(text)
+        try:
+            card = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise ValueError(f"model card {path} is not valid YAML{at}: "
+                             f"{getattr(e, 'problem', None) or e}; write key: value lines") from None
     else:
-        card = json.loads(text)
-    if not isinstance(card, dict) or "arch" not in card:
+        try:
+            card = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"model card {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"model card {path} must be a mapping of keys ({', '.join(CARD_KEYS)}); "
+                         f"got {type(card).__name__}")
+    known = CARD_KEYS + WRITTEN_CARD_KEYS
+    for key in card:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"model card {path}: unknown key {key!r}; {hint}keys are {', '.join(CARD_KEYS)}")
+    if not card.get("arch"):
+        if "arch" in card:  # written by a convlens before 0.1 for a model from a factory
+            raise ValueError(
+                f"{path} has no architecture (arch: null): the model was trained from a factory "
+                "file that was not recorded. Load it as FILE.py:FUNCTION --weights "
+                f"{path.with_suffix('.pt')}, or retrain with this version, which records the factory")
         raise ValueError(f"{path}: a model card needs at least an 'arch' key (and usually 'weights')")
+    if not isinstance(card["arch"], str):
+        raise ValueError(f"{path}: 'arch' must be a name such as squeezenet1_1, got {card['arch']!r}")
     base = path.parent
     if card.get("weights"):
         card["weights"] = str((base / card["weights"]) if not Path(card["weights"]).is_absolute() else card["weights"])
     if isinstance(card.get("classes"), str):
         c = Path(card["classes"])
         card["classes"] = str(c if c.is_absolute() else base / c)
+    if ".py:" in card["arch"]:
+        card["arch"] = factory_reference(card["arch"], base)
     return card
 
 
@@ -228,11 +354,56 @@ def load_model(
     if classes is not None:
         names = read_class_names(classes) if isinstance(classes, (str, Path)) else tuple(classes)
         spec_obj = spec_obj.with_classes(names)
+        meta["classes_source"] = str(classes) if isinstance(classes, (str, Path)) else "list"
     model.spec = spec_obj
     model.meta.update(meta)
     model.net.to(device)
     model.net.eval()
+    _check_fit(model)
+    if model.meta.get("untrained"):
+        warnings.warn(untrained_message(model), UntrainedWarning, stacklevel=2)
     return model
+
+
+class UntrainedWarning(UserWarning):
+    """A built-in ImageNet architecture was loaded without weights."""
+
+
+def untrained_message(model: Model) -> str:
+    return (f"{model.name} has random weights (no weights were given): everything computed from "
+            "it describes an untrained network. Pass --weights FILE (weights= in Python).")
+
+
+def _first_conv_channels(net: nn.Module) -> int | None:
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def _check_fit(model: Model) -> None:
+    """The input spec and the class names must fit the network: checked at load, so a mismatch
+    is one message here, not a shape error inside an analysis (or names mixed with indices)."""
+    spec = model.spec
+    want = _first_conv_channels(model.net)
+    if want is not None and want != spec.channels:
+        preset = "unit-gray" if want == 1 else "unit-rgb"
+        raise ValueError(f"the input spec gives {spec.channels}-channel images but {model.name}'s first "
+                         f"convolution takes {want} channel(s): use --input-spec {preset} or a spec "
+                         f"with channels: {want}")
+    names = spec.class_names
+    if not names:
+        return
+    try:
+        with torch.no_grad():
+            out = model.net(spec.normalize(model.example_input(1)))
+    except RuntimeError as e:
+        raise ValueError(f"{model.name} cannot run on the input spec's {spec.size[0]}x{spec.size[1]} "
+                         f"images ({str(e).splitlines()[0]}); check --input-spec") from None
+    if out.ndim == 2 and out.shape[1] != len(names):
+        src = model.meta.get("classes_source") or "the class names"
+        raise ValueError(f"{src} names {len(names)} classes but {model.name} has {out.shape[1]} outputs; "
+                         "give exactly one name per output (one per line, in output order)")
 
 
 def _load_from_string(spec: str, weights, trust_pickle: bool, meta: dict) -> Model:
@@ -245,12 +416,16 @@ def _load_from_string(spec: str, weights, trust_pickle: bool, meta: dict) -> Mod
         net, name = _load_factory(spec)
         if weights:
             load_weights(net, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
+            meta["weights"] = str(weights)
+        meta["arch"] = factory_reference(spec)  # so `convlens train` can record it
         return Model(net, _default_spec_for(net), name)
     if parse_arch(spec) is not None:
         net, ispec, name = build_architecture(spec)
         if weights:
             load_weights(net, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
             meta["weights"] = str(weights)
+        elif ispec == PRESETS["imagenet"]:  # an ImageNet architecture: useless untrained
+            meta["untrained"] = True
         return Model(net, ispec, name)
     path = Path(spec)
     if not path.exists():
@@ -263,6 +438,8 @@ def _load_from_string(spec: str, weights, trust_pickle: bool, meta: dict) -> Mod
         )
     if path.suffix in (".yaml", ".yml", ".json"):
         card = _read_card(path)
+        if ".py:" in card["arch"]:
+            _check_factory_trust(card["arch"], path, trust_pickle)
         model = _load_from_string(card["arch"], card.get("weights"), trust_pickle, meta)
         if card.get("input_spec") is not None:
             model.spec = resolve_input_spec(card["input_spec"], model.spec)
@@ -278,6 +455,18 @@ def _load_from_string(spec: str, weights, trust_pickle: bool, meta: dict) -> Mod
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():  # a snapshot of `convlens train`
         card = json.loads(sidecar.read_text())
+        if "arch" in card and not card["arch"]:
+            raise ValueError(
+                f"{sidecar} records no architecture (arch: null): the network came from a factory "
+                "file that was not recorded. Load it as FILE.py:FUNCTION --weights "
+                f"{path}, or retrain with this version, which records the factory")
+        if "arch" in card and ".py:" in str(card["arch"]):
+            _check_factory_trust(card["arch"], sidecar, trust_pickle)
+            net, _ = _load_factory(card["arch"])
+            load_weights(net, read_state_dict(path, trust_pickle=trust_pickle), str(path))
+            ispec = InputSpec.from_dict(card["input_spec"]) if card.get("input_spec") else _default_spec_for(net)
+            meta.update(card)
+            return Model(net, ispec, path.stem)
         if "arch" in card:
             net, ispec, _ = build_architecture(card["arch"])
             load_weights(net, read_state_dict(path, trust_pickle=trust_pickle), str(path))

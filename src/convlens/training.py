@@ -86,6 +86,8 @@ def evaluate(model: Model, ds: ImageDataset, batch_size: int = 256) -> dict:
 
 def _arch_of(model: Model) -> str | None:
     arch = model.meta.get("arch") or model.name
+    if arch and ".py:" in arch:  # a factory: load_model records it as an absolute file.py:function
+        return arch
     return arch if arch and parse_arch(arch) is not None else None
 
 

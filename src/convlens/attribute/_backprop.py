@@ -279,6 +279,9 @@ def backproject(
     if isinstance(target, str) and ":" in target or not isinstance(target, (int, np.integer, str)):
         unit = as_unit(target)
         get_layer(model.net, unit.layer)
+    elif isinstance(target, str) and target.strip() in dict(model.net.named_modules()) and target.strip():
+        raise ValueError(f"{target!r} is a layer, not a unit: give LAYER:INDEX, e.g. {target.strip()}:0 "
+                         "(or a class name or index to explain a class)")
     with frozen(model.net), torch.enable_grad():
         out = _forward(model, x, unit.layer if unit else None, rule)
         if unit is None:

@@ -37,29 +37,12 @@ def check_images(model, images) -> torch.Tensor:
 
 
 def resolve_class(model, target) -> int:
-    """A class index from an int or a class name (exact, then case-insensitive)."""
-    names = list(model.class_names)
-    if isinstance(target, (int, np.integer)):
-        idx = int(target)
-        n = len(names) or _n_outputs(model)
-        if not 0 <= idx < n:
-            raise ValueError(f"class {idx} is out of range: the model has {n} classes (0-{n - 1})")
-        return idx
-    if isinstance(target, str):
-        if target.strip().isdigit():
-            return resolve_class(model, int(target))
-        want = target.strip().lower()
-        for match in (lambda n: n == target.strip(), lambda n: n.lower() == want,
-                      lambda n: want in [part.strip().lower() for part in n.split(",")]):
-            hits = [i for i, n in enumerate(names) if match(n)]
-            if hits:  # exact, then any case, then one of ImageNet's comma-separated synonyms
-                return hits[0]
-        import difflib
+    """A class index from an int or a class name (:func:`convlens.inputspec.find_class`)."""
+    from convlens.inputspec import find_class
 
-        close = difflib.get_close_matches(target, names, n=3, cutoff=0.5)
-        hint = f" Closest: {', '.join(close)}." if close else ""
-        raise ValueError(f"no class named {target!r} in this model.{hint} Give a class index or name.")
-    raise TypeError(f"a class is an int or a name, got {type(target).__name__}")
+    names = list(model.class_names)
+    n = len(names) or (_n_outputs(model) if not isinstance(target, str) or target.strip().isdigit() else 0)
+    return find_class(names, target, n)
 
 
 def _n_outputs(model) -> int:

@@ -70,9 +70,10 @@ class LimeResult:
     meta: dict = field(default_factory=dict)
 
     def _row(self, label) -> int:
-        if isinstance(label, str) and self.class_names:
-            matches = [i for i, n in enumerate(self.class_names) if n == label]
-            label = matches[0] if matches else label
+        if isinstance(label, str) and self.class_names:  # the rule of every command: full, part, synonym
+            from convlens.inputspec import find_class
+
+            label = find_class(self.class_names, label)
         if label not in self.labels:
             raise ValueError(f"class {label!r} was not explained; explained: {self.labels}")
         return self.labels.index(label)
@@ -244,7 +245,11 @@ def lime(
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
     if kernel_width <= 0:
         raise ValueError(f"kernel_width must be positive, got {kernel_width}")
+    if segments is None and (not isinstance(n_segments, int) or n_segments < 1):
+        raise ValueError(f"n_segments must be at least 1, got {n_segments!r}")
     resolve_precision(precision, x.device)  # a bad value fails here, before any work
+    chosen = (None if labels is None else  # so does a bad class name
+              [resolve_class(model, c) for c in ([labels] if isinstance(labels, (int, str)) else labels)])
     x = x[0]
     seg = superpixels(x, method, n_segments=n_segments, seed=seed) if segments is None else np.asarray(segments)
     if seg.shape != tuple(x.shape[1:]):
@@ -263,10 +268,8 @@ def lime(
         num_samples = len(z)
     probs, dtype = perturbation_probs(model, x, seg, z, hide=hide, batch_size=batch_size, precision=precision,
                                       callback=callback)
-    if labels is None:
+    if chosen is None:
         chosen = np.argsort(-probs[0], kind="stable")[:top_labels].tolist()
-    else:
-        chosen = [resolve_class(model, c) for c in ([labels] if isinstance(labels, (int, str)) else labels)]
     w = _kernel_weights(z, kernel_width)
     fits = [fit_local_model(z, probs[:, c], w, num_features) for c in chosen]
     return LimeResult(

@@ -92,7 +92,8 @@ def _expand_groups(fn: Callable) -> Callable:
     return run
 
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, KeyError, FloatingPointError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, KeyError, FloatingPointError,
+               PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -100,35 +101,147 @@ def setup_logging(verbose: bool = False) -> None:
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
 
 
+def error_line(e: BaseException) -> str:
+    """The one line a user sees for a user error (the message's first line)."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(msg).split()) or type(e).__name__  # a listing folds onto the one line
+
+
 def command(app: typer.Typer, *args, **kwargs) -> Callable:
     """``app.command`` whose user errors print one clear line and exit with status 2; parameters
-    annotated with an option group (:class:`ModelOptions`) become that group's options."""
+    annotated with an option group (:class:`ModelOptions`) become that group's options.
+
+    A command with an ``out`` folder also gets ``--overwrite``: the folder is checked before any
+    work (not a file, writable, empty unless ``--overwrite``: see :mod:`convlens.cli._output`);
+    on a user error nothing new is left in it and a previous run's files are put back."""
 
     def wrap(fn: Callable) -> Callable:
         fn = _expand_groups(fn)
+        sig = inspect.signature(fn, eval_str=True)
+        has_out = "out" in sig.parameters
 
         @functools.wraps(fn)
         def run(*a, **kw):
+            from convlens.cli._output import OutputFolder
+
             setup_logging()
+            overwrite = kw.pop("overwrite", False) if has_out else False
+            folder = None
             try:
-                return fn(*a, **kw)
+                check_counts(kw)
+                with stop_on_interrupt():
+                    if has_out and kw.get("out") is not None:
+                        folder = OutputFolder(Path(kw["out"]), overwrite=overwrite,
+                                              resumable=_resumable(fn.__name__, kw))
+                        folder.prepare()
+                    result = fn(*a, **kw)
+                if folder is not None:
+                    folder.commit()
+                return result
             except USER_ERRORS as e:
-                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-                console.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True, soft_wrap=True)
+                if folder is not None:
+                    folder.rollback()
+                console.print(f"[bold red]error:[/] {error_line(e)}", highlight=False, markup=True,
+                              soft_wrap=True)
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
+                if folder is not None:
+                    folder.interrupted()
                 console.print("[yellow]interrupted[/]: finished results were kept; run again to resume")
                 raise typer.Exit(130) from None
 
+        if has_out:
+            extra = inspect.Parameter(
+                "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False,
+                annotation=Annotated[bool, typer.Option(
+                    "--overwrite", help="Reuse a non-empty --out folder: the previous run's files "
+                                        "are replaced (restored if this run fails).")])
+            params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.VAR_KEYWORD else p
+                      for p in sig.parameters.values()]
+            run.__signature__ = sig.replace(parameters=[*params, extra])
         return app.command(*args, **kwargs)(run)
 
     return wrap
 
 
-def open_model(model: str, weights=None, input_spec=None, classes=None, trust_pickle=False):
-    from convlens.model import load_model
+# Options that count something: 0 or less would be ignored or give a meaningless result
+# (--steps 0 "finds" every unit dead, --tile 0 was ignored). Checked for every command before
+# any work; an option not given (None) is left to its default.
+AT_LEAST_ONE = ("steps", "tile", "n_segments", "window", "stride", "k", "batch_size", "epochs",
+                "limit", "n", "networks", "samples", "top_labels", "top_n", "every", "max_steps",
+                "snapshot_every", "images", "clusters", "workers", "shards", "rounds", "width",
+                "max_channels", "compare_steps", "features")
+AT_LEAST_ZERO = ("seeds", "augment_shift", "seed")
 
-    return load_model(model, weights=weights, input_spec=input_spec, classes=classes, trust_pickle=trust_pickle)
+
+def check_counts(kw: dict) -> None:
+    """One rule for every counting option: a clear error naming the option and the fix."""
+    for name, low in [*((n, 1) for n in AT_LEAST_ONE), *((n, 0) for n in AT_LEAST_ZERO)]:
+        v = kw.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v < low:
+            what = "at least 1" if low == 1 else "0 or more" + (" (0 skips it)" if name == "seeds" else "")
+            raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {v}")
+
+
+def _resumable(name: str, kw: dict) -> bool:
+    """Commands that continue from what a previous run left in their folder."""
+    return name in ("report", "demo") or bool(kw.get("resume"))
+
+
+@contextmanager
+def stop_on_interrupt(repeat_s: float = 0.25) -> Iterator[None]:
+    """Ctrl-C always stops the command. Python raises KeyboardInterrupt wherever the main
+    thread is, and an exception raised inside a garbage-collection callback or a ``__del__``
+    is printed and dropped ("Exception ignored in ..."), after which the run went on. So the
+    handler raises, and a watchdog raises again every ``repeat_s`` seconds until the interrupt
+    has reached this block."""
+    import _thread
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = threading.Event()
+    done = threading.Event()
+
+    def handler(signum, frame):
+        if not pending.is_set():
+            pending.set()
+            threading.Thread(target=_insist, daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _insist():
+        while not done.wait(repeat_s):
+            _thread.interrupt_main()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        done.set()
+        signal.signal(signal.SIGINT, previous)
+
+
+def open_model(model: str, weights=None, input_spec=None, classes=None, trust_pickle=False,
+               untrained_ok: bool = False):
+    """:func:`convlens.load_model`; an untrained ImageNet architecture is a yellow warning line
+    (unless ``untrained_ok``: training starts from one)."""
+    import warnings
+
+    from convlens.model import UntrainedWarning, load_model
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", UntrainedWarning)
+        m = load_model(model, weights=weights, input_spec=input_spec, classes=classes,
+                       trust_pickle=trust_pickle)
+    for w in said:
+        if issubclass(w.category, UntrainedWarning):
+            if not untrained_ok:
+                console.print(f"[bold yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return m
 
 
 def open_data(data: str, model=None, *, resize: str | None = "model", tile=None, clahe=False,
@@ -172,7 +285,11 @@ def progress_bar(description: str, total: float | None = None) -> Iterator[Calla
                 kw["info"] = info
             prog.update(task, **kw)
 
-        yield update
+        try:
+            yield update
+        except BaseException:
+            prog.live.transient = True  # an error or Ctrl-C: its one line is all that is left
+            raise
 
 
 @contextmanager

@@ -57,7 +57,10 @@ def report(
     analysis; an interrupted run resumes where it stopped."""
     from convlens.report import sections
 
+    from convlens.report._config import section_names
+
     names = [s.name for s in sections()]
+    only, force = section_names(_names(only), names), section_names(_names(force), names)  # before any work
     config_obj = None
     if config is not None:
         from convlens.report import load_config

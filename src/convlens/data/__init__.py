@@ -7,6 +7,7 @@ from convlens.data._sources import (
     UnreadableImagesError,
     conform,
     from_folder,
+    from_image,
     from_manifest,
     from_npz,
     load_dataset,
@@ -17,7 +18,7 @@ from convlens.data._transforms import CLAHE, Resize, ToChannels, parse_size, til
 __all__ = [
     "IMAGE_SUFFIXES",
     "BUILTIN_DATASETS", "CLAHE", "ImageDataset", "Resize", "ToChannels", "UnreadableImageError",
-    "UnreadableImagesError", "array_to_tensor", "conform", "digits", "from_folder", "from_manifest",
+    "UnreadableImagesError", "array_to_tensor", "conform", "digits", "from_folder", "from_image", "from_manifest",
     "from_npz", "grating", "gratings", "load_dataset", "parse_size", "read_image", "stack_images",
     "textures", "tile_grid", "tiled",
 ]

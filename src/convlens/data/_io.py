@@ -41,10 +41,39 @@ def array_to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+# Images must be at least this many pixels on each side (a 1x1 px file upscaled to 224 px means
+# nothing) and at most this many pixels in all (Pillow's decompression-bomb warning level:
+# 89 Mpx, 1 GiB as float32 RGB).
+MIN_SIDE = 4
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def check_size(path: Path, size: tuple[int, int]) -> None:
+    """A clear error for an image too small to mean anything or too large to hold."""
+    w, h = size
+    if min(w, h) < MIN_SIDE:
+        raise UnreadableImageError(f"image {path} is {w}x{h} px: smaller than {MIN_SIDE} px on a side, "
+                                   "too small to analyse; remove it or give a larger image")
+    if w * h > MAX_PIXELS:
+        raise UnreadableImageError(
+            f"image {path} is {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the {MAX_PIXELS / 1e6:.0f} Mpx "
+            "limit (it would need GBs of memory, or is a decompression bomb); shrink it first "
+            "or cut it into tiles")
+
+
+def _open(p: Path):
+    try:
+        im = Image.open(p)
+    except Image.DecompressionBombError as e:
+        raise UnreadableImageError(f"image {p} is too large to open safely ({e}); shrink it first") from None
+    check_size(p, im.size)
+    return im
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     p = Path(path)
     try:
-        with Image.open(p) as im:
+        with _open(p) as im:
             im.load()
             mode = im.mode
             if mode in ("I;16", "I;16B", "I;16L"):
@@ -57,7 +86,7 @@ def read_image(path: str | Path) -> torch.Tensor:
                 a = np.asarray(im.convert("L"))
             else:
                 a = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
+    except (FileNotFoundError, UnreadableImageError):
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UnreadableImageError(f"cannot read image {p}: {e}") from e
@@ -67,8 +96,10 @@ def read_image(path: str | Path) -> torch.Tensor:
 def check_readable(path: Path) -> str | None:
     """None when Pillow can parse the header and decode the file, else the reason."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()
+    except UnreadableImageError as e:
+        return str(e).removeprefix(f"image {path} is ").removeprefix(f"image {path} ")
     except Exception as e:  # any decoder error means unreadable
         return str(e) or type(e).__name__
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ def _keep_readable(paths: list[Path], strict: bool) -> tuple[list[Path], list[tu
     for p in paths:
         reason = check_readable(p)
         (bad.append((p, reason)) if reason else good.append(p))
+    if bad and not good:
+        p, r = bad[0]
+        raise ValueError(f"none of {len(paths)} image file(s) could be read, e.g. {p}: {r}")
     if bad:
         listing = "\n".join(f"  {p}: {r}" for p, r in bad)
         if strict:
@@ -85,10 +89,24 @@ def from_manifest(csv_path: str | Path, strict: bool = False) -> ImageDataset:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest not found: {csv_path}")
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "path" not in rows[0]:
-        raise ValueError(f"{csv_path}: a manifest needs a header with a 'path' column (and optionally 'label')")
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"manifest {csv_path} is not UTF-8 (byte {e.object[e.start]:#x} at offset "
+                         f"{e.start}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise ValueError(f"manifest {csv_path} is not a readable CSV ({e})") from None
+    if not header:
+        raise ValueError(f"manifest {csv_path} is empty: write a header line 'path,label', then one "
+                         "image per line")
+    if "path" not in header:
+        raise ValueError(f"{csv_path}: a manifest needs a header with a 'path' column (and optionally "
+                         f"'label'); its header is {','.join(header)}")
+    if not rows:
+        raise ValueError(f"manifest {csv_path} has a header but no rows: add one line per image (path,label)")
     raw = [r.get("label", "") or "" for r in rows]
     if all(v == "" for v in raw):
         labels, classes = [-1] * len(rows), []
@@ -113,6 +131,15 @@ def from_manifest(csv_path: str | Path, strict: bool = False) -> ImageDataset:
     return _file_dataset(paths, labels, classes, csv_path.stem, strict)
 
 
+def from_image(path: str | Path) -> ImageDataset:
+    """One image file as a dataset of one unlabelled image (``load_dataset("photo.jpg")``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    read_image(path)  # an unreadable image is an error here, not skipped
+    return _file_dataset([path], [-1], [], path.stem, strict=True)
+
+
 def from_npz(path: str | Path, split: str | None = None) -> ImageDataset:
     """Arrays ``x`` (and ``y``), or the Keras keys ``x_train``/``y_train``/``x_test``/``y_test``
     (``split`` picks ``train``, ``test`` or ``all``; default ``train``). An optional ``classes``
@@ -120,7 +147,13 @@ def from_npz(path: str | Path, split: str | None = None) -> ImageDataset:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"array file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable .npz of arrays ({e}): fetch or save it again") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds one array, not an .npz archive: save it with np.savez(path, x=..., y=...)")
+    with z:
         keys = set(z.files)
         if "x" in keys:
             xs, ys = [z["x"]], [z["y"]] if "y" in keys else None
@@ -134,6 +167,8 @@ def from_npz(path: str | Path, split: str | None = None) -> ImageDataset:
         else:
             raise ValueError(f"{path} has keys {sorted(keys)}; expected 'x' (and 'y') or x_train/y_train/x_test/y_test")
         classes = [str(c) for c in z["classes"]] if "classes" in keys else []
+    if not xs or any(a.size == 0 for a in xs):
+        raise ValueError(f"{path} holds no images (the x array is empty)")
     x = np.concatenate(xs)
     y = np.concatenate(ys).astype(np.int64).ravel() if ys is not None else None
     if x.ndim not in (3, 4):
@@ -163,10 +198,12 @@ def load_dataset(spec: str | Path | ImageDataset, *, strict: bool = False, limit
             ds = from_manifest(s, strict)
         elif Path(s).is_dir():
             ds = from_folder(s, strict)
+        elif Path(s).suffix.lower() in IMAGE_SUFFIXES:
+            ds = from_image(s)
         else:
             raise FileNotFoundError(
                 f"dataset {s!r} not found: give a built-in ({', '.join(BUILTIN_DATASETS)}), a "
-                "folder with one subfolder per class, a CSV manifest (path,label) or an .npz"
+                "folder with one subfolder per class, a CSV manifest (path,label), an .npz or one image file"
             )
     if limit is not None:
         if limit <= 0:
@@ -204,7 +241,9 @@ def conform(ds: ImageDataset, model, *, resize: str | int | tuple | None = "mode
     ``tile`` cuts each image into a centred grid of tiles first (``grid=(rows, cols)`` or the
     largest that fits).
     """
-    if tile:
+    if tile is not None:
+        if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
+            raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
         ds = tiled(ds, tile, grid)
     transforms: list = [ToChannels(model.spec.channels)]
     if clahe:

@@ -29,7 +29,7 @@ from markupsafe import Markup
 
 from convlens.files import read_json, write_json
 from convlens.report._budget import Budget, fit_budget
-from convlens.report._config import ReportConfig, load_config, parse_config
+from convlens.report._config import ReportConfig, load_config, parse_config, section_names
 from convlens.report._html import STATIC, copy_static, csv_table, render_page, safe_render
 from convlens.report._layers import layer_page_name, layers_table, write_layer_pages
 
@@ -250,9 +250,8 @@ def build_report(
     every = sections()
     names = [s.name for s in every]
     cfg = _resolve_config(config, names)
-    for n in list(only or []) + list(force):
-        if n not in names:
-            raise ValueError(f"unknown report section {n!r}; sections: {', '.join(names)}")
+    only = section_names(only, names) if only else None
+    force = section_names(force, names)
     wanted = set(only or cfg.sections or names) | set(force)
     chosen = [s for s in every if s.name in wanted]
     ident = _identity(model, dataset)

@@ -2,7 +2,7 @@
 
 A YAML file (``analyses.yaml``) looks like::
 
-    sections: [summary, training, embedding]   # default: all of them
+    sections: [summary, training, embedding]   # default: all of them (embedding = embed)
     seed: 0
     budget: {images: 1000, units: 8, steps: 64, samples: 8, seconds: 20}   # for every section
     embedding:                                 # options of one section (any key it documents)
@@ -35,9 +35,34 @@ class ReportConfig:
     budgets: dict[str, dict] = field(default_factory=dict)
 
 
+# Names users write for a section (the README's, the papers') -> the section's own name.
+ALIASES = {"embedding": "embed", "embeddings": "embed", "clustering": "embed",
+           "attributions": "attribution", "lime": "attribution", "dissection": "dissect",
+           "inverse-set": "inverse", "inverse_sets": "inverse", "adversarial-examples": "adversarial",
+           "layers": "summary", "accuracy": "training"}
+
+
 def _suggest(name: str, names: list[str]) -> str:
     close = difflib.get_close_matches(name, names, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def section_name(name: str, names: list[str], where: str = "") -> str:
+    """The section ``name`` refers to: itself, or the section an alias names (``embedding`` ->
+    ``embed``); anything else is an error naming the closest section."""
+    n = name.strip()
+    if n in names:
+        return n
+    if ALIASES.get(n.lower()) in names:
+        return ALIASES[n.lower()]
+    raise ValueError(f"{where}unknown report section {n!r}{_suggest(n, names + list(ALIASES))} "
+                     f"(sections: {', '.join(names)})")
+
+
+def section_names(values, names: list[str], where: str = "") -> list[str]:
+    """Section names from a list and/or comma-separated strings, each checked and aliased."""
+    items = [values] if isinstance(values, str) else list(values or [])
+    return [section_name(n, names, where) for v in items for n in str(v).split(",") if n.strip()]
 
 
 def parse_config(raw: dict | None, names: list[str], where: str = "config") -> ReportConfig:
@@ -54,11 +79,7 @@ def parse_config(raw: dict | None, names: list[str], where: str = "config") -> R
     if sel is not None:
         if not isinstance(sel, list) or not all(isinstance(s, str) for s in sel):
             raise ValueError(f"{where}: 'sections' must be 'all' or a list of section names; got {sel!r}")
-        for s in sel:
-            if s not in names:
-                raise ValueError(f"{where}: unknown section {s!r} in 'sections'{_suggest(s, names)} "
-                                 f"(sections: {', '.join(names)})")
-        cfg.sections = list(sel)
+        cfg.sections = section_names(sel, names, f"{where}: 'sections': ")
     if "seed" in raw:
         seed = raw["seed"]
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -70,10 +91,11 @@ def parse_config(raw: dict | None, names: list[str], where: str = "config") -> R
     for key, value in raw.items():
         if key in RESERVED:
             continue
-        if key not in names:
-            raise ValueError(f"{where}: unknown key {key!r}{_suggest(key, names + list(RESERVED))}; "
+        if key not in names and ALIASES.get(str(key).lower()) not in names:
+            raise ValueError(f"{where}: unknown key {key!r}{_suggest(str(key), names + list(RESERVED))}; "
                              f"top-level keys are {', '.join(RESERVED)} or a section name "
                              f"({', '.join(names)})")
+        key = section_name(str(key), names)
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -97,8 +119,10 @@ def load_config(path: str | Path, names: list[str]) -> ReportConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     return parse_config(raw if raw is not None else {}, names, where=str(path))
 
 
-__all__ = ["ReportConfig", "load_config", "parse_config"]
+__all__ = ["ALIASES", "ReportConfig", "load_config", "parse_config", "section_name", "section_names"]

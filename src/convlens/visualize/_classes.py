@@ -64,20 +64,9 @@ def resolve_classes(model, classes) -> list[int]:
     if classes is None or (isinstance(classes, str) and classes.lower() == "all"):
         return list(range(n))
     items = classes if isinstance(classes, (list, tuple)) else [classes]
-    out = []
-    for c in items:
-        if isinstance(c, str) and not c.strip().isdigit():
-            if c not in names:
-                close = [x for x in names if c.lower() in x.lower()][:5]
-                raise ValueError(f"no class named {c!r}" + (f"; close: {close}" if close else
-                                 "; pass --classes FILE to name the model's classes"))
-            out.append(names.index(c))
-        else:
-            i = int(c)
-            if not 0 <= i < n:
-                raise ValueError(f"class {i} is out of range: the model has {n} classes (0-{n - 1})")
-            out.append(i)
-    return out
+    from convlens.inputspec import find_class
+
+    return [find_class(names, c, n) for c in items]
 
 
 def _n_classes(model) -> int:

@@ -1,0 +1,5 @@
+"""``python -m convlens``: the command line."""
+
+from convlens.cli import main
+
+main()

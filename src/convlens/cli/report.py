@@ -56,7 +56,6 @@ def report(
     """Write a report folder that opens offline: model summary, a page per layer and every
     analysis; an interrupted run resumes where it stopped."""
     from convlens.report import sections
-
     from convlens.report._config import section_names
 
     names = [s.name for s in sections()]

@@ -228,7 +228,7 @@ def test_cli_writes_the_study_and_reports_errors(tmp_path):
     assert "success" in r.output and "detector ROC AUC" in r.output
     for f in ("summary.json", "distances.png", "fig20.png", "roc.png", "attack/attack.npz"):
         assert (tmp_path / f).is_file(), f
-    r = CliRunner().invoke(app, ["adversarial", "lenet-digits", "digits", "--eps", "0"])
+    r = CliRunner().invoke(app, ["adversarial", "lenet-digits", "digits", "--eps", "0", "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "budget eps must be a number > 0" in r.output
     r = CliRunner().invoke(app, ["adversarial", "lenet-digits", "digits", "--target", "12", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "class 12 is out of range" in r.output

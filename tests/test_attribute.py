@@ -331,5 +331,5 @@ def test_cli_deconv_writes_results_and_reports_bad_units(tmp_path):
                                    "--out", str(tmp_path)])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "projection.png").is_file() and (tmp_path / "projection.npz").is_file()
-    bad = CliRunner().invoke(app, ["deconv", "lenet-digits", "digits", "--unit", "conv2:99", "--out", str(tmp_path)])
+    bad = CliRunner().invoke(app, ["deconv", "lenet-digits", "digits", "--unit", "conv2:99", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "out of range" in bad.output

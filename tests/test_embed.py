@@ -376,7 +376,7 @@ def test_cli_embed_writes_results_and_reports_bad_layer(tmp_path):
     assert summary["features"] == [200, 84] and summary["scores"]["accuracy"] > 0.8
     assert (out / "interactive.html").is_file() and (out / "pipelines.md").is_file()
     r = runner.invoke(app, ["embed", "lenet-digits", "digits", "--layer", "fc9", "--no-cache",
-                            "--out", str(out)])
+                            "--out", str(out), "--overwrite"])
     assert r.exit_code == 2 and "no layer named 'fc9'" in r.output
 
 

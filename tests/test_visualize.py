@@ -160,10 +160,10 @@ def test_cli_visualize_and_errors(tmp_path):
         "unit_0000.png", "unit_0001.png", "unit_0002.png"]
     assert (tmp_path / "conv1" / "gallery.png").is_file()
     res = runner.invoke(app, ["visualize", "lenet-digits", "--layer", "conv1", "--units", "0-9",
-                              "--steps", "5", "--out", str(tmp_path)])
+                              "--steps", "5", "--out", str(tmp_path / "b1")])
     assert res.exit_code == 2 and "out of range" in res.output
     res = runner.invoke(app, ["visualize", "lenet-digits", "--layer", "conv1", "--units", "0",
-                              "--steps", "2", "--precision", "half", "--out", str(tmp_path)])
+                              "--steps", "2", "--precision", "half", "--out", str(tmp_path / "b2")])
     assert res.exit_code == 2 and "unknown precision 'half'" in res.output
     res = runner.invoke(app, ["fool", "lenet-digits", "--class", "3", "--max-steps", "100",
                               "--out", str(tmp_path / "f")])
@@ -171,7 +171,7 @@ def test_cli_visualize_and_errors(tmp_path):
     res = runner.invoke(app, ["invert", "lenet-digits", "digits:0", "--layers", "conv1,fc1",
                               "--steps", "5", "--out", str(tmp_path / "i")])
     assert res.exit_code == 0 and (tmp_path / "i" / "inversion.png").is_file()
-    res = runner.invoke(app, ["invert", "lenet-digits", "digits:99999", "--out", str(tmp_path / "i")])
+    res = runner.invoke(app, ["invert", "lenet-digits", "digits:99999", "--out", str(tmp_path / "i2")])
     assert res.exit_code == 2 and "out of range" in res.output
 
 

@@ -6,6 +6,8 @@ Imports are lazy so that ``convlens --help`` stays fast (torch takes seconds to 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -54,5 +56,25 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        if name in _SHADOWED:
+            globals()[name] = value
+        return value
     raise AttributeError(f"module 'convlens' has no attribute {name!r}")
+
+
+# Functions named like their subpackage: ``convlens.dissect`` is the function (what ``from
+# convlens import dissect`` gives, as the README shows), not the subpackage ``convlens.dissect``,
+# which importing it would otherwise put here; ``from convlens.dissect import compare`` still
+# reads the subpackage.
+_SHADOWED = {n for n, m in _EXPORTS.items() if m == f"convlens.{n}"}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(value, name)  # the import system binding the subpackage here
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

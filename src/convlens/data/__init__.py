@@ -10,6 +10,7 @@ from convlens.data._sources import (
     from_image,
     from_manifest,
     from_npz,
+    label_mapping,
     load_dataset,
     tiled,
 )
@@ -19,6 +20,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "BUILTIN_DATASETS", "CLAHE", "ImageDataset", "Resize", "ToChannels", "UnreadableImageError",
     "UnreadableImagesError", "array_to_tensor", "conform", "digits", "from_folder", "from_image", "from_manifest",
-    "from_npz", "grating", "gratings", "load_dataset", "parse_size", "read_image", "stack_images",
+    "from_npz", "grating", "label_mapping", "gratings", "load_dataset", "parse_size", "read_image", "stack_images",
     "textures", "tile_grid", "tiled",
 ]

@@ -252,3 +252,34 @@ def conform(ds: ImageDataset, model, *, resize: str | int | tuple | None = "mode
     if size is not None:
         transforms.append(Resize(size))
     return ds.with_transforms(*transforms)
+
+
+def label_mapping(ds: ImageDataset, model) -> tuple[np.ndarray | None, str | None]:
+    """How the data's labels name the model's outputs: ``(mapping, None)`` with
+    ``mapping[data label] = output index``, or ``(None, problem)`` when the data's classes are not
+    the model's (then an "accuracy" would compare two different sets of names). Names match in
+    full, in any case, or as one of ImageNet's comma-separated synonyms; data without labels, or a
+    side without names, map one to one."""
+    from convlens.inputspec import _synonyms
+
+    data_names, model_names = list(ds.class_names), list(getattr(model, "class_names", ()) or ())
+    if not ds.has_labels or not data_names or not model_names:
+        return np.arange(max(len(data_names), len(model_names), int(ds.labels.max(initial=-1)) + 1)), None
+    index: dict[str, int] = {}
+    for i, n in enumerate(model_names):
+        for key in [n, n.lower(), *_synonyms(n)]:
+            index.setdefault(key, i)
+    mapping, unknown = [], []
+    for n in data_names:
+        j = index.get(n, index.get(n.lower(), index.get(n.strip().lower())))
+        mapping.append(-1 if j is None else j)
+        if j is None:
+            unknown.append(n)
+    if unknown:
+        show = ", ".join(unknown[:4]) + (" ..." if len(unknown) > 4 else "")
+        known = ", ".join(n.split(",")[0] for n in model_names[:4]) + (" ..." if len(model_names) > 4 else "")
+        return None, (f"the data's classes are not the model's: {len(unknown)} of {len(data_names)} "
+                      f"({show}) are not among the model's {len(model_names)} ({known}), so no accuracy "
+                      "or confusion matrix is computed; label the data with the model's class names "
+                      "(or give --classes)")
+    return np.asarray(mapping, dtype=np.int64), None

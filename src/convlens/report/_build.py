@@ -301,6 +301,17 @@ def _layer_infos(model) -> list[dict]:
 def _render_all(ctx: Context, failures: dict[str, str]) -> Path:
     out = Path(ctx.out)
     parts = []
+    meta = getattr(ctx.model, "meta", {}) or {}
+    if meta.get("untrained"):
+        from convlens.model import untrained_message
+
+        parts.append(Markup('<p class="error" id="untrained"><strong>Untrained network.</strong> {}</p>').format(
+            untrained_message(ctx.model)))
+    from convlens.data import label_mapping
+
+    _, mismatch = label_mapping(ctx.dataset, ctx.model)
+    if mismatch:
+        parts.append(Markup('<p class="error" id="label-mismatch">{}</p>').format(mismatch))
     for s in sections():
         if s.name in failures:
             parts.append(Markup('<section id="{}"><h2>{}</h2><p class="error">This analysis failed: '

@@ -53,9 +53,18 @@ def _training_compute(ctx: Context) -> None:
     cfg = train_info.get("config") or {}
     out = ctx.dir("training")
     result: dict = {"history": history, "config": cfg}
-    if ds.has_labels:
-        from convlens.data import conform
+    from convlens.data import conform, label_mapping
 
+    mapping, mismatch = label_mapping(ds, m)
+    if mismatch:
+        result["mismatch"] = mismatch
+    elif ds.has_labels:
+        if not np.array_equal(mapping, np.arange(len(mapping))):  # the model's names, another order
+            from convlens.data import ImageDataset
+
+            ds = ImageDataset(ds.ids, ds.image, mapping[ds.labels], m.class_names, ds.name,
+                              source_fingerprint=ds.fingerprint + "|labels-mapped")
+            result["names"] = list(m.class_names)
         data = conform(ds, m)
         held_out = None
         if cfg.get("val_fraction") and train_info.get("dataset") == ds.name:
@@ -96,10 +105,12 @@ def _training_render(ctx: Context) -> Markup:
         parts.append(Markup("<p class=note>Trained with {}.</p>").format(
             ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None)))
     if "confusion" in r:
-        names = list(ctx.dataset.class_names) or [str(i) for i in range(len(r["confusion"]))]
+        names = r.get("names") or list(ctx.dataset.class_names) or [str(i) for i in range(len(r["confusion"]))]
         rows = [[names[i] if i < len(names) else i, *row] for i, row in enumerate(r["confusion"])]
         cols = ["true \\ predicted", *[names[j] if j < len(names) else str(j) for j in range(len(r["confusion"]))]]
         parts.append(csv_table(ctx.out / "training", "confusion", cols, rows, "Confusion matrix"))
+    if r.get("mismatch"):
+        parts.append(Markup("<p class=note>{}.</p>").format(r["mismatch"]))
     if not parts:
         parts.append(Markup("<p class=note>No training history and no labels.</p>"))
     return Markup("").join(parts)

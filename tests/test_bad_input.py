@@ -64,6 +64,7 @@ def files(tmp_path_factory):
                                   "def broken():\n    raise RuntimeError('no GPU here')\n"
                                   "def not_a_net():\n    return 42\n")
     (d / "factory-card.yaml").write_text(f"arch: {d / 'factory.py'}:build\n")
+    (d / "lenet_factory.py").write_text("from convlens.nets.small import lenet\ndef build():\n    return lenet()\n")
     (d / "syntax.py").write_text("def build(:\n    pass\n")
     (d / "raises.py").write_text("raise ImportError('needs a package that is not installed')\n")
     (d / "five.txt").write_text("a\nb\nc\nd\ne\n")
@@ -247,3 +248,64 @@ def test_untrained_imagenet_architecture_is_a_yellow_warning():
     r = runner.invoke(app, ["layers", "squeezenet1_1"])
     assert r.exit_code == 0
     assert "random weights" in r.stderr and "--weights" in r.stderr
+
+
+CTRL_C_IN_GC = """
+import gc, signal, sys, time
+from convlens.cli._common import stop_on_interrupt
+fired = []
+def callback(phase, info):
+    if phase == "start" and not fired:
+        fired.append(phase)
+        signal.raise_signal(signal.SIGINT)  # the handler raises here; Python drops it
+gc.callbacks.append(callback)
+t0 = time.monotonic()
+try:
+    with stop_on_interrupt() if sys.argv[1] == "guarded" else open(__file__):
+        gc.collect()
+        while time.monotonic() - t0 < 30:
+            sum(range(1000))
+    print("ran to the end", fired)
+except KeyboardInterrupt:
+    print("stopped", fired, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+def test_ctrl_c_is_not_lost_in_a_garbage_collection_callback(tmp_path):
+    """An exception raised inside a gc callback is printed and dropped by Python, and the run
+    went on; the command's handler raises again until the interrupt has reached the command
+    (and then puts the previous handler back). Run in a child process: pytest hooks the
+    exceptions Python drops."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_IN_GC)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    run = subprocess.run([sys.executable, str(script), "guarded"], capture_output=True, text=True,
+                         env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert run.stdout.strip() == "stopped ['start'] True", run.stdout + run.stderr
+
+
+def test_a_model_trained_from_a_factory_reloads_with_explicit_trust(files, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", f"{files}/lenet_factory.py:build", "digits", "--steps", "2",
+                            "--limit", "40", "--batch-size", "8", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    card = json.loads((out / "model.json").read_text())
+    assert card["arch"] == f"{(files / 'lenet_factory.py').resolve()}:build"
+    for target in (out / "model.json", out / "model.pt"):
+        r = runner.invoke(app, ["layers", str(target)])
+        assert r.exit_code == 2 and "--trust-pickle" in r.stderr and "lenet_factory.py" in r.stderr
+        r = runner.invoke(app, ["layers", str(target), "--trust-pickle"])
+        assert r.exit_code == 0, r.output
+        assert "conv1" in r.output
+
+
+def test_random_bytes_are_corrupt_never_a_pickle(files):
+    from convlens.model import read_state_dict
+
+    for trust in (False, True):
+        with pytest.raises(ValueError, match="not a weights file") as e:
+            read_state_dict(files / "random.pt", trust_pickle=trust)
+        assert "pickle" not in str(e.value)

@@ -205,10 +205,15 @@ def stop_on_interrupt(repeat_s: float = 0.25) -> Iterator[None]:
     pending = threading.Event()
     done = threading.Event()
 
+    watchdog: list[threading.Thread] = []
+
     def handler(signum, frame):
+        if done.is_set():
+            return  # a repeat that arrived as the block ended: the interrupt was delivered
         if not pending.is_set():
             pending.set()
-            threading.Thread(target=_insist, daemon=True).start()
+            watchdog.append(threading.Thread(target=_insist, daemon=True))
+            watchdog[0].start()
         raise KeyboardInterrupt
 
     def _insist():
@@ -220,7 +225,9 @@ def stop_on_interrupt(repeat_s: float = 0.25) -> Iterator[None]:
         yield
     finally:
         done.set()
-        signal.signal(signal.SIGINT, previous)
+        for t in watchdog:
+            t.join()
+        signal.signal(signal.SIGINT, previous)  # runs any repeat still pending first, disarmed
 
 
 def open_model(model: str, weights=None, input_spec=None, classes=None, trust_pickle=False,

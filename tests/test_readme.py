@@ -6,7 +6,6 @@ need ../shared are skipped when it is absent."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -40,9 +39,14 @@ FEW_STEPS = {
 NEEDS_SHARED = ("../shared", "squeezenet", "runs/mnist", "my_images", "results/dissect-squeezenet")
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-    """``(language, text)`` of every fenced block, in order."""
-    return re.findall(r"^```(\w+)\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+def readme_sections() -> list[tuple[str, list[tuple[str, str]]]]:
+    """``(heading, [(language, text), ...])`` for each part of the README, in order."""
+    parts = re.split(r"^#{2,3} (.+)$", README.read_text(encoding="utf-8"), flags=re.M)
+    out = [("top", parts[0])] + list(zip(parts[1::2], parts[2::2]))
+    return [(h.strip(), re.findall(r"^```(\w+)\n(.*?)^```", body, flags=re.S | re.M)) for h, body in out]
+
+
+SECTIONS = [(h, blocks) for h, blocks in readme_sections() if blocks]
 
 
 def commands(bash: str) -> list[str]:
@@ -56,15 +60,30 @@ def shrink(text: str) -> str:
     return text
 
 
-@pytest.fixture
-def tiny_builtins(monkeypatch):
-    """digits, textures and gratings cut to a few dozen images (every class kept)."""
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """One folder and one Python namespace for the whole README, as a reader would have, with
+    digits, textures and gratings cut to a few dozen images (every class kept)."""
     from convlens.data import _builtin
 
-    for name, step in (("digits", 15), ("textures", 4), ("gratings", 8)):
-        full = _builtin.BUILTIN_DATASETS[name]
-        monkeypatch.setitem(_builtin.BUILTIN_DATASETS, name,
-                            lambda full=full, step=step: (lambda d: d.subset(range(0, len(d), step)))(full()))
+    tmp = tmp_path_factory.mktemp("readme")
+    have_shared = (SHARED / "data").is_dir() and (SHARED / "models").is_dir()
+    work = tmp / "work"
+    work.mkdir()
+    if have_shared:
+        (tmp / "shared").symlink_to(SHARED)
+        (work / "my_images").mkdir()
+        for name in ("elephant.jpg", "zebra.jpg", "goldfish.jpg"):
+            shutil.copy(SHARED / "data" / "photos" / name, work / "my_images" / name)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, step in (("digits", 15), ("textures", 4), ("gratings", 8)):
+            full = _builtin.BUILTIN_DATASETS[name]
+            mp.setitem(_builtin.BUILTIN_DATASETS, name,
+                       lambda full=full, step=step: (lambda d: d.subset(range(0, len(d), step)))(full()))
+        mp.chdir(work)
+        mp.setenv("MPLBACKEND", "Agg")
+        mp.setenv("HOME", str(tmp / "home"))  # caches under ~ stay in this test
+        yield {"namespace": {}, "have_shared": have_shared, "work": work, "ran": []}
 
 
 def test_readme_has_the_examples_the_issue_names():
@@ -75,53 +94,39 @@ def test_readme_has_the_examples_the_issue_names():
 
 
 @pytest.mark.slow
-def test_every_readme_snippet_runs(tmp_path, monkeypatch, tiny_builtins):
+@pytest.mark.parametrize("heading,blocks", SECTIONS, ids=[h for h, _ in SECTIONS])
+def test_readme_section_runs(readme_run, heading, blocks):
+    """Each part of the README in order (later parts use what earlier ones wrote)."""
     from convlens.cli import app
 
-    have_shared = (SHARED / "data").is_dir() and (SHARED / "models").is_dir()
-    work = tmp_path / "work"
-    work.mkdir()
-    if have_shared:
-        (tmp_path / "shared").symlink_to(SHARED)
-        (work / "my_images").mkdir()
-        for name in ("elephant.jpg", "zebra.jpg", "goldfish.jpg"):
-            shutil.copy(SHARED / "data" / "photos" / name, work / "my_images" / name)
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # caches under ~ stay in this test
     runner = CliRunner()
-    namespace: dict = {}
-    ran, skipped, failed = [], [], []
-    for lang, text in readme_blocks():
+    have_shared, work, namespace = readme_run["have_shared"], readme_run["work"], readme_run["namespace"]
+    failed: list[str] = []
+    for lang, text in blocks:
         if lang == "yaml":
             first = text.splitlines()[0]
             m = re.match(r"#\s*(\S+\.ya?ml)", first)
             assert m, f"a YAML block must start with '# name.yaml': {first!r}"
             (work / m.group(1)).write_text(text, encoding="utf-8")
             continue
+        if not have_shared and any(s in text for s in NEEDS_SHARED):
+            continue  # needs ../shared, absent here
         if lang == "python":
-            if not have_shared and any(s in text for s in NEEDS_SHARED):
-                skipped.append(text.splitlines()[0])
-                continue
             t0 = time.perf_counter()
             try:
                 exec(compile(shrink(text), "README.md", "exec"), namespace)  # noqa: S102
             except Exception as e:  # every failing snippet is listed at the end
                 failed.append(f"python block ending {text.splitlines()[-1]!r}: {type(e).__name__}: {e}")
-            ran.append(text.splitlines()[0])
+            readme_run["ran"].append(text)
             print(f"{time.perf_counter() - t0:6.1f} s  python: {text.splitlines()[-1][:60]}")
             continue
         assert lang == "bash", lang
         for line in commands(text):
             if line.startswith("make "):
                 continue  # the set-up itself: what this test runs in
-            if not have_shared and any(s in line for s in NEEDS_SHARED):
-                skipped.append(line)
-                continue
             argv = shlex.split(shrink(line), comments=True)
             assert argv[0] == "convlens", line
-            name = argv[1]
-            extra = FEW_STEPS.get(name, [])
+            extra = FEW_STEPS.get(argv[1], [])
             if extra and extra[0] in argv:
                 extra = []
             t0 = time.perf_counter()
@@ -129,10 +134,14 @@ def test_every_readme_snippet_runs(tmp_path, monkeypatch, tiny_builtins):
             if result.exit_code != 0:
                 tail = [ln for ln in result.output.splitlines() if "INFO" not in ln][-3:]
                 failed.append(f"{line}: exit {result.exit_code}: {' | '.join(tail)} {result.exception!r}")
-            ran.append(line)
+            readme_run["ran"].append(line)
             print(f"{time.perf_counter() - t0:6.1f} s  {line}")
     assert not failed, "\n".join(failed)
-    assert len(ran) >= 40, ran
-    if have_shared:
-        assert not skipped
-    assert os.path.isfile("results/lenet/index.html")
+
+
+def test_the_readme_test_covers_every_snippet():
+    n_commands = sum(len([c for c in commands(t) if not c.startswith("make ")])
+                     for _, blocks in SECTIONS for lang, t in blocks if lang == "bash")
+    n_python = sum(lang == "python" for _, blocks in SECTIONS for lang, _ in blocks)
+    assert n_commands >= 35 and n_python >= 10, (n_commands, n_python)
+    assert sum(len(b) for _, b in SECTIONS) == len(re.findall(r"^```\w+$", README.read_text(), flags=re.M))

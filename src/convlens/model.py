@@ -385,6 +385,7 @@ def _check_fit(model: Model) -> None:
     """The input spec and the class names must fit the network: checked at load, so a mismatch
     is one message here, not a shape error inside an analysis (or names mixed with indices)."""
     spec = model.spec
+    check_finite(model.net, model.meta.get("weights") or model.name)  # any source: module, TorchScript, file
     want = _first_conv_channels(model.net)
     if want is not None and want != spec.channels:
         preset = "unit-gray" if want == 1 else "unit-rgb"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from convlens.inputspec import PRESETS, InputSpec
-from convlens.nets import imagenet, small
+from convlens.nets import convnext, imagenet, mobile, resnet, small
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,15 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("vgg16", imagenet.vgg16, _imagenet, "VGG16, torchvision layout"),
         Architecture("alexnet", imagenet.alexnet, _imagenet, "AlexNet, torchvision layout"),
         Architecture("squeezenet1_1", imagenet.squeezenet1_1, _imagenet, "SqueezeNet 1.1, torchvision layout"),
+        Architecture("resnet18", resnet.resnet18, _imagenet, "ResNet-18, torchvision layout"),
+        Architecture("resnet34", resnet.resnet34, _imagenet, "ResNet-34, torchvision layout"),
+        Architecture("resnet50", resnet.resnet50, _imagenet, "ResNet-50 (v1.5), torchvision layout"),
+        Architecture("densenet121", resnet.densenet121, _imagenet, "DenseNet-121, torchvision layout"),
+        Architecture("mobilenet_v2", mobile.mobilenet_v2, _imagenet, "MobileNetV2, torchvision layout"),
+        Architecture("mobilenet_v3_small", mobile.mobilenet_v3_small, _imagenet,
+                     "MobileNetV3-Small, torchvision layout"),
+        Architecture("efficientnet_b0", mobile.efficientnet_b0, _imagenet, "EfficientNet-B0, torchvision layout"),
+        Architecture("convnext_tiny", convnext.convnext_tiny, _imagenet, "ConvNeXt-Tiny, torchvision layout"),
     ]
 }
 

@@ -1,7 +1,5 @@
 """Hooks are always removed, the forward pass stops early, the user's model is left as it was."""
 
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -38,6 +36,10 @@ class Recorder(nn.Module):
 
 def test_forward_stops_after_deepest_requested_layer():
     net = Recorder()
+    out = capture(net, torch.rand(1, 1, 4, 4), ["a"])
+    # the first run on a network goes to the end, counting how often each module runs
+    assert net.ran == ["a", "b", "c"] and set(out) == {"a"}
+    net.ran.clear()
     out = capture(net, torch.rand(1, 1, 4, 4), ["a"])
     assert net.ran == ["a"] and set(out) == {"a"}
     net.ran.clear()
@@ -89,20 +91,62 @@ def test_model_left_as_it_was():
     assert m.net.training and m.net.conv1.weight.requires_grad
 
 
-def test_warns_when_a_hooked_module_runs_twice():
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.relu = nn.ReLU()
-            self.fc = nn.Linear(4, 4)
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+        self.ran = 0
 
-        def forward(self, x):
-            return self.relu(self.fc(self.relu(x)))
+    def forward(self, x):
+        h = self.relu(self.fc(self.relu(x.clone())))
+        self.ran += 1  # counts passes that got past the second ReLU
+        return self.out(h)
 
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        capture(Twice(), torch.randn(2, 4), ["relu"], stop=False)
-    assert any("ran more than once" in str(x.message) for x in w)
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_module_that_runs_twice_gives_each_call_and_its_last(stop):
+    net = Twice()
+    x = torch.randn(3, 4)
+    first = x.clamp_min(0)
+    second = net.fc(first).clamp_min(0).detach()
+    for _ in range(2):  # the first run learns the counts, the second may stop early
+        out = capture(net, x, ["relu#1", "relu#2", "relu"], stop=stop)
+        torch.testing.assert_close(out["relu#1"], first)  # not overwritten by the in-place reuse
+        torch.testing.assert_close(out["relu#2"], second)
+        torch.testing.assert_close(out["relu"], second)
+        alone = capture(net, x, ["relu#1"], stop=stop)["relu#1"]
+        torch.testing.assert_close(alone, first)
+    with Capture(net, ["relu"]) as cap:
+        cap.run(net, x)
+        assert cap.calls["relu"] == 2 and cap.calls["fc"] == 1
+    with pytest.raises(ValueError, match=r"call 3 of 'relu', which runs 2 time"):
+        capture(net, x, ["relu#3"])
+    assert get_layer(net, "relu#2") is net.relu
+
+
+def test_reused_relu_in_a_residual_block_stops_early_once_counted():
+    from tests._zoo import zoo_model
+
+    m = zoo_model("resnet18")
+    blk = m.net.layer1[0]
+    x = torch.rand(2, 3, *m.spec.size)
+    with torch.no_grad():
+        h = m.net.maxpool(m.net.relu(m.net.bn1(m.net.conv1(m.spec.normalize(x)))))
+        inner = torch.relu(blk.bn1(blk.conv1(h)))
+        block = torch.relu(blk.bn2(blk.conv2(inner)) + h)
+    out = capture(m, x, ["layer1.0.relu#1", "layer1.0.relu"])
+    torch.testing.assert_close(out["layer1.0.relu#1"], inner)
+    torch.testing.assert_close(out["layer1.0.relu"], block)
+    ran = []
+    with Capture(m.net, ["layer1.0.relu"]) as cap, torch.no_grad():
+        h2 = m.net.layer2.register_forward_pre_hook(lambda mod, a: ran.append("layer2"))
+        try:
+            cap.run(m, x)
+        finally:
+            h2.remove()
+    assert ran == [] and cap.calls["layer1.0.relu"] == 2
 
 
 def test_unknown_layer_lists_closest_names():

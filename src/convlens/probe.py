@@ -10,13 +10,19 @@
 from __future__ import annotations
 
 import difflib
-import warnings
+import logging
+import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+# module name -> calls per forward pass, learned per network from whole forward passes
+_CALLS: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 class LayerNotFoundError(ValueError):
@@ -31,7 +37,19 @@ def layer_names(net: nn.Module) -> list[str]:
     return [name for name, _ in net.named_modules() if name]
 
 
+_CALL = re.compile(r"^(?P<name>.*)#(?P<call>[1-9][0-9]*)$")
+
+
+def split_call(name: str) -> tuple[str, int | None]:
+    """``"layer1.0.relu#2"`` -> ``("layer1.0.relu", 2)``: the second time that module runs in a
+    forward pass (a module reused, as the ReLU of a residual block); a plain name -> ``None``."""
+    m = _CALL.match(name)
+    return (m.group("name"), int(m.group("call"))) if m else (name, None)
+
+
 def get_layer(net: nn.Module, name: str) -> nn.Module:
+    """The module called ``name`` (``named_modules()`` names; a ``#k`` call suffix is allowed)."""
+    name = split_call(name)[0]
     modules = dict(net.named_modules())
     if name in modules and name:
         return modules[name]
@@ -81,10 +99,17 @@ class Capture:
     Parameters
     ----------
     net : the network (``model.net``)
-    layers : names from ``named_modules()``
-    stop : stop the forward pass once every requested layer has run
+    layers : names from ``named_modules()``. A module that runs more than once in a forward pass
+        (a ReLU reused inside a residual block, as torchvision's ResNets do) gives its *last*
+        output under its plain name; ``name#k`` picks its k-th call (1-based).
+    stop : stop the forward pass once every requested output exists, so later layers never run
+        (until convlens has seen one whole forward pass of the network with the module hooked it
+        cannot know whether that module runs again, so that first run goes to the end and counts
+        the calls; the counts are kept per network, assuming the calls do not depend on the input)
     inputs : record a layer's input instead of its output
     detach : detach the recorded tensors (set False to differentiate through them)
+
+    ``calls`` maps each module seen in a whole forward pass to the number of times it runs.
 
     Examples
     --------
@@ -104,41 +129,54 @@ class Capture:
         self.layers = list(dict.fromkeys(self.layers))
         if not self.layers:
             raise ValueError("Capture needs at least one layer name")
-        self._modules = {name: get_layer(self.net, name) for name in self.layers}
+        self._want = {name: split_call(name) for name in self.layers}
+        self._modules = {m: get_layer(self.net, m) for m, _ in self._want.values()}
         self._ctx = None
         self.outputs: dict[str, torch.Tensor] = {}
         self._fired: dict[str, int] = {}
 
-    def _hook(self, name: str):
+    @property
+    def calls(self) -> dict[str, int]:
+        """Module name -> times it runs in a forward pass, for the modules seen in a whole one."""
+        return _CALLS.setdefault(self.net, {})
+
+    def _needed(self, module: str, call: int | None) -> int | None:
+        """Which call of ``module`` the request means, or None while that is unknown."""
+        return call if call is not None else self.calls.get(module)
+
+    def _hook(self, module_name: str):
+        wanted = [(name, call) for name, (m, call) in self._want.items() if m == module_name]
+
         def fn(module, args, output=None):
             value = args[0] if self.inputs else output
             if isinstance(value, (tuple, list)):
                 value = value[0]
-            self._fired[name] = self._fired.get(name, 0) + 1
-            if self._fired[name] == 2:
-                warnings.warn(
-                    f"layer {name!r} ran more than once in one forward pass (a module reused, as "
-                    "a shared ReLU in a residual block); convlens keeps its last output. Hook a "
-                    "layer that runs once for unambiguous results.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            last = self.stop and len(self._fired) == len(self.layers)
+            k = self._fired[module_name] = self._fired.get(module_name, 0) + 1
             value = value.detach() if self.detach else value
-            # clone: a following in-place op (ReLU(inplace=True)) would overwrite the tensor;
-            # none follows when the forward pass stops here
-            self.outputs[name] = value if last else value.clone()
-            if last:
+            for name, call in wanted:
+                if call is None or call == k:
+                    # clone: a later in-place op (ReLU(inplace=True), ``out += x``) would
+                    # overwrite it; none follows once the forward pass stops here
+                    self.outputs[name] = value
+                    self._pending[name] = True
+            if self.stop and self._complete():
                 raise _StopForward
+            for name in list(self._pending):
+                self.outputs[name] = self.outputs[name].clone()
+            self._pending.clear()
 
         return fn
 
+    def _complete(self) -> bool:
+        for name, (m, call) in self._want.items():
+            need = self._needed(m, call)
+            if need is None or self._fired.get(m, 0) < need or name not in self.outputs:
+                return False
+        return True
+
     def __enter__(self) -> Capture:
-        regs = [
-            (module, "forward_pre" if self.inputs else "forward", self._hook(name))
-            for name, module in self._modules.items()
-        ]
-        self._ctx = hooks(regs)
+        kind = "forward_pre" if self.inputs else "forward"
+        self._ctx = hooks((module, kind, self._hook(name)) for name, module in self._modules.items())
         self._ctx.__enter__()
         return self
 
@@ -150,11 +188,23 @@ class Capture:
         """Call ``forward(x)`` and return the recorded tensors (the forward may stop early)."""
         if self._ctx is None:
             raise RuntimeError("use Capture inside a `with` block")
-        self.outputs, self._fired = {}, {}
+        self.outputs, self._fired, self._pending = {}, {}, {}
+        learn = self.stop and any(m not in self.calls for m in self._modules)
+        counts: dict[str, int] = {}
+        whole = True
         try:
-            forward(x)
+            with self._counting(counts) if learn else nullcontext():
+                forward(x)
         except _StopForward:
-            pass
+            whole = False
+        if whole and learn:
+            self._learn_calls(counts)
+        for name, (m, call) in self._want.items():
+            if call is not None and self._fired.get(m, 0) < call and whole:
+                raise ValueError(
+                    f"layer {name!r} asks for call {call} of {m!r}, which runs "
+                    f"{self._fired.get(m, 0)} time(s) per forward pass: use {m}#1 .. "
+                    f"{m}#{self._fired.get(m, 0)}, or {m!r} for its last call")
         missing = [n for n in self.layers if n not in self.outputs]
         if missing:
             raise RuntimeError(
@@ -162,6 +212,24 @@ class Capture:
                 "called by forward()); choose layers that the forward pass uses"
             )
         return dict(self.outputs)
+
+    def _counting(self, counts: dict[str, int]):
+        """Count every module's calls (one whole forward pass, then each later one can stop as
+        soon as it has what it needs)."""
+        def count(name):
+            def fn(module, args):
+                counts[name] = counts.get(name, 0) + 1
+            return fn
+        return hooks((m, "forward_pre", count(n)) for n, m in self.net.named_modules() if n)
+
+    def _learn_calls(self, counts: dict[str, int]) -> None:
+        for name, _ in self.net.named_modules():
+            if name:
+                self.calls[name] = counts.get(name, 0)
+        for m in self._modules:
+            if counts.get(m, 0) > 1:
+                log.info("layer %r runs %d times per forward pass: %r is its last call, %s#1 .. "
+                         "%s#%d each call", m, counts[m], m, m, m, counts[m])
 
 
 def capture(

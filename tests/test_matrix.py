@@ -1,0 +1,124 @@
+"""Every method on every torchvision-layout built-in (random weights, 32 px): each one works, or
+refuses in one line that says why it does not apply.
+
+The table of which cells work and which refuse (and why) is in docs/notes/issue-16.md; a cell
+listed in ``REFUSES`` must raise ``ValueError`` whose message matches, every other cell must run
+and give a result of the right shape.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from convlens.data import ImageDataset
+from tests._zoo import ZOO, one_thread, zoo_model
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+SIZE = 32
+# a spatial layer inside the first blocks (through a residual addition, a concatenation, BatchNorm,
+# depthwise convolutions), and the first convolution
+MID = {"resnet18": "layer1.0.relu", "resnet34": "layer1.1", "resnet50": "layer1.0.relu#2",
+       "mobilenet_v2": "features.2", "mobilenet_v3_small": "features.1.block.0",
+       "densenet121": "features.denseblock1", "efficientnet_b0": "features.1",
+       "convnext_tiny": "features.1"}
+FIRST = {"resnet18": "conv1", "resnet34": "conv1", "resnet50": "conv1", "densenet121": "features.conv0"}
+CANNOT = "DeconvNet cannot reverse layer"
+# (arch, method) -> what the one-line refusal says
+REFUSES = {
+    ("mobilenet_v3_small", "deconvnet"): f"{CANNOT} 'features.0.2' .Hardswish.",
+    ("efficientnet_b0", "deconvnet"): f"{CANNOT} 'features.0.2' .SiLU.",
+    ("convnext_tiny", "deconvnet"): f"{CANNOT} 'features.0.1' .LayerNorm2d.: it calls layer_norm",
+}
+METHODS = ("capture", "extraction", "top_images", "deconvnet", "guided_backprop", "saliency", "lime",
+           "occlusion", "am", "inversion", "dissection", "adversarial", "topology")
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(6, 3, SIZE, SIZE, generator=g)
+
+
+@pytest.fixture(scope="module")
+def dataset(images):
+    return ImageDataset([f"r{i}" for i in range(len(images))], lambda i: images[i], labels=[0, 1] * 3,
+                        class_names=("a", "b"), name="random32")
+
+
+@pytest.fixture(scope="module")
+def concepts():
+    from convlens.dissect import make_concepts
+
+    return make_concepts(6, SIZE, seed=0)
+
+
+def _run(method: str, m, arch: str, x: torch.Tensor, ds, concepts):
+    import convlens as cl
+    from convlens.dissect import dissect
+
+    mid = MID[arch]
+    if method == "capture":
+        out = cl.capture(m, x, [mid])[mid]
+        assert out.ndim == 4 and out.shape[0] == len(x) and torch.isfinite(out).all()
+    elif method == "extraction":
+        f = cl.extract_features(m, ds, mid, batch_size=4)
+        assert f.values.shape[0] == len(ds)
+    elif method == "top_images":
+        t = cl.top_images(m, ds, mid, k=2, units=[0, 1], batch_size=4)
+        assert t.values.shape[:2] == (2, 2)
+    elif method == "deconvnet":
+        p = cl.deconvnet(m, x[:2], f"{mid}:0", spread="map")
+        assert p.maps.shape == tuple(x[:2].shape) and np.isfinite(p.maps).all()
+    elif method == "guided_backprop":
+        p = cl.guided_backprop(m, x[:2], f"{mid}:0", spread="map")
+        q = cl.guided_backprop(m, x[:2], 3)
+        assert p.maps.shape == q.maps.shape == tuple(x[:2].shape) and np.abs(q.maps).sum() > 0
+    elif method == "saliency":
+        s = cl.saliency(m, x[:2])
+        assert s.saliency().shape == (2, SIZE, SIZE) and s.saliency().max() > 0
+    elif method == "lime":
+        r = cl.lime(m, x[0], labels=[0], n_segments=8, num_samples=24, seed=0)
+        assert r.coefs.shape[0] == 1 and np.isfinite(r.coefs).all()
+    elif method == "occlusion":
+        o = cl.occlusion(m, x[0], window=16, stride=16, unit=f"{mid}:0")
+        assert np.isfinite(np.asarray(o.sensitivity)).all()
+    elif method == "am":
+        a = cl.activation_maximization(m, mid, [0], steps=3, seed=0)
+        assert np.isfinite(np.asarray(a.images)).all()
+    elif method == "inversion":
+        r = cl.invert(m, x[0], [mid], steps=3)
+        assert np.isfinite(np.asarray(r.images)).all()
+    elif method == "dissection":
+        d = dissect(m, concepts, mid, batch_size=3)
+        iou = d[mid].iou
+        assert ((iou >= 0) & (iou <= 1)).all()
+    elif method == "adversarial":
+        r = cl.attack(m, x[:2], eps=0.03, steps=2)
+        assert r.images.shape == tuple(x[:2].shape) if hasattr(r, "images") else r is not None
+    elif method == "topology":
+        layer = FIRST.get(arch, "features.0.0")
+        cloud = cl.filter_cloud(m, layer)
+        k = int(m.net.get_submodule(layer).weight.shape[-1])
+        assert cloud.points.shape[1] == k * k and len(cloud) > 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", ZOO)
+def test_method_works_or_says_why(arch, method, images, dataset, concepts):
+    m = zoo_model(arch, SIZE)
+    before = {k: v.clone() for k, v in list(m.net.state_dict().items())[:4]}
+    why = REFUSES.get((arch, method))
+    if why is None:
+        _run(method, m, arch, images, dataset, concepts)
+    else:
+        with pytest.raises(ValueError) as e:
+            _run(method, m, arch, images, dataset, concepts)
+        msg = str(e.value)
+        assert re.search(why, msg), msg
+        assert "\n" not in msg
+    assert not m.net.training
+    assert all(torch.equal(v, m.net.state_dict()[k]) for k, v in before.items())

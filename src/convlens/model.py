@@ -82,7 +82,7 @@ class Model:
         h = hashlib.sha256()
         for k, v in self.net.state_dict().items():
             h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            h.update(v.detach().cpu().contiguous().cpu().numpy().tobytes())
         h.update(json.dumps(self.spec.to_dict(), sort_keys=True).encode())
         return h.hexdigest()[:16]
 
@@ -333,9 +333,14 @@ def load_model(
     input_spec: str | dict | InputSpec | None = None,
     classes: str | Path | list[str] | None = None,
     trust_pickle: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> Model:
     """Load a network and the input spec it expects; see the module docstring for ``spec``.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``; the network is moved
+    there and every convlens method then runs where its parameters are. ``None`` (the default)
+    means ``"auto"`` (CUDA when available) for a network built here, and leaves a module or
+    :class:`Model` you pass where it is.
 
     Examples
     --------
@@ -343,6 +348,10 @@ def load_model(
     >>> m = load_model("squeezenet1_1", weights="squeezenet1_1-caffe.pth",
     ...                input_spec="caffe", classes="imagenet_classes.txt")  # doctest: +SKIP
     """
+    from convlens.devices import resolve_device
+
+    given = isinstance(spec, (Model, nn.Module))
+    target = None if device is None and given else resolve_device(device)  # fail before loading
     meta: dict = {}
     if isinstance(spec, Model):
         model = spec
@@ -357,7 +366,8 @@ def load_model(
         meta["classes_source"] = str(classes) if isinstance(classes, (str, Path)) else "list"
     model.spec = spec_obj
     model.meta.update(meta)
-    model.net.to(device)
+    if target is not None:
+        model.net.to(target)
     model.net.eval()
     _check_fit(model)
     if model.meta.get("untrained"):

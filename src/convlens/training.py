@@ -79,7 +79,7 @@ def evaluate(model: Model, ds: ImageDataset, batch_size: int = 256) -> dict:
                 losses += F.cross_entropy(logits, y.to(logits.device), reduction="sum").item()
             preds.append(logits.argmax(1).cpu())
             n += len(x)
-    pred = torch.cat(preds).numpy()
+    pred = torch.cat(preds).cpu().numpy()
     acc = float((pred == ds.labels).mean()) if (ds.labels >= 0).all() else float("nan")
     return {"accuracy": acc, "loss": losses / n, "predictions": pred}
 

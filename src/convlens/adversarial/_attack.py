@@ -347,7 +347,7 @@ def attack(
     y = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(y) != n:
         raise ValueError(f"got {len(y)} labels for {n} images")
-    p0 = _probs(model, x0).numpy()
+    p0 = _probs(model, x0).cpu().numpy()
     pred0 = p0.argmax(1)
     targets = resolve_targets(model, target, pred0, p0, seed)
     targeted = bool((targets >= 0).any())
@@ -377,10 +377,10 @@ def attack(
                optimizer=lambda params: SteepestDescent(params, step_size, norm),
                project=budget, seed=seed, callback=on_step)
     adv = enforce_budget(x0, r.images, eps, norm)
-    p1 = _probs(model, adv).numpy()
+    p1 = _probs(model, adv).cpu().numpy()
     pred1 = p1.argmax(1)
     rows = np.arange(n)
-    linf, l2 = perturbation_norms(x0.cpu().numpy(), adv.numpy())
+    linf, l2 = perturbation_norms(x0.cpu().numpy(), adv.cpu().numpy())
     used = np.where(r.stopped_at >= 0, r.stopped_at, r.steps) if r.stopped_at is not None else np.full(n, r.steps)
     nan = np.full(n, np.nan)
     params = {"method": method, "norm": norm, "eps": float(eps), "steps": int(steps), "step_size": step_size,
@@ -388,7 +388,7 @@ def attack(
               "stop_on_success": bool(stop_on_success), "model": getattr(model, "name", "model"),
               "engine": "convlens.optimize.render", "interrupted": bool(r.interrupted)}
     return AttackResult(
-        clean=x0.cpu().numpy(), adversarial=adv.numpy(), labels=y, targets=targets,
+        clean=x0.cpu().numpy(), adversarial=adv.cpu().numpy(), labels=y, targets=targets,
         pred_before=pred0, pred_after=pred1, conf_before=p0[rows, pred0], conf_after=p1[rows, pred1],
         target_prob_before=p0[rows, targets] if targeted else nan,
         target_prob_after=p1[rows, targets] if targeted else nan.copy(),
@@ -428,12 +428,12 @@ def attack_dataset(
         tgt = target
         if fixed:
             t = resolve_class(model, target)
-            keep = _probs(model, check_images(model, x)).argmax(1).numpy() != t
+            keep = _probs(model, check_images(model, x)).argmax(1).cpu().numpy() != t
             skipped += int((~keep).sum())
             x, y, ids = x[torch.as_tensor(keep)], y[torch.as_tensor(keep)], [i for i, k in zip(ids, keep) if k]
             tgt = t
         if len(x):
-            parts.append(attack(model, x, y.numpy(), eps=eps, norm=norm, target=tgt, method=method,
+            parts.append(attack(model, x, y.cpu().numpy(), eps=eps, norm=norm, target=tgt, method=method,
                                 steps=steps, step_size=step_size, random_start=random_start,
                                 seed=seed + done, ids=ids))
         done += len(idx)

@@ -91,7 +91,7 @@ def perturbation_curve(model, image, attribution, target=None, *, kind: str = "d
     unchanged = probs[0] if kind == "deletion" else probs[-1]  # the image itself
     target = int(unchanged.argmax()) if target is None else resolve_class(model, target)
     probs = probs[:, target]
-    return Curve(kind, target, (counts.double() / (h * w)).numpy(), probs.double().numpy())
+    return Curve(kind, target, (counts.double() / (h * w)).cpu().numpy(), probs.double().cpu().numpy())
 
 
 def deletion_curve(model, image, attribution, target=None, **kw) -> Curve:

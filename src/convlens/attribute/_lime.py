@@ -140,7 +140,7 @@ def perturbation_probs(model, image: torch.Tensor, segments: np.ndarray, z: np.n
     zt = torch.as_tensor(z, device=x.device).bool()
     masks = (zt[a:b][:, seg] for a, b in chunks(len(zt), batch_size, seg.shape))  # (B, H, W): True = the image's
     probs, dtype = blend_probs(model, fudge, x, masks, total=len(zt), precision=precision, callback=callback)
-    return probs.numpy(), dtype
+    return probs.cpu().numpy(), dtype
 
 
 def _kernel_weights(z: np.ndarray, kernel_width: float) -> np.ndarray:

@@ -42,9 +42,11 @@ class UnitMonitor:
 
 
 def monitor_unit(run_dir: str | Path, dataset, unit, *, k: int = 9, batch_size: int = 128,
-                 every: int = 1, callback: Callable[[int, int], None] | None = None) -> UnitMonitor:
+                 every: int = 1, callback: Callable[[int, int], None] | None = None,
+                 device=None) -> UnitMonitor:
     """Top ``k`` images of ``unit`` (``"layer:index"``) and their projections at every
-    ``every``-th snapshot of the training run in ``run_dir`` (``convlens train --snapshot-every``)."""
+    ``every``-th snapshot of the training run in ``run_dir`` (``convlens train --snapshot-every``),
+    each loaded on ``device`` (see :func:`convlens.load_model`)."""
     from convlens.data import conform
     from convlens.model import load_model
     from convlens.training import list_snapshots, snapshot_step
@@ -56,7 +58,7 @@ def monitor_unit(run_dir: str | Path, dataset, unit, *, k: int = 9, batch_size: 
     snaps = snaps[::every] if snaps[::every][-1] == snaps[-1] else snaps[::every] + [snaps[-1]]
     rows = []
     for t, snap in enumerate(snaps):
-        model = load_model(snap)
+        model = load_model(snap, device=device)
         top = top_images(model, conform(dataset, model), u.layer, k=k, units=[u.index],
                          batch_size=batch_size, project=True)
         rows.append((snapshot_step(snap), top))

@@ -96,8 +96,8 @@ def occlusion(model, image, target=None, *, window: int = 8, stride: int = 4, va
     sens = np.divide(drop, count, out=np.zeros_like(drop), where=count > 0)
     shape = (len(rows), len(cols))
     return OcclusionResult(
-        x[0].cpu().numpy(), target, window, stride, rows, cols, probs_t.numpy().reshape(shape),
-        labels.numpy().reshape(shape), sens, base,
-        torch.cat(acts)[1:].numpy().reshape(shape) if u else None, {"value": value, "unit": str(u) if u else None,
+        x[0].cpu().numpy(), target, window, stride, rows, cols, probs_t.cpu().numpy().reshape(shape),
+        labels.cpu().numpy().reshape(shape), sens, base,
+        torch.cat(acts)[1:].cpu().numpy().reshape(shape) if u else None, {"value": value, "unit": str(u) if u else None,
                                                           "dtype": str(dtype).removeprefix("torch.")},
     )

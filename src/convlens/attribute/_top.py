@@ -130,9 +130,9 @@ def top_images(
             if callback:
                 callback(done, n)
     w = map_shape[-1] if len(map_shape) > 1 else 1
-    pos = torch.stack([best_p // w, best_p % w], -1).numpy()
+    pos = torch.stack([best_p // w, best_p % w], -1).cpu().numpy()
     ids = [[dataset.ids[int(i)] for i in row] for row in best_i]
-    top = TopImages(layer, sel.numpy(), best_v.numpy(), best_i.numpy(), pos, map_shape, ids,
+    top = TopImages(layer, sel.cpu().numpy(), best_v.cpu().numpy(), best_i.cpu().numpy(), pos, map_shape, ids,
                     meta={"k": k, "images": n, "dataset": dataset.name, "fingerprint": dataset.fingerprint,
                           "model": model.name, "weights": model.weights_hash()})
     if top.dead:
@@ -154,7 +154,7 @@ def project_top(model, dataset, top: TopImages, units: list[int] | None = None) 
     for r in rows:
         unit = int(top.units[r])
         x = torch.stack([dataset.image(int(i)) for i in top.indices[r]])
-        images[r] = x.numpy()
+        images[r] = x.cpu().numpy()
         live = top.values[r] > 0
         if not live.any():
             continue

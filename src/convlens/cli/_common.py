@@ -30,6 +30,9 @@ InputSpecOpt = Annotated[str | None, typer.Option(
 ClassesOpt = Annotated[Path | None, typer.Option("--classes", help="Class names, one per line.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading a full pickle (runs code stored in the file).")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="Where the network runs: cpu, cuda, cuda:N, mps (default: CUDA when available, "
+                     "else cpu).")]
 ResizeOpt = Annotated[str | None, typer.Option(
     "--resize", help="Resize images: 'model' (the model's input size, default), 224 or 224x256, "
                      "or 'none' to keep sizes.")]
@@ -52,10 +55,12 @@ class ModelOptions:
     input_spec: InputSpecOpt = None
     classes: ClassesOpt = None
     trust_pickle: TrustOpt = False
+    device: DeviceOpt = None
 
-    def open(self, model: str):
-        """The model named on the command line, loaded with these options."""
-        return open_model(model, self.weights, self.input_spec, self.classes, self.trust_pickle)
+    def open(self, model: str, **kw):
+        """The model named on the command line, loaded with these options (on ``--device``)."""
+        return open_model(model, self.weights, self.input_spec, self.classes, self.trust_pickle,
+                          device=self.device, **kw)
 
 
 OPTION_GROUPS = (ModelOptions,)
@@ -231,7 +236,7 @@ def stop_on_interrupt(repeat_s: float = 0.25) -> Iterator[None]:
 
 
 def open_model(model: str, weights=None, input_spec=None, classes=None, trust_pickle=False,
-               untrained_ok: bool = False):
+               untrained_ok: bool = False, device=None):
     """:func:`convlens.load_model`; an untrained ImageNet architecture is a yellow warning line
     (unless ``untrained_ok``: training starts from one)."""
     import warnings
@@ -241,7 +246,7 @@ def open_model(model: str, weights=None, input_spec=None, classes=None, trust_pi
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", UntrainedWarning)
         m = load_model(model, weights=weights, input_spec=input_spec, classes=classes,
-                       trust_pickle=trust_pickle)
+                       trust_pickle=trust_pickle, device=device)
     for w in said:
         if issubclass(w.category, UntrainedWarning):
             if not untrained_ok:

@@ -11,6 +11,7 @@ import typer
 from convlens.cli import app
 from convlens.cli._common import (
     DataArg,
+    DeviceOpt,
     LimitOpt,
     ModelArg,
     ModelOptions,
@@ -226,12 +227,12 @@ def monitor_cmd(run: Annotated[Path, typer.Argument(help="A training run folder 
                 data: DataArg, unit: UnitOpt, k: Annotated[int, typer.Option(help="Images per snapshot.")] = 9,
                 every: Annotated[int, typer.Option(help="Use every N-th snapshot (and the last).")] = 1,
                 out: OutOpt = Path("results/monitor"), strict: StrictOpt = False, limit: LimitOpt = None,
-                seed: SeedOpt = 0):
+                seed: SeedOpt = 0, device: DeviceOpt = None):
     """One unit's top images and projections across the snapshots of a training run."""
     from convlens.attribute import monitor_unit, plot_monitor
 
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
     with progress_bar(f"snapshots of {run}") as update:
-        mon = monitor_unit(run, ds, unit, k=k, every=every, callback=lambda d, t: update(completed=d, total=t))
+        mon = monitor_unit(run, ds, unit, k=k, every=every, device=device, callback=lambda d, t: update(completed=d, total=t))
     mon.save(out)
     _save(plot_monitor(mon), out, "monitor.png")

@@ -11,6 +11,7 @@ from rich.table import Table
 from convlens.cli import app
 from convlens.cli._common import (
     DataArg,
+    DeviceOpt,
     LimitOpt,
     ModelArg,
     ModelOptions,
@@ -104,13 +105,14 @@ def train_cmd(
 @command(app, "demo")
 def demo(out: OutOpt = Path("results/demo"), seed: SeedOpt = 0,
          only: Annotated[list[str] | None, typer.Option(help="Compute only this section (repeatable).")] = None,
-         force: Annotated[list[str] | None, typer.Option(help="Recompute this section (repeatable).")] = None):
+         force: Annotated[list[str] | None, typer.Option(help="Recompute this section (repeatable).")] = None,
+         device: DeviceOpt = None):
     """The main job on the built-in default: a report on the built-in LeNet over digits."""
     from convlens.cli.report import run_report
     from convlens.data import load_dataset
     from convlens.model import load_model
 
-    run_report(load_model("lenet-digits"), load_dataset("digits"), out, seed=seed, only=only or None,
+    run_report(load_model("lenet-digits", device=device), load_dataset("digits"), out, seed=seed, only=only or None,
                force=tuple(force or ()))
 
 

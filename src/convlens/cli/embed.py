@@ -12,6 +12,7 @@ from convlens.cli import app
 from convlens.cli._common import (
     ClaheOpt,
     DataArg,
+    DeviceOpt,
     LimitOpt,
     ModelArg,
     ModelOptions,
@@ -167,6 +168,7 @@ def embed_training(
     out: OutOpt = Path("results/embed-training"),
     strict: StrictOpt = False,
     limit: LimitOpt = None,
+    device: DeviceOpt = None,
     seed: SeedOpt = 0,
 ):
     """t-SNE of a layer at every training snapshot, each map started from the previous (Lees)."""
@@ -175,7 +177,7 @@ def embed_training(
 
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
     with progress_bar("snapshots") as update:
-        maps = tsne_over_training(run, ds, layer, pooling=pooling, n_components=components,
+        maps = tsne_over_training(run, ds, layer, device=device, pooling=pooling, n_components=components,
                                   perplexity=perplexity, seed=seed, cache_dir=_cache(cache, no_cache),
                                   callback=lambda d, t: update(completed=d, total=t))
     maps.save(out)

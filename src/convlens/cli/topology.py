@@ -11,6 +11,7 @@ import typer
 from convlens.cli import app
 from convlens.cli._common import (
     DataArg,
+    DeviceOpt,
     LimitOpt,
     ModelArg,
     ModelOptions,
@@ -94,6 +95,7 @@ def train_cmd(
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Address of a Dask scheduler to scale out.")] = None,
     seed: SeedOpt = 0,
     out: OutOpt = Path("runs/topology"),
+    device: DeviceOpt = None,
 ) -> None:
     """Train N networks in parallel on a Dask cluster, keeping their snapshots."""
     from convlens.topology import StudyConfig, train_study
@@ -101,7 +103,7 @@ def train_cmd(
     cfg = StudyConfig(arch, data, networks=networks, steps=steps, snapshot_every=snapshot_every,
                       batch_size=batch_size, seed=seed, limit=limit)
     with progress_bar(f"training {networks} x {arch}", total=networks) as update:
-        study = train_study(cfg, out, workers=workers, scheduler=scheduler,
+        study = train_study(cfg, out, workers=workers, scheduler=scheduler, device=device,
                             callback=lambda d, n, s: update(completed=d, info=f"net {s['index']}: {s['val_accuracy']:.3f}"))
     accs = [n["val_accuracy"] for n in study.networks if n["val_accuracy"] is not None]
     console.print(f"{len(study.networks)} networks in {out}; held-out accuracy "

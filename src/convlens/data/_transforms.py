@@ -51,7 +51,7 @@ class CLAHE:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from skimage.exposure import equalize_adapthist
 
-        a = x.numpy()
+        a = x.cpu().numpy()
         out = np.stack([equalize_adapthist(c, kernel_size=self.kernel_size, clip_limit=self.clip_limit)
                         for c in a])
         return torch.from_numpy(out.astype(np.float32))

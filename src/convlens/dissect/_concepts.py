@@ -118,7 +118,7 @@ class ConceptSet:
         rows = []
         for i in range(len(self)):
             x = self.images.image(i)
-            img = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            img = (x.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             stem = f"{i:06d}"
             write_png(folder / "images" / f"{stem}.png", img[..., 0] if img.shape[2] == 1 else img)
             ids, masks = self.masks(i)

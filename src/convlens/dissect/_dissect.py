@@ -80,7 +80,7 @@ class _Pass1:
         maps = torch.cat([self.maps, maps], 1)
         n = min(self.top_n, values.shape[1])
         # ties broken by image index so that shard order does not matter
-        order = torch.from_numpy(np.lexsort((index.numpy(), -values.numpy()), axis=1)[:, :n])
+        order = torch.from_numpy(np.lexsort((index.cpu().numpy(), -values.cpu().numpy()), axis=1)[:, :n])
         self.values = values.gather(1, order)
         self.index = index.gather(1, order)
         self.maps = maps[torch.arange(maps.shape[0])[:, None], order]
@@ -104,7 +104,7 @@ def pass_thresholds(model, concepts: ConceptSet, layers: list[str], indices: np.
             if bad.any():
                 raise ValueError(
                     f"layer {name!r} gives NaN or infinite activations for concept images "
-                    f"{idx[bad.numpy()][:5].tolist()}: check the model's weights and the input spec")
+                    f"{idx[bad.cpu().numpy()][:5].tolist()}: check the model's weights and the input spec")
             state[name].update(acts[name], idx)
         done += len(idx)
         if callback:
@@ -198,7 +198,7 @@ def dissect(model, concepts: ConceptSet, layers: str | Sequence[str], *, quantil
         f = first[name]
         result[name] = LayerDissection(
             name, concepts.concepts, concepts.categories, thresholds[name][0], thresholds[name][1],
-            tally.iou(), f.index.numpy(), f.values.numpy(), f.maps.numpy().astype(np.float32),
+            tally.iou(), f.index.cpu().numpy(), f.values.cpu().numpy(), f.maps.cpu().numpy().astype(np.float32),
             quantile, iou_threshold,
             {"inter": tally.inter, "unit_area": tally.unit_area, "label_area": tally.label_area})
     seconds = time.perf_counter() - t0

@@ -100,7 +100,7 @@ def _set_iou(pred: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     """Set IoU per concept over images: ``pred``/``target`` ``(N, C, P)`` bool."""
     inter = (pred & target).sum((0, 2)).double()
     union = (pred | target).sum((0, 2)).double()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)).numpy()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)).cpu().numpy()
 
 
 def net2vec(model, concepts: ConceptSet, layer: str, names: Sequence[str] | None = None, *,
@@ -162,7 +162,7 @@ def net2vec(model, concepts: ConceptSet, layer: str, names: Sequence[str] | None
     iou = _set_iou(pred, targets[val])
     params = {"quantile": quantile, "val_fraction": val_fraction, "epochs": epochs, "batch_size": batch_size,
               "lr": lr, "momentum": momentum, "images": n, "seed": seed, "model": getattr(model, "name", "model")}
-    return Net2VecResult(layer, tuple(concepts.concepts[c] for c in chosen), w.numpy(), b.numpy(), iou,
+    return Net2VecResult(layer, tuple(concepts.concepts[c] for c in chosen), w.cpu().numpy(), b.cpu().numpy(), iou,
                          single, single_iou, losses, params)
 
 
@@ -193,7 +193,7 @@ def _train(feats, targets, train, n_concepts, units, epochs, batch_size, lr, mom
     velocity = [torch.zeros_like(w), torch.zeros_like(b)]
     losses = []
     for epoch in range(epochs):
-        order = train[torch.randperm(len(train), generator=g).numpy()]
+        order = train[torch.randperm(len(train), generator=g).cpu().numpy()]
         total = 0.0
         for s in range(0, len(order), batch_size):
             rows = np.sort(order[s:s + batch_size])
@@ -223,7 +223,7 @@ def _best_single(feats, targets, train, val, concepts, chosen, batch_size, annot
         for s in range(0, len(rows), batch_size):
             r = rows[s:s + batch_size]
             m = feats(r).bool()
-            y = targets[r].reshape(len(r), len(chosen), *concepts.mask_size).numpy()
+            y = targets[r].reshape(len(r), len(chosen), *concepts.mask_size).cpu().numpy()
             labels = [(np.arange(len(chosen)), y[j]) for j in range(len(r))]
             if t is None:
                 t = IoUTally(m.shape[1], cat, ncat)

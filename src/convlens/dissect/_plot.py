@@ -20,11 +20,11 @@ def region_overlay(image: torch.Tensor, fmap: np.ndarray, threshold: float, stri
                    mask_size: tuple[int, int]) -> np.ndarray:
     """The image (at mask size) with everything outside the unit's thresholded region dimmed."""
     m = unit_masks(torch.from_numpy(fmap)[None, None], np.array([threshold]), np.array([strict]),
-                   mask_size)[0, 0].reshape(mask_size).numpy()
+                   mask_size)[0, 0].reshape(mask_size).cpu().numpy()
     x = image[None].float()
     if x.shape[1] == 1:
         x = x.expand(1, 3, -1, -1)
-    x = F.interpolate(x, size=mask_size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    x = F.interpolate(x, size=mask_size, mode="bilinear", align_corners=False)[0].permute(1, 2, 0).cpu().numpy()
     return np.where(m[..., None], x, 0.15 * x + 0.1)
 
 

@@ -42,7 +42,7 @@ def per_unit_tally(acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarra
             peak = float(fmap.max())
             if skip and ((peak <= t32[unit]) if strict[unit] else (peak < t32[unit])):
                 continue  # NetDissect-Lite skips a map that never reaches the threshold
-            a = upsample(fmap, mask_size).numpy()
+            a = upsample(fmap, mask_size).cpu().numpy()
             mask = a > t32[unit] if strict[unit] else a >= t32[unit]
             area = int(mask.sum())
             unit_area[unit] += area * annotated[i]

@@ -105,12 +105,12 @@ class TopQuantile:
         that is constant, e.g. zero after a ReLU, on more than ``1 - q`` of the positions)."""
         if self.seen != self.total:
             raise ValueError(f"TopQuantile saw {self.seen} values per unit but {self.total} were declared")
-        desc = self.buffer.sort(dim=1, descending=True).values.double().numpy()
+        desc = self.buffer.sort(dim=1, descending=True).values.double().cpu().numpy()
         lo, hi, gamma = quantile_position(self.total, self.q)
         a = desc[:, self.total - 1 - lo]
         b = desc[:, self.total - 1 - hi]
         t = _lerp(a, b, gamma)
-        strict = t <= self.minimum.double().numpy()
+        strict = t <= self.minimum.double().cpu().numpy()
         return t, strict
 
 
@@ -146,9 +146,9 @@ def _axis_runs(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
     ``start[r] : start[r] + count[r]`` whose first source cell is ``r`` (outputs are monotone
     in their source), and the weights ``w0, w1`` of every output, as numpy arrays."""
     i0, _, w0, w1 = _axis(n_in, n_out)
-    count = np.bincount(i0.numpy(), minlength=n_in)
+    count = np.bincount(i0.cpu().numpy(), minlength=n_in)
     start = np.cumsum(count) - count
-    return start, count, w0.numpy(), w1.numpy()
+    return start, count, w0.cpu().numpy(), w1.cpu().numpy()
 
 
 def upsample_bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -238,12 +238,12 @@ class IoUTally:
         inter = torch.bmm(mf, lab.transpose(1, 2))  # (B, U, kmax): exact integer counts in fp32
         acc = torch.zeros((u, len(self.label_area) + 1), dtype=torch.float64)
         acc.index_add_(1, ids.reshape(-1), inter.permute(1, 0, 2).reshape(u, -1).double())
-        self.inter += acc[:, :-1].round().long().numpy()
+        self.inter += acc[:, :-1].round().long().cpu().numpy()
         area = mf.sum(2).double()  # (B, U)
-        self.unit_area += (area.T @ torch.from_numpy(annotated.astype(np.float64))).round().long().numpy()
+        self.unit_area += (area.T @ torch.from_numpy(annotated.astype(np.float64))).round().long().cpu().numpy()
         la = torch.zeros(len(self.label_area) + 1, dtype=torch.float64)
         la.index_add_(0, ids.reshape(-1), lab.sum(2).reshape(-1).double())
-        self.label_area += la[:-1].round().long().numpy()
+        self.label_area += la[:-1].round().long().cpu().numpy()
         self.images += b
 
     def update_acts(self, acts: torch.Tensor, thresholds: np.ndarray, strict: np.ndarray,
@@ -270,9 +270,9 @@ class IoUTally:
         inter = np.zeros((u, c + 1), dtype=np.int64)
         area = np.zeros((b, u), dtype=np.int64)
         _tally_maps(np.ascontiguousarray(acts.detach().to(torch.float32).cpu().numpy()),
-                    _cutoff(thresholds, strict).numpy(),
+                    _cutoff(thresholds, strict).cpu().numpy(),
                     *_axis_runs(h, size[0]), *_axis_runs(w, size[1]),
-                    size[1], lab.numpy().reshape(b, size[0] * size[1], lab.shape[1]), ids.numpy(), inter, area)
+                    size[1], lab.cpu().numpy().reshape(b, size[0] * size[1], lab.shape[1]), ids.cpu().numpy(), inter, area)
         self.inter += inter[:, :c]
         self.unit_area += area.T @ annotated.astype(np.int64)
 
@@ -310,7 +310,7 @@ def pixel_labels(labels: list[tuple[np.ndarray, np.ndarray]], size: tuple[int, i
 def _label_area(lab: torch.Tensor, ids: torch.Tensor, b: int, c: int) -> np.ndarray:
     """Pixels per concept over the batch."""
     per = lab.reshape(b, lab.shape[0] // max(b, 1), lab.shape[1]).sum(1, dtype=torch.int64)  # (B, kmax)
-    return np.bincount(ids.numpy().ravel(), weights=per.numpy().ravel(), minlength=c + 1)[:c] \
+    return np.bincount(ids.cpu().numpy().ravel(), weights=per.cpu().numpy().ravel(), minlength=c + 1)[:c] \
         .round().astype(np.int64)
 
 

@@ -60,6 +60,7 @@ def tsne_over_training(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     callback: Callable[[int, int], None] | None = None,
+    device=None,
 ) -> TrainingMaps:
     """A t-SNE map of ``layer`` at each snapshot; map ``s`` starts from map ``s - 1``.
 
@@ -70,6 +71,7 @@ def tsne_over_training(
     layer, pooling : as in :func:`extract_features`
     n_components : PCA components before t-SNE (as in the full pipeline)
     cache_dir : feature cache (one entry per snapshot's weights)
+    device : where each snapshot runs (see :func:`convlens.load_model`)
     """
     from convlens.data import conform
     from convlens.embed._cluster import kmeans, matching_accuracy
@@ -93,7 +95,7 @@ def tsne_over_training(
     labelled = bool((np.asarray(dataset.labels) >= 0).all()) and len(np.unique(dataset.labels)) > 1
     steps, maps, acc, prev = [], [], [], None
     for i, path in enumerate(paths):
-        model = load_model(path)
+        model = load_model(path, device=device)
         data = conform(dataset, model)
         feats = extract_features(model, data, layer, pooling=pooling, cache_dir=cache_dir)
         z, _ = pca_reduce(feats.values, n_components, seed=seed)

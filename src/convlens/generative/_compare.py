@@ -83,7 +83,7 @@ def compare_inversion(model, decoders: Decoder | dict[str, Decoder], images: tor
             e = decoder_errors(model, decs[k], images, rec)
             errors[f"{name}_pixel"].append(e["pixel_error"])
             errors[f"{name}_feature"].append(e["feature_error"])
-    return InversionComparison(layers, images.numpy(), up.numpy(), reg.numpy(),
+    return InversionComparison(layers, images.cpu().numpy(), up.cpu().numpy(), reg.cpu().numpy(),
                                {k: np.stack(v) for k, v in errors.items()},
                                {"upconv": round(t_up, 4), "regularized": round(t_reg, 4)},
                                {"steps": steps, "seed": seed, "images": len(images)})

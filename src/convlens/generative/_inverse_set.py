@@ -164,7 +164,7 @@ class _Lagrangian:
 
     def update_multipliers(self, f: torch.Tensor, factor: float) -> None:
         """``lambda <- max(lambda - mu c, 0)``, then ``mu <- a mu`` (their sec. 3.4)."""
-        self.lam = (self.lam - self.mu * self.residuals(f.detach())).clamp_min(0)
+        self.lam = (self.lam.to(f) - self.mu * self.residuals(f.detach())).clamp_min(0)
         self.mu *= factor
 
     def objective(self) -> objectives.Objective:

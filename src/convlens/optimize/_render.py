@@ -311,12 +311,12 @@ def render(
                     verdict = callback(step, history[-1], state)
                     if isinstance(verdict, torch.Tensor):
                         newly = verdict.to(torch.bool).cpu() & ~done
-                        stopped_at[newly.numpy()] = step
+                        stopped_at[newly.cpu().numpy()] = step
                         done |= newly
                         if done.all():
                             break
                     elif verdict:
-                        stopped_at[~done.numpy()] = step
+                        stopped_at[~done.cpu().numpy()] = step
                         break
                 if normalize_grad:
                     _normalize_grads(params, n)

@@ -57,7 +57,7 @@ def _explain(ctx, m, ds, idx: list[int], layer: str, lime_samples: int, out) -> 
     acts = capture(m, x, layer)[layer]
     unit = int(acts.flatten(2).max(2).values.mean(0).argmax())
     dec = deconvnet(m, x, f"{layer}:{unit}")
-    save_figure(plot_projections({"saliency": sal, f"deconv {layer}:{unit}": dec}, x.numpy(),
+    save_figure(plot_projections({"saliency": sal, f"deconv {layer}:{unit}": dec}, x.cpu().numpy(),
                                  [ds.ids[i] for i in idx]), out / "projections.png")
     rows = []
     for j, i in enumerate(idx):

@@ -36,7 +36,7 @@ def _values(model, x, unit: str) -> np.ndarray:
     from convlens.units import parse_unit
 
     u = parse_unit(unit)
-    return neuron_values(capture(model, x, [u.layer]), [u])[:, 0].numpy()
+    return neuron_values(capture(model, x, [u.layer]), [u])[:, 0].cpu().numpy()
 
 
 def _most_varied(model, x, layer: str) -> str:
@@ -96,7 +96,7 @@ def _compute(ctx: Context) -> None:
     dec = train_decoder(m, data, layer, epochs=int(opts.get("epochs", 3)), width=32, seed=ctx.seed)
     dec.save(out / "decoder")
     x, _ = data.sample(min(300, len(data)), seed=ctx.seed + 1).tensors()
-    reconstruction_figure(x[:8].numpy(), {f"up-conv {layer}": dec.reconstruct(m, x[:8]).numpy()},
+    reconstruction_figure(x[:8].cpu().numpy(), {f"up-conv {layer}": dec.reconstruct(m, x[:8]).cpu().numpy()},
                           out / "reconstructions.png")
     unit, ranges, second, r2 = _choose(m, x, opts)
     sets = [inverse_set(m, dec, (unit, z1, z2), n, **fast) for z1, z2 in ranges]

@@ -268,7 +268,7 @@ def _weight_of(item, layer: str, name: str, arch: str | None):
         else:
             if isinstance(state, dict):
                 return _state_weight(state, layer, name)
-    model = load_model(arch, weights=path) if arch else load_model(str(item))
+    model = load_model(arch, weights=path, device="cpu") if arch else load_model(str(item), device="cpu")
     return layer_weight(model.net, layer)
 
 

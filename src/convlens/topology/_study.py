@@ -88,13 +88,13 @@ def _train_one(cfg: dict, index: int, out: str) -> dict:
                      snapshot_every=cfg["snapshot_every"], optimizer=cfg["optimizer"], lr=cfg["lr"],
                      val_fraction=cfg["val_fraction"], eval_every=cfg["steps"])
     torch.manual_seed(seed)  # the initial weights too: train() seeds only after the model exists
-    _, result = train(load_model(cfg["arch"]), ds, tc, out=run, resume=True)
+    _, result = train(load_model(cfg["arch"], device=cfg.get("device")), ds, tc, out=run, resume=True)
     return {"index": index, "dir": run.name, "seed": seed, "val_accuracy": result.val_accuracy, "cached": False}
 
 
 def train_study(config: StudyConfig, out: str | Path, *, workers: int | None = None,
                 scheduler: str | None = None, client=None,
-                callback: Callable[[int, int, dict], None] | None = None) -> Study:
+                callback: Callable[[int, int, dict], None] | None = None, device=None) -> Study:
     """Train ``config.networks`` networks in parallel (seeds ``seed, seed+1, ...``).
 
     Parameters
@@ -104,6 +104,8 @@ def train_study(config: StudyConfig, out: str | Path, *, workers: int | None = N
     workers, scheduler : passed to :func:`convlens.parallel.get_client` when no ``client``
     client : an existing ``distributed.Client``
     callback : called with ``(done, total, summary)`` as networks finish
+    device : where the workers train (see :func:`convlens.load_model`; not part of the study's
+        settings, so a study can be continued elsewhere)
 
     Examples
     --------
@@ -113,7 +115,7 @@ def train_study(config: StudyConfig, out: str | Path, *, workers: int | None = N
     """
     from convlens.model import load_model
 
-    load_model(config.arch)  # fail early on a bad architecture
+    load_model(config.arch, device=device)  # fail early on a bad architecture or device
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "study.json").is_file():
@@ -123,7 +125,7 @@ def train_study(config: StudyConfig, out: str | Path, *, workers: int | None = N
                              "choose another --out folder")
     study = Study(out, config)
     study.save()
-    cfg = asdict(config)
+    cfg = {**asdict(config), "device": None if device is None else str(device)}
     if client is not None:
         return _run(client, cfg, study, callback)
     from convlens.parallel import get_client

@@ -109,7 +109,7 @@ def _reference(model, dataset, layer: str, units: np.ndarray, batch_size: int):
     from convlens.attribute import top_images
 
     top = top_images(model, dataset, layer, k=1, units=[int(u) for u in units], batch_size=batch_size)
-    images = torch.stack([dataset.image(int(i)) for i in top.indices[:, 0]]).numpy()
+    images = torch.stack([dataset.image(int(i)) for i in top.indices[:, 0]]).cpu().numpy()
     return top.values[:, 0], images, [row[0] for row in top.ids]
 
 
@@ -185,7 +185,7 @@ def activation_maximization(
             obj = obj + tv / (h * w) * objectives.total_variation()
         if l2:
             obj = obj + l2 / (h * w) * objectives.l2()
-        moved = torch.zeros(len(idx), dtype=torch.bool)
+        moved = torch.zeros(len(idx), dtype=torch.bool, device=model.device)
 
         def watch(step, loss, state, moved=moved, p=p):
             for t in p.parameters():

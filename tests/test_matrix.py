@@ -31,7 +31,7 @@ CANNOT = "DeconvNet cannot reverse layer"
 REFUSES = {
     ("mobilenet_v3_small", "deconvnet"): f"{CANNOT} 'features.0.2' .Hardswish.",
     ("efficientnet_b0", "deconvnet"): f"{CANNOT} 'features.0.2' .SiLU.",
-    ("convnext_tiny", "deconvnet"): f"{CANNOT} 'features.0.1' .LayerNorm2d.: it calls layer_norm",
+    ("convnext_tiny", "deconvnet"): f"{CANNOT} 'features.0.1': it calls layer_norm, which has no DeconvNet rule",
 }
 METHODS = ("capture", "extraction", "top_images", "deconvnet", "guided_backprop", "saliency", "lime",
            "occlusion", "am", "inversion", "dissection", "adversarial", "topology")
@@ -122,3 +122,24 @@ def test_method_works_or_says_why(arch, method, images, dataset, concepts):
         assert "\n" not in msg
     assert not m.net.training
     assert all(torch.equal(v, m.net.state_dict()[k]) for k, v in before.items())
+
+
+def test_relu6_rules_by_hand():
+    """ReLU6 (MobileNetV2) is a ReLU with a ceiling: DeconvNet rectifies the signal, guided
+    backpropagation and the gradient pass only where 0 < x < 6."""
+    from torch import nn
+
+    from convlens import Model
+    from convlens.attribute import backproject
+    from convlens.inputspec import PRESETS
+
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(10.0)
+    m = Model(nn.Sequential(conv, nn.ReLU6(inplace=True)), PRESETS["unit-gray"].__class__(
+        (2, 3), 1, "RGB", (0.0, 1.0), (0.0,), (1.0,)))
+    x = torch.tensor([[[[0.0, 0.3, 0.55], [0.65, 0.9, 1.0]]]])
+    inside = ((10 * x > 0) & (10 * x < 6)).float() * 10
+    for rule, want in [("gradient", inside), ("guided", inside), ("deconv", torch.full_like(x, 10.0))]:
+        p = backproject(m, x, "1:0", rule=rule, spread="map", scale="one")
+        np.testing.assert_allclose(p.maps, want.numpy(), rtol=0, atol=1e-6, err_msg=rule)

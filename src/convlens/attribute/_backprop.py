@@ -52,39 +52,44 @@ _REVERSIBLE = (
     nn.AdaptiveMaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d,
     nn.Dropout2d, nn.Dropout3d, nn.Identity, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.ZeroPad2d, nn.ConstantPad2d,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReLU6,
 )
 # functions a DeconvNet has no inverse rule for
 _NONLINEAR = {
     "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "elu", "leaky_relu", "softmax",
-    "log_softmax", "softplus", "hardtanh", "relu6", "selu", "celu", "mish", "hardswish",
+    "log_softmax", "softplus", "hardtanh", "selu", "celu", "mish", "hardswish",
     "hardsigmoid", "local_response_norm", "prelu", "glu", "layer_norm", "group_norm",
     "instance_norm", "normalize", "exp", "log", "sqrt", "abs", "logsigmoid", "softsign", "rrelu",
 }
 _RELU = {"relu", "relu_"}
-_REVERSIBLE_TEXT = ("convolutions, ReLUs, max-pooling and linear layers (and maps linear in eval "
-                    "mode: average pooling, batch norm, flatten, dropout)")
+_CAPPED = {"relu6", "hardtanh", "hardtanh_"}  # ReLU6 = hardtanh(x, 0, 6): a ReLU with a ceiling
+_REVERSIBLE_TEXT = ("convolutions, ReLUs (and ReLU6), max-pooling and linear layers (and maps "
+                    "linear in eval mode: average pooling, batch norm, flatten, dropout)")
 
 
 class _ReluRule(torch.autograd.Function):
-    """``max(x, 0)`` forward; backward by ``rule`` (see the module docstring)."""
+    """``max(x, 0)`` forward (``min(max(x, 0), cap)`` with a ``cap``: ReLU6); backward by
+    ``rule`` (see the module docstring). Where the ceiling clips, the gradient is zero, so the
+    guided and gradient rules pass only ``0 < x < cap``; DeconvNet's rule ignores the forward
+    input anyway."""
 
     @staticmethod
-    def forward(ctx, x, rule):
+    def forward(ctx, x, rule, cap=None):
         ctx.save_for_backward(x)
-        ctx.rule = rule
-        return x.clamp_min(0)
+        ctx.rule, ctx.cap = rule, cap
+        return x.clamp(0, cap)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
+        on = (x > 0) if ctx.cap is None else (x > 0) & (x < ctx.cap)
         if ctx.rule == "deconv":
-            return g.clamp_min(0), None
+            return g.clamp_min(0), None, None
         if ctx.rule == "guided":
-            return g.clamp_min(0) * (x > 0), None
+            return g.clamp_min(0) * on, None, None
         if ctx.rule == "support":
-            return g, None
-        return g * (x > 0), None
+            return g, None, None
+        return g * on, None, None
 
 
 def _arg(args, kwargs, i, name, default=None):
@@ -105,11 +110,15 @@ class _RuleMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name in _RELU:
+        if name in _RELU or name in _CAPPED:
             x = _arg(args, kwargs, 0, "input")
-            if isinstance(x, torch.Tensor) and x.requires_grad:
-                return _ReluRule.apply(x, self.rule)
-        elif self.check and name in _NONLINEAR:
+            lo, hi = (0.0, 6.0) if name == "relu6" else (0.0, None) if name in _RELU else \
+                (_arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0))
+            if lo == 0:
+                if isinstance(x, torch.Tensor) and x.requires_grad:
+                    return _ReluRule.apply(x, self.rule, hi)
+                return func(*args, **kwargs)
+        if self.check and name in _NONLINEAR:
             where = self.stack[-1] if self.stack else "the forward pass"
             raise ValueError(
                 f"DeconvNet cannot reverse layer {where!r}: it calls {name}, which has no DeconvNet "

@@ -23,17 +23,37 @@ concepts_app = typer.Typer(no_args_is_help=True, help="Concept sets for network 
 app.add_typer(concepts_app, name="concepts")
 
 ConceptsArg = Annotated[str, typer.Argument(
-    help="A concept set folder (ours, or Broden: index.csv + label.csv), or 'generated' for a "
-         "seeded set rendered on the fly (see --n, --size).")]
+    help="A concept set folder (ours, or Broden: index.csv + label.csv), 'generated' for a "
+         "seeded set rendered on the fly (see --n, --size), or a folder of images with --masks.")]
+MasksOpt = Annotated[Path | None, typer.Option(
+    "--masks", help="A folder of label-index masks (each pixel a class number, as CamVid, VOC, "
+                    "Cityscapes, ADE20K ship them) for the images in CONCEPTS; --classes names the "
+                    "classes, one per line in class-number order.")]
+IgnoreOpt = Annotated[int, typer.Option("--ignore", help="With --masks: the value of unlabelled pixels.")]
+MaskSizeOpt = Annotated[str | None, typer.Option(
+    "--mask-size", help="With --masks: resample every mask to HxW (needed when image sizes differ).")]
 LayerOpt = Annotated[list[str], typer.Option("--layer", "-l", help="Convolutional layer (repeatable).")]
 NOpt = Annotated[int, typer.Option("--n", help="Images to render.")]
 SizeOpt = Annotated[int, typer.Option("--size", help="Image and mask side in pixels.")]
 
 
-def open_concepts(spec: str, n: int = 1000, size: int = 64, seed: int = 0, limit: int | None = None):
-    from convlens.dissect import load_concepts, make_concepts
+def open_concepts(spec: str, n: int = 1000, size: int = 64, seed: int = 0, limit: int | None = None,
+                  masks: Path | None = None, classes: Path | None = None, ignore: int = 255,
+                  mask_size: str | None = None):
+    from convlens.dissect import load_concepts, load_segmentation, make_concepts
 
-    cs = make_concepts(n, size, seed) if spec == "generated" else load_concepts(spec)
+    if masks is not None:
+        if classes is None:
+            raise ValueError("--masks needs --classes: a file naming the classes, one per line in "
+                             "class-number order (line 1 is class 0)")
+        from convlens.data import parse_size
+
+        cs = load_segmentation(spec, masks, classes, ignore=ignore,
+                               mask_size=parse_size(mask_size) if mask_size else None)
+    elif spec == "generated":
+        cs = make_concepts(n, size, seed)
+    else:
+        cs = load_concepts(spec)
     if limit is not None:
         import numpy as np
 
@@ -71,16 +91,21 @@ def dissect_cmd(
     workers: Annotated[int | None, typer.Option(help="Run the shards on a local Dask cluster.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler.")] = None,
     n: NOpt = 1000, size: SizeOpt = 64, limit: LimitOpt = None, seed: SeedOpt = 0,
+    masks: MasksOpt = None, ignore: IgnoreOpt = 255, mask_size: MaskSizeOpt = None,
     model_opts: ModelOptions = ModelOptions(),
 ):
     """Label every unit of the layers with its best concept (Bau et al.): tables, detector counts,
-    top images with thresholded regions."""
+    top images with thresholded regions. With --masks, CONCEPTS is a folder of images and
+    --classes names the segmentation classes (not the model's outputs)."""
+    import dataclasses
+
     from rich.table import Table
 
     from convlens.dissect import dissect
 
-    m = model_opts.open(model)
-    cs = open_concepts(concepts, n, size, seed, limit)
+    # with --masks, --classes names the segmentation classes; the data are checked first
+    cs = open_concepts(concepts, n, size, seed, limit, masks, model_opts.classes, ignore, mask_size)
+    m = (dataclasses.replace(model_opts, classes=None) if masks else model_opts).open(model)
     with progress_bar(f"dissecting {m.name}", total=len(cs)) as update:
         d = dissect(m, cs, layer, quantile=quantile, iou_threshold=iou_threshold, top_n=top_n,
                     batch_size=batch_size, shards=shards, workers=workers, scheduler=scheduler,

@@ -95,3 +95,12 @@ def test_no_library_code_calls_numpy_on_a_tensor_that_may_be_on_a_device():
     found = {str(p.relative_to(SRC)): lines for p in sorted(SRC.rglob("*.py"))
              if (lines := _bare_numpy_calls(p))}
     assert found == {}, f"call .cpu().numpy() (or convlens.devices.to_numpy) instead: {found}"
+
+
+def test_fast_layout_and_precision_choices_per_device():
+    from convlens.fast import bf16_native, channels_last_pays, resolve_precision
+
+    assert channels_last_pays("cpu") and channels_last_pays("cuda") and not channels_last_pays("mps")
+    assert not bf16_native("mps") and resolve_precision("auto", "mps") == torch.float32
+    if not torch.cuda.is_available():
+        assert not bf16_native("cuda")  # no GPU: never a bfloat16 pick for it

@@ -34,7 +34,11 @@ REFUSES = {
     ("convnext_tiny", "deconvnet"): f"{CANNOT} 'features.0.1': it calls layer_norm, which has no DeconvNet rule",
 }
 METHODS = ("capture", "extraction", "top_images", "deconvnet", "guided_backprop", "saliency", "lime",
-           "occlusion", "am", "inversion", "dissection", "adversarial", "topology")
+           "occlusion", "am", "inversion", "dissection", "adversarial", "topology", "report")
+# the report's per-model sections (the embedding and the decoder-based inverse sets do not depend
+# on the architecture beyond extraction and AM, which are cells of their own)
+REPORT = ["summary", "attribution", "gallery", "dissect", "adversarial", "topology"]
+TINY = {"budget": {"images": 6, "units": 1, "steps": 2, "samples": 1, "seconds": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +60,7 @@ def concepts():
     return make_concepts(6, SIZE, seed=0)
 
 
-def _run(method: str, m, arch: str, x: torch.Tensor, ds, concepts):
+def _run(method: str, m, arch: str, x: torch.Tensor, ds, concepts, tmp=None):
     import convlens as cl
     from convlens.dissect import dissect
 
@@ -104,19 +108,26 @@ def _run(method: str, m, arch: str, x: torch.Tensor, ds, concepts):
         cloud = cl.filter_cloud(m, layer)
         k = int(m.net.get_submodule(layer).weight.shape[-1])
         assert cloud.points.shape[1] == k * k and len(cloud) > 0
+    elif method == "report":
+        from convlens.report import build_report
+
+        out = build_report(m, ds, tmp, only=REPORT, config=TINY)
+        errors = {p.parent.name: p.read_text()[:300] for p in tmp.glob("*/_error.json")}
+        assert errors == {} and (tmp / "index.html").is_file(), errors
+        assert out.is_dir() if hasattr(out, "is_dir") else True
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("arch", ZOO)
-def test_method_works_or_says_why(arch, method, images, dataset, concepts):
+def test_method_works_or_says_why(arch, method, images, dataset, concepts, tmp_path):
     m = zoo_model(arch, SIZE)
     before = {k: v.clone() for k, v in list(m.net.state_dict().items())[:4]}
     why = REFUSES.get((arch, method))
     if why is None:
-        _run(method, m, arch, images, dataset, concepts)
+        _run(method, m, arch, images, dataset, concepts, tmp_path)
     else:
         with pytest.raises(ValueError) as e:
-            _run(method, m, arch, images, dataset, concepts)
+            _run(method, m, arch, images, dataset, concepts, tmp_path)
         msg = str(e.value)
         assert re.search(why, msg), msg
         assert "\n" not in msg

@@ -136,17 +136,17 @@ def train_decoder_cmd(
     x, _ = conform(ds.sample(8, seed=seed), m).tensors()
     rows = {}
     for name, dec in decs.items():
-        rows[name] = dec.reconstruct(m, x).numpy()
+        rows[name] = dec.reconstruct(m, x).cpu().numpy()
         err = decoder_errors(m, dec, x, torch.from_numpy(rows[name]))
         console.print(f"{name}: held-out loss {dec.history[-1].get('val_loss', float('nan')):.4g}, "
                       f"pixel RMS error {err['pixel_error'].mean():.3f}, relative feature error "
                       f"{err['feature_error'].mean():.3f} (8 images)")
-    reconstruction_figure(x.numpy(), rows, out / "reconstructions.png")
+    reconstruction_figure(x.cpu().numpy(), rows, out / "reconstructions.png")
     if compare:
         xc, _ = conform(ds.sample(compare, seed=seed + 1), m).tensors()
         cmp = compare_inversion(m, decs, xc, steps=compare_steps, seed=seed)
         cmp.save(out / "comparison")
-        reconstruction_figure(xc.numpy(), {f"{k} {name}": getattr(cmp, k)[i] for i, name in enumerate(cmp.layers)
+        reconstruction_figure(xc.cpu().numpy(), {f"{k} {name}": getattr(cmp, k)[i] for i, name in enumerate(cmp.layers)
                                            for k in ("upconv", "regularized")}, out / "comparison.png")
         for row in cmp.table():
             console.print(f"{row['layer']}: pixel RMS error up-conv {row['upconv_pixel_error']:.3f} vs "

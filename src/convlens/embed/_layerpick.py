@@ -75,7 +75,8 @@ class LayerTable:
 
     def scores(self, pipeline: str, key: str) -> dict[str, float]:
         """``{layer: value}`` of a summary column (``accuracy_mean``, ``silhouette``, ...)."""
-        return {layer: self._row(layer, pipeline).get(key, math.nan) for layer in self.layers}
+        values = {layer: self._row(layer, pipeline).get(key) for layer in self.layers}
+        return {k: math.nan if v is None else float(v) for k, v in values.items()}
 
     def best(self, pipeline: str) -> str | None:
         """The layer with the highest mean accuracy (None without labels)."""

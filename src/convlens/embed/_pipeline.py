@@ -229,8 +229,12 @@ def markdown_header(labelled: bool) -> str:
     return "| pipeline | silhouette | stability | seconds |\n|---|---|---|---|"
 
 
+def _num(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
 def markdown_row(r: dict, labelled: bool) -> str:
-    crit = f"| {r.get('silhouette', float('nan')):.3f} | {r.get('stability', float('nan')):.3f} "
+    crit = f"| {_num(r.get('silhouette'))} | {_num(r.get('stability'))} "
     if not labelled:
         return f"| {r['pipeline']} {crit}| {r['seconds_mean']:.2f} |"
     return (f"| {r['pipeline']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
@@ -313,8 +317,9 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
             sil.append(_silhouette(spaces[p], c, s))
             if callback:
                 callback(len(runs), total)
-        criteria[name] = {"silhouette": float(np.nanmean(sil)) if not np.isnan(sil).all() else float("nan"),
-                          "stability": _stability(found[p])}
+        stab = _stability(found[p])
+        criteria[name] = {"silhouette": None if np.isnan(sil).all() else float(np.nanmean(sil)),
+                          "stability": None if np.isnan(stab) else stab}  # None: JSON has no NaN
     return PipelineTable(layer, runs, {"n_clusters": k, "n_components": n_components,
                                        "perplexity": perplexity, "n_iter": n_iter, "images": x.shape[0],
                                        "dims": int(x.shape[1]), "whiten": whiten, "n_init": n_init},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from markupsafe import Markup
 
+from convlens.embed._pipeline import _num
 from convlens.files import read_json, save_figure, write_json
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
@@ -151,7 +152,7 @@ def _render(ctx: Context) -> Markup:
                 "silhouette", "stability"]
         rows = [[t["layer"], t["features"], t["pipeline"].split("/", 1)[1] if "/" in t["pipeline"]
                  else t["pipeline"], _pct(t, "accuracy"), _pct(t, "accuracy_m2o"),
-                 f"{t.get('silhouette', float('nan')):.3f}", f"{t.get('stability', float('nan')):.3f}"]
+                 _num(t.get("silhouette")), _num(t.get("stability"))]
                 for t in r["layer_table"]]
         parts.append(csv_table(out, "layers_table", cols, rows,
                                "Table 1 on every block output (one pass over the images); silhouette "

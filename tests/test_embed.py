@@ -386,7 +386,12 @@ def test_report_section_writes_map_table_and_interactive_page(lenet, digits, tmp
     index = build_report(lenet, digits, tmp_path, only=["embed"], budget={"images": 300},
                          config={"embed": {"images": 200, "seeds": 1}})
     r = json.loads((tmp_path / "embed" / "result.json").read_text())
-    assert r["layer"] == "relu4" and r["images"] == 200 and r["scores"]["accuracy"] > 0.8
+    # the layer is chosen among the block outputs without labels (issue 17), named in words
+    assert r["layers"] == ["pool1", "pool2", "relu3", "relu4", "fc3"]
+    assert r["layer"] in ("relu3", "relu4", "fc3") and r["images"] == 200 and r["scores"]["accuracy"] > 0.8
+    assert len(r["layer_table"]) == 15 and "is chosen for PCA/t-SNE/k-means" in r["choice"]
+    html = index.read_text()
+    assert f"output of {r['layer']}" in html and "many-to-one" in html and "layers_table.csv" in html
     page = (tmp_path / "embed.html").read_text()
     assert 'class="pt"' in page and 'id="tooltip"' in page and "embed/thumbs/000000.png" in page
     assert (tmp_path / "embed" / "thumbs" / "000199.png").is_file()

@@ -28,6 +28,10 @@ from convlens.cli._common import (
 )
 
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name (`convlens layers MODEL` lists them).")]
+EmbedLayerOpt = Annotated[str, typer.Option("--layer", "-l", help=(
+    "default: the pooled features before the classifier head; a layer name; a comma-separated "
+    "list; auto: every block output, one chosen without labels; all: every block output, the "
+    "best with labels (both: one pass over the images, Table 1 per layer)."))]
 PoolingOpt = Annotated[str, typer.Option(help="For spatial layers: flatten, avg (global average) or max.")]
 CacheOpt = Annotated[Path | None, typer.Option(
     "--cache", help="Feature cache folder (default ~/.cache/convlens/features).")]
@@ -55,28 +59,36 @@ def _floats(text: str | None) -> list[float]:
         raise ValueError(f"cannot read {text!r}: write comma-separated numbers, e.g. 5,30,50") from None
 
 
-def _extract(m, ds, layer, pooling, batch_size, cache, workers, scheduler):
-    from convlens.embed import extract_features
+def _extract(m, ds, layers, pooling, batch_size, cache, workers, scheduler):
+    from convlens.embed import extract_layers
 
-    with progress_bar(f"features of {layer}", total=len(ds)) as update:
+    what = layers[0] if len(layers) == 1 else f"{len(layers)} layers (one pass)"
+    with progress_bar(f"features of {what}", total=len(ds)) as update:
         cb = lambda done, total: update(completed=done, total=total)  # noqa: E731
         if workers is None and scheduler is None:
-            return extract_features(m, ds, layer, pooling=pooling, batch_size=batch_size,
-                                    cache_dir=cache, callback=cb)
+            return extract_layers(m, ds, layers, pooling=pooling, batch_size=batch_size,
+                                  cache_dir=cache, callback=cb)
         from convlens.parallel import get_client
 
         with get_client(workers=workers, scheduler=scheduler) as client:
-            return extract_features(m, ds, layer, pooling=pooling, batch_size=batch_size,
-                                    cache_dir=cache, client=client, callback=cb)
+            return extract_layers(m, ds, layers, pooling=pooling, batch_size=batch_size,
+                                  cache_dir=cache, client=client, callback=cb)
 
 
 @command(app, "embed")
 def embed(
     model: ModelArg,
     data: DataArg,
-    layer: LayerOpt,
+    layer: EmbedLayerOpt = "default",
     pooling: PoolingOpt = "avg",
-    clusters: Annotated[int | None, typer.Option(help="k-means clusters (default: number of classes).")] = None,
+    clusters: Annotated[int | None, typer.Option(help=(
+        "k-means clusters (default: number of classes). More than the classes lets a class split; "
+        "tables then score one-to-one (Hungarian) and many-to-one (each cluster to its majority class)."))] = None,
+    whiten: Annotated[bool, typer.Option("--whiten/--no-whiten", help=(
+        "Scale every principal component to unit variance before t-SNE/k-means (Cohn & Holm)."))] = False,
+    n_init: Annotated[int, typer.Option("--n-init", help="k-means restarts per run (the best is kept).")] = 10,
+    criterion: Annotated[str, typer.Option("--layer-criterion", help=(
+        "How --layer auto chooses without labels: silhouette or stability."))] = "silhouette",
     components: ComponentsOpt = 50,
     map_method: Annotated[str, typer.Option("--map", help="2-D map: tsne, umap or pca.")] = "tsne",
     perplexity: PerplexityOpt = 30.0,
@@ -98,29 +110,78 @@ def embed(
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
 ):
-    """Cluster images by a layer's features: PCA, t-SNE/UMAP, k-means, scores (Kitahara & Holm)."""
+    """Cluster images by a layer's features: PCA, t-SNE/UMAP, k-means, scores (Kitahara & Holm);
+    with --layer auto/all/a list, Table 1 for every layer from one pass and the layer chosen."""
     import torch
 
-    from convlens.embed import cluster_map, perplexity_sweep, run_pipelines, save_map_outputs, scree
+    from convlens.embed import (
+        cluster_map,
+        perplexity_sweep,
+        run_layers,
+        run_pipelines,
+        save_map_outputs,
+        scree,
+    )
+    from convlens.embed._cluster import check_n_init
+    from convlens.embed._layerpick import (
+        _check_criterion,
+        choose_layer,
+        describe_features,
+        resolve_layers,
+    )
     from convlens.files import write_json
 
     torch.manual_seed(seed)
+    check_n_init(n_init)
+    _check_criterion(criterion)
     m = model_opts.open(model)
+    layers, how = resolve_layers(m, layer)
+    if tile:
+        from convlens.embed._tiles import check_tile
+
+        raw = open_data(data, None, strict=strict, limit=limit, seed=seed)
+        for i in range(len(raw)):  # every image must hold one tile
+            check_tile(tuple(raw.image(i).shape), tile, raw.ids[i])
     ds = open_data(data, m, resize=resize, tile=tile, clahe=clahe, strict=strict, limit=limit, seed=seed)
-    feats = _extract(m, ds, layer, pooling, batch_size, _cache(cache, no_cache), workers, scheduler)
-    labelled = bool((feats.labels >= 0).all()) and len(set(feats.labels.tolist())) > 1
+    all_feats = _extract(m, ds, layers, pooling, batch_size, _cache(cache, no_cache), workers, scheduler)
+    first = next(iter(all_feats.values()))
+    labelled = bool((first.labels >= 0).all()) and len(set(first.labels.tolist())) > 1
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"features {feats.shape[0]} x {feats.shape[1]} ({layer}, {pooling})"
-                  + (f" cached at {feats.path}" if feats.path else ""))
+    words = describe_features(m, all_feats, pooling)
+    summary = {"model": m.name, "data": ds.name, "pooling": pooling, "whiten": whiten,
+               "n_init": n_init}
+    if len(layers) > 1:
+        if seeds < 1:
+            raise ValueError("choosing among layers runs the pipelines on each: give --seeds 1 or more")
+        if not labelled and clusters is None:
+            raise ValueError("give the number of clusters (--clusters K): the images have no labels")
+        total = len(layers) * 3 * seeds
+        with progress_bar(f"pipelines on {len(layers)} layers", total=total) as update:
+            lt = run_layers({k: f for k, f in all_feats.items()}, None, clusters, seeds=seeds,
+                            whiten=whiten, n_init=n_init, n_components=components,
+                            perplexity=perplexity, criterion=criterion, descriptions=words,
+                            callback=lambda d, t: update(completed=d, total=t))
+        lt.save(out)
+        chosen, why = choose_layer(lt, how, whiten)
+        console.print(lt.to_markdown())
+        console.print(why)
+        summary.update(layers=layers, layer=chosen, layer_choice=why, criterion=criterion)
+    else:
+        chosen = layers[0]
+        summary["layer"] = chosen
+    feats = all_feats[chosen]
+    summary.update(features=list(feats.shape), feature_cache=feats.path, layer_words=words[chosen])
+    console.print(f"features {feats.shape[0]} x {feats.shape[1]}: {words[chosen]}"
+                  + (f", cached at {feats.path}" if feats.path else ""))
     x = feats.values
     with progress_bar("map and clusters") as update:
         result = cluster_map(feats, clusters, n_components=components, method=map_method,
-                             perplexity=perplexity, seed=seed)
+                             perplexity=perplexity, seed=seed, whiten=whiten, n_init=n_init)
         update(info="done")
     files = save_map_outputs(result, out, images=ds if interactive else None)
-    summary = {"model": m.name, "data": ds.name, "layer": layer, "pooling": pooling,
-               "features": list(feats.shape), "feature_cache": feats.path, "scores": result.scores,
-               "params": result.params, "files": files}
+    summary.update(scores=result.scores, params=result.params, files=files)
+    if tile:
+        summary["tiles"] = _tile_outputs(result, data, tile, out, strict, limit, seed)
     if scree_plot:
         from convlens.embed import plot_scree
         from convlens.files import save_figure
@@ -133,7 +194,7 @@ def embed(
         from convlens.embed import pca_reduce, plot_sweep
         from convlens.files import save_figure
 
-        z, _ = pca_reduce(x, components, seed=seed)
+        z, _ = pca_reduce(x, components, seed=seed, whiten=whiten)
         with progress_bar("perplexity sweep") as update:
             sw = perplexity_sweep(z, _floats(sweep), feats.labels if labelled else None,
                                   result.params["n_clusters"], seed=seed,
@@ -141,18 +202,47 @@ def embed(
         sw.save(out)
         save_figure(plot_sweep(sw, feats.labels if labelled else None, feats.class_names), out / "sweep.png")
         summary["sweep"] = {"perplexities": sw.perplexities, "accuracy": sw.accuracy}
-    if seeds > 0 and labelled:
+    if seeds > 0 and labelled and len(layers) == 1:
         with progress_bar("pipelines", total=3 * seeds) as update:
             table = run_pipelines(feats, n_clusters=result.params["n_clusters"], seeds=seeds,
-                                  n_components=components, perplexity=perplexity, layer=layer,
+                                  n_components=components, perplexity=perplexity, layer=chosen,
+                                  whiten=whiten, n_init=n_init,
                                   callback=lambda d, t: update(completed=d, total=t))
         table.save(out)
         console.print(table.to_markdown())
     write_json(out / "summary.json", summary)
     if result.scores:
         s = result.scores
-        console.print(f"{result.pipeline}: accuracy {s['accuracy']:.2%}, NMI {s['nmi']:.3f}, ARI {s['ari']:.3f}")
+        console.print(f"{result.pipeline}: accuracy one-to-one {s['accuracy']:.2%}, many-to-one "
+                      f"{s['accuracy_m2o']:.2%}, NMI {s['nmi']:.3f}, ARI {s['ari']:.3f}")
     console.print(f"results in {out}")
+
+
+def _tile_outputs(result, data, tile, out, strict, limit, seed, examples: int = 6) -> dict:
+    """Image-level clusters by majority vote of the tiles, and tile maps of a few images."""
+    from convlens.embed import plot_tile_map, tile_votes
+    from convlens.files import save_figure, write_json
+
+    votes = tile_votes(result.ids, result.clusters, result.labels)
+    raw = open_data(data, None, strict=strict, limit=limit, seed=seed)
+    index = {i: n for n, i in enumerate(raw.ids)}
+    files = []
+    k = int(result.params["n_clusters"])
+    for n, (img_id, rows) in enumerate(zip(votes.images[:examples], votes.tiles[:examples])):
+        fig = plot_tile_map(raw.image(index[img_id]), votes.positions[rows], tile,
+                            result.clusters[rows], k,
+                            title=f"{Path(img_id).stem}: cluster {votes.clusters[n]} "
+                                  f"({votes.agreement[n]:.0%} of its tiles)")
+        name = f"tiles/tile_map_{n:02d}.png"
+        save_figure(fig, out / name)
+        files.append(name)
+    info = {**votes.to_dict(), "files": files, "tile": tile}
+    write_json(out / "tiles.json", info)
+    if votes.scores:
+        s = votes.scores
+        console.print(f"{len(votes.images)} images from their tiles (majority vote): accuracy "
+                      f"one-to-one {s['accuracy']:.2%}, many-to-one {s['accuracy_m2o']:.2%}")
+    return {"images": len(votes.images), "scores": votes.scores, "files": files}
 
 
 @command(app, "embed-training")

@@ -162,13 +162,13 @@ class _RowWriter:
             self.start, self.parts, self.count = self.start + len(block), [], 0
 
 
-def _probe(model, dataset, layer: str, pooling: str) -> tuple[tuple[int, ...], int]:
-    """Shape of the first image and the feature width, from one forward pass."""
+def _probe(model, dataset, layers: list[str], pooling: str) -> tuple[tuple[int, ...], dict[str, int]]:
+    """Shape of the first image and each layer's feature width, from one forward pass."""
     from convlens.probe import capture
 
     x0 = dataset.image(0)
-    out = capture(model, x0[None].to(model.device), [layer])[layer]
-    return tuple(x0.shape), int(pool(out, pooling).shape[1])
+    out = capture(model, x0[None].to(model.device), list(layers))
+    return tuple(x0.shape), {k: int(pool(out[k], pooling).shape[1]) for k in layers}
 
 
 def _check_size(x: torch.Tensor, ref: tuple[int, ...], ids: list[str]) -> None:
@@ -196,11 +196,12 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
             yield item
 
 
-def extract_rows(model, dataset, layer: str, pooling: str, indices: np.ndarray, array,
-                 batch_size: int, ref_shape: tuple[int, ...],
+def extract_rows(model, dataset, layers: list[str], pooling: str, indices: np.ndarray,
+                 arrays: dict, batch_size: int, ref_shape: tuple[int, ...],
                  callback: Callable[[int], None] | None = None) -> int:
-    """Run ``indices`` through ``model`` up to ``layer`` and write their pooled features into
-    the matching rows of ``array``. Returns the number of images done."""
+    """Run ``indices`` through ``model`` once, capturing every one of ``layers`` in the same
+    pass, and write each layer's pooled features into the matching rows of ``arrays[layer]``.
+    Returns the number of images done."""
     from convlens.probe import forward_batches
 
     done = 0
@@ -211,25 +212,28 @@ def extract_rows(model, dataset, layer: str, pooling: str, indices: np.ndarray, 
             yield x
 
     starts = list(range(0, len(indices), batch_size))
-    chunk = array.chunks[0] if hasattr(array, "chunks") and array.chunks else len(array)
-    writer = _RowWriter(array, chunk)
-    for start, out in zip(starts, forward_batches(model, prefetch(images()), [layer])):
-        f = pool(out[layer], pooling).cpu().numpy().astype(np.float32, copy=False)
-        writer.add(int(indices[start]), f)  # indices are contiguous
+    writers = {}
+    for k, a in arrays.items():
+        writers[k] = _RowWriter(a, a.chunks[0] if hasattr(a, "chunks") and a.chunks else len(a))
+    for start, out in zip(starts, forward_batches(model, prefetch(images()), list(layers))):
+        for k in layers:
+            f = pool(out[k], pooling).cpu().numpy().astype(np.float32, copy=False)
+            writers[k].add(int(indices[start]), f)  # indices are contiguous
         done += len(f)
         if callback:
             callback(len(f))
-    writer.flush()
+    for w in writers.values():
+        w.flush()
     return done
 
 
-def _shard_task(model, dataset, layer, pooling, store, start, stop, batch_size, ref_shape, threads):
-    """One Dask task: extract rows ``start:stop`` into the shared Zarr array (its own chunks)."""
+def _shard_task(model, dataset, layers, pooling, stores, start, stop, batch_size, ref_shape, threads):
+    """One Dask task: extract rows ``start:stop`` into the shared Zarr arrays (its own chunks)."""
     import zarr
 
     torch.set_num_threads(threads)
-    arr = zarr.open_array(store, mode="r+")
-    return extract_rows(model, dataset, layer, pooling, np.arange(start, stop), arr, batch_size,
+    arrays = {k: zarr.open_array(stores[k], mode="r+") for k in layers}
+    return extract_rows(model, dataset, layers, pooling, np.arange(start, stop), arrays, batch_size,
                         ref_shape)
 
 
@@ -264,76 +268,123 @@ def extract_features(
     -------
     Features
     """
-    import zarr
+    return extract_layers(model, dataset, [layer], pooling=pooling, batch_size=batch_size,
+                          cache_dir=cache_dir, client=client, callback=callback)[layer]
 
+
+def extract_layers(
+    model,
+    dataset,
+    layers: list[str],
+    *,
+    pooling: str = "avg",
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    client=None,
+    callback: Callable[[int, int], None] | None = None,
+) -> dict[str, Features]:
+    """Features of every one of ``layers`` from ONE pass over the images (the forward pass stops
+    after the last of them); each layer is cached on its own, as :func:`extract_features` does,
+    and only the layers not in the cache are run. Returns ``{layer: Features}`` in the order
+    given; the other parameters are those of :func:`extract_features`."""
     from convlens.probe import get_layer
 
-    get_layer(model.net, layer)  # unknown layer: one clear error naming the closest
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise ValueError("give at least one layer")
+    for layer in layers:
+        get_layer(model.net, layer)  # unknown layer: one clear error naming the closest
     _check_pooling(pooling)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    key = cache_key(model, dataset, layer, pooling)
-    target = Path(cache_dir) / key if cache_dir is not None else None
-    if target is not None and (target / "meta.json").is_file():
-        log.info("features %s: reusing %s", key, target)
-        feats = Features.load(target)
-        if callback:
-            callback(len(feats), len(feats))
-        return feats
+    keys = {k: cache_key(model, dataset, k, pooling) for k in layers}
+    targets = {k: Path(cache_dir) / keys[k] if cache_dir is not None else None for k in layers}
+    result: dict[str, Features] = {}
+    for k in layers:
+        if targets[k] is not None and (targets[k] / "meta.json").is_file():
+            log.info("features %s of %s: reusing %s", keys[k], k, targets[k])
+            result[k] = Features.load(targets[k])
+    todo = [k for k in layers if k not in result]
     n = len(dataset)
-    ref_shape, width = _probe(model, dataset, layer, pooling)
-    meta = {"model": getattr(model, "name", "model"), "weights_hash": model.weights_hash(),
-            "dataset": dataset.name, "fingerprint": dataset.fingerprint, "width": width}
-    workdir = None
-    if target is not None or client is not None:
-        parent = _mkdir(target.parent) if target is not None else None
-        workdir = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=parent))
+    if todo:
+        result.update(_extract_missing(model, dataset, todo, pooling, batch_size, keys, targets,
+                                       cache_dir, client, callback))
+    elif callback:
+        callback(n, n)
+    return {k: result[k] for k in layers}
+
+
+def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets, cache_dir, client,
+                     callback) -> dict[str, Features]:
+    import zarr
+
+    n = len(dataset)
+    ref_shape, widths = _probe(model, dataset, layers, pooling)
+    base_meta = {"model": getattr(model, "name", "model"), "weights_hash": model.weights_hash(),
+                 "dataset": dataset.name, "fingerprint": dataset.fingerprint}
+    workdirs: dict[str, Path] = {}
     try:
-        rows = chunk_rows(n, width, batch_size)
+        if cache_dir is not None or client is not None:
+            parent = _mkdir(Path(cache_dir)) if cache_dir is not None else None
+            for k in layers:
+                workdirs[k] = Path(tempfile.mkdtemp(prefix=f".{keys[k]}.", dir=parent))
+        # one row chunk for every layer (the widest layer's), so shards cut on chunk
+        # boundaries never share a chunk of any layer
+        rows = min(chunk_rows(n, w, batch_size) for w in widths.values())
         if client is not None:  # at least one chunk (one shard) per worker
             from convlens.parallel import worker_count
 
             per_worker = -(-n // batch_size) // max(1, worker_count(client))
             rows = min(rows, batch_size * max(1, per_worker))
-        chunks = (rows, width)
-        if workdir is None:  # in memory: a plain array
-            arr = np.full((n, width), np.nan, dtype=np.float32)
-        else:
-            store = str(workdir / "features.zarr")
-            arr = zarr.create_array(store, shape=(n, width), dtype="float32", chunks=chunks,
-                                    fill_value=np.nan)
+        arrays, stores = {}, {}
+        for k in layers:
+            if not workdirs:  # in memory: a plain array
+                arrays[k] = np.full((n, widths[k]), np.nan, dtype=np.float32)
+            else:
+                stores[k] = str(workdirs[k] / "features.zarr")
+                arrays[k] = zarr.create_array(stores[k], shape=(n, widths[k]), dtype="float32",
+                                              chunks=(rows, widths[k]), fill_value=np.nan)
+        shards = None
         if client is None:
             done = [0]
 
-            def cb(k):
-                done[0] += k
+            def cb(j):
+                done[0] += j
                 if callback:
                     callback(done[0], n)
 
-            extract_rows(model, dataset, layer, pooling, np.arange(n), arr, batch_size, ref_shape, cb)
+            extract_rows(model, dataset, layers, pooling, np.arange(n), arrays, batch_size,
+                         ref_shape, cb)
         else:
-            meta["shards"] = _extract_dask(client, model, dataset, layer, pooling, store, n,
-                                           batch_size, chunks[0], ref_shape, callback)
-        labels = np.asarray(dataset.labels)
-        feats = Features(arr, list(dataset.ids), labels, tuple(dataset.class_names), layer,
-                         pooling, key, meta)
-        if workdir is None:
-            return feats
-        write_json(workdir / "meta.json", feats._meta())
-        if target is None:  # Dask without a cache: read back into memory
-            feats.array, feats.path = feats.values, None
-            return feats
-        if target.exists():
-            shutil.rmtree(target)
-        workdir.rename(target)
-        workdir = None
-        return Features.load(target)
+            shards = _extract_dask(client, model, dataset, layers, pooling, stores, n, batch_size,
+                                   rows, ref_shape, callback)
+        out = {}
+        for k in layers:
+            meta = {**base_meta, "width": widths[k]}
+            if shards is not None:
+                meta["shards"] = shards
+            feats = Features(arrays[k], list(dataset.ids), np.asarray(dataset.labels),
+                             tuple(dataset.class_names), k, pooling, keys[k], meta)
+            if not workdirs:
+                out[k] = feats
+                continue
+            write_json(workdirs[k] / "meta.json", feats._meta())
+            if targets[k] is None:  # Dask without a cache: read back into memory
+                feats.array, feats.path = feats.values, None
+                out[k] = feats
+                continue
+            if targets[k].exists():
+                shutil.rmtree(targets[k])
+            workdirs.pop(k).rename(targets[k])
+            out[k] = Features.load(targets[k])
+        return out
     finally:
-        if workdir is not None and workdir.exists():
-            shutil.rmtree(workdir)
+        for w in workdirs.values():
+            if w.exists():
+                shutil.rmtree(w)
 
 
-def _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, chunk, ref_shape,
+def _extract_dask(client, model, dataset, layers, pooling, stores, n, batch_size, chunk, ref_shape,
                   callback):
     from distributed import as_completed
 
@@ -345,8 +396,8 @@ def _extract_dask(client, model, dataset, layer, pooling, store, n, batch_size, 
     per = -(-n_chunks // workers)
     bounds = [(s * chunk, min(n, (s + per) * chunk)) for s in range(0, n_chunks, per)]
     model_f, data_f = client.scatter([model, dataset], broadcast=True, hash=False)
-    futures = [client.submit(_shard_task, model_f, data_f, layer, pooling, store, a, b, batch_size,
-                             ref_shape, 1, pure=False) for a, b in bounds]
+    futures = [client.submit(_shard_task, model_f, data_f, layers, pooling, stores, a, b,
+                             batch_size, ref_shape, 1, pure=False) for a, b in bounds]
     done = 0
     for fut in as_completed(futures):
         done += fut.result()

@@ -16,8 +16,10 @@ import numpy as np
 
 from convlens.embed import _reduce
 from convlens.embed._cluster import (
+    check_clusters_for_classes,
     check_labels,
     check_n_clusters,
+    check_n_init,
     cluster_scores,
     confusion_matrix,
     kmeans,
@@ -91,9 +93,12 @@ class ClusterMap:
 
 def cluster_map(features, n_clusters: int | None = None, *, labels=None, ids: Sequence[str] | None = None,
                 class_names: Sequence[str] = (), n_components: int = 50, method: str = "tsne",
-                perplexity: float = 30.0, n_iter: int = 500, seed: int = 0) -> ClusterMap:
-    """The full pipeline: PCA to ``n_components``, a 2-D map (t-SNE, UMAP, or the first two
-    principal components), k-means with ``n_clusters`` on the map, and scores when labelled.
+                perplexity: float = 30.0, n_iter: int = 500, seed: int = 0, whiten: bool = False,
+                n_init: int = 10) -> ClusterMap:
+    """The full pipeline: PCA to ``n_components`` (``whiten``: every component scaled to unit
+    variance), a 2-D map (t-SNE, UMAP, or the first two principal components), k-means with
+    ``n_clusters`` (``n_init`` restarts) on the map, and scores when labelled (one-to-one and
+    many-to-one accuracy, NMI, ARI).
 
     ``features`` is an array or a :class:`Features` (whose labels, ids and class names are used
     when not given)."""
@@ -104,7 +109,10 @@ def cluster_map(features, n_clusters: int | None = None, *, labels=None, ids: Se
     if has_labels:
         check_labels(labels)
     k = _n_clusters(n_clusters, labels if has_labels else None, x.shape[0])
-    z, _ = pca_reduce(x, n_components, seed=seed)
+    if has_labels:
+        check_clusters_for_classes(k, np.asarray(labels))
+    check_n_init(n_init)
+    z, _ = pca_reduce(x, n_components, seed=seed, whiten=whiten)
     reducer = None
     if method == "tsne":
         reducer = TSNE(perplexity=perplexity, n_iter=n_iter, seed=seed)
@@ -114,12 +122,13 @@ def cluster_map(features, n_clusters: int | None = None, *, labels=None, ids: Se
         coords = reducer.fit_transform(z)
     else:
         coords = z[:, :2] if z.shape[1] >= 2 else np.c_[z, np.zeros(len(z))]
-    clusters = kmeans(coords, k, seed=seed)
+    clusters = kmeans(coords, k, seed=seed, n_init=n_init)
     lab = np.asarray(labels if labels is not None else np.full(x.shape[0], -1), dtype=np.int64)
     params = {"n_clusters": k, "n_components": int(z.shape[1]), "method": method,
-              "perplexity": perplexity, "n_iter": n_iter, "seed": seed}
+              "perplexity": perplexity, "n_iter": n_iter, "seed": seed, "whiten": whiten,
+              "n_init": n_init}
     out = ClusterMap(np.asarray(coords, dtype=np.float32), clusters, lab, list(ids), tuple(class_names),
-                     f"PCA/{MAP_NAMES[method]}/k-means",
+                     pipeline_name(f"PCA/{MAP_NAMES[method]}/k-means", whiten),
                      params, reducer=reducer)
     if has_labels:
         out.scores = cluster_scores(lab, clusters).to_dict()
@@ -144,22 +153,44 @@ def _unpack(features, labels, ids, class_names):
     return x, labels, ids, tuple(class_names)
 
 
+METRICS = ("accuracy", "accuracy_m2o", "nmi", "ari")
+CRITERIA = ("silhouette", "stability")
+
+
+def pipeline_name(p: str, whiten: bool) -> str:
+    """``PCA/k-means`` -> ``PCA-whitened/k-means`` when whitened (``k-means`` has no PCA)."""
+    return p.replace("PCA", "PCA-whitened", 1) if whiten else p
+
+
 @dataclass
 class PipelineTable:
-    """Scores of each pipeline at each seed; :meth:`summary` gives mean ± std (Table 1)."""
+    """Each pipeline at each seed on one layer; :meth:`summary` gives mean ± std (Table 1).
+
+    ``runs``: ``{pipeline, seed, seconds}`` plus, with labels, ``accuracy`` (one-to-one,
+    Hungarian), ``accuracy_m2o`` (many-to-one: each cluster to its majority class), ``nmi``,
+    ``ari``. ``criteria[pipeline]``: label-free scores of the clustering, used to choose a layer
+    without labels (:mod:`convlens.embed._layerpick`)."""
 
     layer: str
-    runs: list[dict]  # {pipeline, seed, accuracy, nmi, ari, seconds}
+    runs: list[dict]
     params: dict = field(default_factory=dict)
+    criteria: dict = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.runs) and "accuracy" in self.runs[0]
 
     def summary(self) -> list[dict]:
         rows = []
+        metrics = [m for m in (*METRICS, "seconds") if self.runs and m in self.runs[0]]
         for p in dict.fromkeys(r["pipeline"] for r in self.runs):
             rs = [r for r in self.runs if r["pipeline"] == p]
             row = {"pipeline": f"{self.layer}/{p}", "seeds": len(rs)}
-            for m in ("accuracy", "nmi", "ari", "seconds"):
+            for m in metrics:
                 v = np.array([r[m] for r in rs], dtype=float)
                 row[f"{m}_mean"], row[f"{m}_std"] = float(v.mean()), float(v.std(ddof=1) if len(v) > 1 else 0.0)
+            for c, v in self.criteria.get(p, {}).items():
+                row[c] = v
             rows.append(row)
         return rows
 
@@ -172,11 +203,8 @@ class PipelineTable:
         return buf.getvalue()
 
     def to_markdown(self) -> str:
-        lines = ["| pipeline | accuracy (%) | NMI | ARI | seconds |", "|---|---|---|---|---|"]
-        for r in self.summary():
-            lines.append(f"| {r['pipeline']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
-                         f"| {r['nmi_mean']:.3f} ± {r['nmi_std']:.3f} | {r['ari_mean']:.3f} ± {r['ari_std']:.3f} "
-                         f"| {r['seconds_mean']:.2f} |")
+        lines = [markdown_header(self.labelled)]
+        lines += [markdown_row(r, self.labelled) for r in self.summary()]
         seeds = self.summary()[0]["seeds"] if self.runs else 0
         lines.append(f"\nMean ± standard deviation over {seeds} seeds; {self.params}.")
         return "\n".join(lines) + "\n"
@@ -186,54 +214,132 @@ class PipelineTable:
         write_text(folder / "pipelines.csv", self.to_csv())
         write_text(folder / "pipelines.md", self.to_markdown())
         return write_json(folder / "pipelines.json", {"layer": self.layer, "runs": self.runs,
-                                                      "params": self.params})
+                                                      "params": self.params, "criteria": self.criteria})
 
     @classmethod
     def load(cls, folder: str | Path) -> PipelineTable:
         d = read_json(Path(folder) / "pipelines.json")
-        return cls(d["layer"], d["runs"], d["params"])
+        return cls(d["layer"], d["runs"], d["params"], d.get("criteria", {}))
+
+
+def markdown_header(labelled: bool) -> str:
+    if labelled:
+        return ("| pipeline | accuracy one-to-one (%) | accuracy many-to-one (%) | NMI | ARI | "
+                "silhouette | stability | seconds |\n|---|---|---|---|---|---|---|---|")
+    return "| pipeline | silhouette | stability | seconds |\n|---|---|---|---|"
+
+
+def _num(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def markdown_row(r: dict, labelled: bool) -> str:
+    crit = f"| {_num(r.get('silhouette'))} | {_num(r.get('stability'))} "
+    if not labelled:
+        return f"| {r['pipeline']} {crit}| {r['seconds_mean']:.2f} |"
+    return (f"| {r['pipeline']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
+            f"| {100 * r['accuracy_m2o_mean']:.1f} ± {100 * r['accuracy_m2o_std']:.1f} "
+            f"| {r['nmi_mean']:.3f} ± {r['nmi_std']:.3f} | {r['ari_mean']:.3f} ± {r['ari_std']:.3f} "
+            f"{crit}| {r['seconds_mean']:.2f} |")
+
+
+def _stability(clusterings: list[np.ndarray]) -> float:
+    """Mean adjusted Rand index between every pair of clusterings (1: the seeds agree)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    pairs = [(a, b) for i, a in enumerate(clusterings) for b in clusterings[i + 1:]]
+    return float(np.mean([adjusted_rand_score(a, b) for a, b in pairs])) if pairs else float("nan")
+
+
+def _silhouette(space: np.ndarray, clusters: np.ndarray, seed: int, sample: int = 2000) -> float:
+    """Silhouette of ``clusters`` in the space k-means worked in (a seeded sample of at most
+    ``sample`` points: the cost is quadratic)."""
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(clusters)) < 2:
+        return float("nan")
+    n = len(space)
+    return float(silhouette_score(space, clusters, sample_size=min(n, sample), random_state=seed))
 
 
 def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds: int | Sequence[int] = 5,
                   n_components: int = 50, perplexity: float = 30.0, n_iter: int = 500,
                   pipelines: Sequence[str] = PIPELINES, layer: str | None = None,
+                  whiten: bool = False, n_init: int = 10,
                   callback: Callable[[int, int], None] | None = None) -> PipelineTable:
-    """Each pipeline of Table 1 at each seed (PCA, t-SNE and k-means all reseeded).
+    """Each pipeline of Table 1 at each seed, scored when labelled (one-to-one and many-to-one
+    accuracy, NMI, ARI) and by label-free criteria (silhouette, agreement across seeds).
+
+    The work a seed does not change is done once and shared by every seed: the PCA (fitted once,
+    with seed 0) and the t-SNE map (PCA initialisation and, below 10 000 images, exact
+    neighbours: deterministic). The seeds vary k-means' initialisation, so
+    the spread over seeds is that of k-means. ``whiten`` scales every principal component to unit
+    variance before k-means or t-SNE (Cohn & Holm); ``n_init`` k-means restarts per run.
 
     Returns a :class:`PipelineTable`; ``callback(done, total)`` after each run."""
     x, labels, _, _ = _unpack(features, labels, None, ())
     layer = layer or getattr(features, "layer", "L")
-    if labels is None:
-        raise ValueError("the pipelines are scored against labels, and these images have none")
-    y, _ = check_labels(labels)
+    y = None
+    if labels is not None and (np.asarray(labels) >= 0).all():
+        y, _ = check_labels(labels)
+    elif labels is not None and n_clusters is None:
+        raise ValueError("the pipelines are scored against labels, and these images have none: "
+                         "give the number of clusters to run them unscored")
     k = _n_clusters(n_clusters, y, x.shape[0])
+    if y is not None:
+        check_clusters_for_classes(k, y)
+    check_n_init(n_init)
     unknown = [p for p in pipelines if p not in PIPELINES]
     if unknown:
         raise ValueError(f"unknown pipelines {unknown}: choose from {', '.join(PIPELINES)}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("give at least one seed")
+    if "k-means" in pipelines and _on_disk(x):
+        raise ValueError(f"the {x.shape} features do not fit in memory: k-means on them "
+                         "directly is not possible; run the PCA pipelines only")
+    spaces, shared = _spaces(x, pipelines, n_components, whiten, perplexity, n_iter, seed_list[0])
     runs, total = [], len(seed_list) * len(pipelines)
-    for s in seed_list:
-        z = None
-        for p in pipelines:
+    found: dict[str, list[np.ndarray]] = {p: [] for p in pipelines}
+    criteria: dict[str, dict] = {}
+    for p in pipelines:
+        name = pipeline_name(p, whiten)
+        sil = []
+        for s in seed_list:
             t0 = time.perf_counter()
-            if p == "k-means":
-                if _on_disk(x):
-                    raise ValueError(f"the {x.shape} features do not fit in memory: k-means on them "
-                                     "directly is not possible; run the PCA pipelines only")
-                c = kmeans(x, k, seed=s)
-            else:
-                if z is None:
-                    z, _ = pca_reduce(x, n_components, seed=s)
-                if p == "PCA/k-means":
-                    c = kmeans(z, k, seed=s)
-                else:
-                    c = kmeans(TSNE(perplexity=perplexity, n_iter=n_iter, seed=s).fit_transform(z), k, seed=s)
-            runs.append({"pipeline": p, "seed": s, **cluster_scores(y, c).to_dict(),
-                         "seconds": time.perf_counter() - t0})
+            c = kmeans(spaces[p], k, seed=s, n_init=n_init)
+            found[p].append(c)
+            run = {"pipeline": name, "seed": s,
+                   "seconds": time.perf_counter() - t0 + shared[p] / len(seed_list)}
+            if y is not None:
+                run.update(cluster_scores(y, c).to_dict())
+            runs.append(run)
+            sil.append(_silhouette(spaces[p], c, s))
             if callback:
                 callback(len(runs), total)
+        stab = _stability(found[p])
+        criteria[name] = {"silhouette": None if np.isnan(sil).all() else float(np.nanmean(sil)),
+                          "stability": None if np.isnan(stab) else stab}  # None: JSON has no NaN
     return PipelineTable(layer, runs, {"n_clusters": k, "n_components": n_components,
                                        "perplexity": perplexity, "n_iter": n_iter, "images": x.shape[0],
-                                       "dims": int(x.shape[1])})
+                                       "dims": int(x.shape[1]), "whiten": whiten, "n_init": n_init},
+                         criteria)
+
+
+def _spaces(x, pipelines, n_components, whiten, perplexity, n_iter, seed):
+    """The space each pipeline runs k-means in, and the seconds spent making it (once)."""
+    spaces, shared = {}, {}
+    if "k-means" in pipelines:
+        spaces["k-means"], shared["k-means"] = np.asarray(x, dtype=np.float32), 0.0
+    if "PCA/k-means" in pipelines or "PCA/t-SNE/k-means" in pipelines:
+        t0 = time.perf_counter()
+        z, _ = pca_reduce(x, n_components, seed=0, whiten=whiten)
+        z = np.asarray(z, dtype=np.float32)
+        t_pca = time.perf_counter() - t0
+        spaces["PCA/k-means"], shared["PCA/k-means"] = z, t_pca
+        if "PCA/t-SNE/k-means" in pipelines:
+            t0 = time.perf_counter()
+            spaces["PCA/t-SNE/k-means"] = TSNE(perplexity=perplexity, n_iter=n_iter,
+                                               seed=seed).fit_transform(z).astype(np.float32)
+            shared["PCA/t-SNE/k-means"] = t_pca + time.perf_counter() - t0
+    return spaces, shared

@@ -63,21 +63,36 @@ def pca_streamed(x, n_components: int, *, rows: int | None = None) -> tuple[np.n
     return z, pca
 
 
-def pca_reduce(x, n_components: int = 50, *, seed: int = 0) -> tuple[np.ndarray, object]:
+def pca_reduce(x, n_components: int = 50, *, seed: int = 0, whiten: bool = False
+               ) -> tuple[np.ndarray, object]:
     """``(scores, fitted PCA)`` with ``min(n_components, N, D)`` components. An on-disk (Zarr)
-    array over :data:`IN_MEMORY_LIMIT` bytes is reduced chunk by chunk (:func:`pca_streamed`)."""
+    array over :data:`IN_MEMORY_LIMIT` bytes is reduced chunk by chunk (:func:`pca_streamed`).
+
+    ``whiten``: each component's scores divided by its standard deviation (the square root of
+    its explained variance), so every component has unit variance -- scikit-learn's
+    ``PCA(whiten=True)``; Cohn & Holm's pipeline whitens before k-means."""
     from sklearn.decomposition import PCA
 
     if n_components < 1:
         raise ValueError(f"n_components must be at least 1, got {n_components}")
     if _on_disk(x) and _nbytes(x) > IN_MEMORY_LIMIT:
         log.info("PCA of %s features on disk, chunk by chunk", x.shape)
-        return pca_streamed(x, n_components)
+        z, pca = pca_streamed(x, n_components)
+        return (whitened(z, pca.explained_variance_) if whiten else z), pca
     k = min(n_components, *x.shape)
     if k < n_components:
         log.info("PCA: %d components asked, %d possible (min of images, values)", n_components, k)
     pca = PCA(n_components=k, random_state=seed, svd_solver="auto")
-    return pca.fit_transform(x), pca
+    z = pca.fit_transform(x)
+    return (whitened(z, pca.explained_variance_) if whiten else z), pca
+
+
+def whitened(scores: np.ndarray, explained_variance: np.ndarray) -> np.ndarray:
+    """PCA scores scaled to unit variance per component; a component with no variance (constant
+    features) stays zero instead of dividing by zero."""
+    sd = np.sqrt(np.asarray(explained_variance, dtype=np.float64))
+    scale = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > np.finfo(np.float32).eps * sd.max())
+    return (scores * scale).astype(scores.dtype, copy=False)
 
 
 @dataclass
@@ -121,6 +136,11 @@ def scree(x, labels=None, n_clusters: int | None = None, *, ks: Sequence[int] | 
     return out
 
 
+# Below this many points t-SNE's nearest neighbours are found exactly (scikit-learn's brute
+# force): 2 000 x 50 takes 0.16 s of CPU against 1.6 s for openTSNE's Annoy index.
+EXACT_NEIGHBORS_BELOW = 10_000
+
+
 class TSNE:
     """t-SNE through openTSNE (FFT-accelerated); new points go into the fitted map with
     :meth:`transform` instead of recomputing it.
@@ -134,11 +154,15 @@ class TSNE:
     seed : random state
     n_jobs : threads for openTSNE
     callback : ``callback(iteration, kl_divergence, embedding) -> stop?`` every 50 iterations
+    neighbors : ``"auto"`` (exact nearest neighbours below :data:`EXACT_NEIGHBORS_BELOW` points,
+        where they are ~10x cheaper than openTSNE's default approximate index; approximate
+        above), or any method name openTSNE takes (``"exact"``, ``"annoy"``, ``"pynndescent"``)
     """
 
     def __init__(self, *, perplexity: float = 30.0, n_iter: int = 500, early_exaggeration_iter: int = 250,
                  initialization: str | np.ndarray = "pca", seed: int = 0, n_jobs: int = 1,
-                 callback: Callable | None = None):
+                 callback: Callable | None = None, neighbors: str = "auto"):
+        self.neighbors = neighbors
         self.perplexity = perplexity
         self.n_iter = n_iter
         self.early_exaggeration_iter = early_exaggeration_iter
@@ -153,6 +177,11 @@ class TSNE:
         if 3 * self.perplexity >= n:
             raise ValueError(f"perplexity {self.perplexity} is too large for {n} images: it must be "
                              f"below {(n - 1) / 3:.1f} (one third of the images)")
+
+    def _neighbors(self, n: int) -> str:
+        if self.neighbors != "auto":
+            return self.neighbors
+        return "exact" if n < EXACT_NEIGHBORS_BELOW else "auto"
 
     def fit(self, x, y=None) -> TSNE:
         import openTSNE
@@ -169,7 +198,8 @@ class TSNE:
         self.embedding_ = openTSNE.TSNE(
             perplexity=self.perplexity, n_iter=self.n_iter, initialization=init,
             early_exaggeration_iter=self.early_exaggeration_iter, random_state=self.seed,
-            n_jobs=self.n_jobs, callbacks=cbs, callbacks_every_iters=50).fit(x)
+            n_jobs=self.n_jobs, callbacks=cbs, callbacks_every_iters=50,
+            neighbors=self._neighbors(len(x))).fit(x)
         return self
 
     def fit_transform(self, x, y=None) -> np.ndarray:

@@ -1,11 +1,14 @@
-"""The report's embedding section: images clustered by the penultimate layer's features
-(PCA -> t-SNE -> k-means, Kitahara & Holm), the three pipelines' table, and an interactive map
-page (``embed.html``) where hovering a point shows its image.
+"""The report's embedding section: images clustered by a layer's features (PCA -> t-SNE ->
+k-means, Kitahara & Holm), the layer chosen among the network's block outputs (Table 1 on each,
+from one pass over the images), the three pipelines' table, and an interactive map page
+(``embed.html``) where hovering a point shows its image.
 
-Options (``config["embed"]``): ``layer`` (default: the layer feeding the last linear/conv
-layer), ``pooling`` (``avg``), ``images`` (a seeded sample of at most this many, default 300, and never
-more than the section's budget of images), ``seeds`` (2),
-``perplexity`` (30), ``components`` (50).
+Options (``config["embed"]``): ``layer`` (``auto``, the default: every block output, one chosen
+without labels as ``convlens embed --layer auto`` does; ``default``: the pooled features before
+the classifier head; a name or a list), ``pooling`` (``avg``), ``images`` (a seeded sample of at
+most this many, default 300, and never more than the section's budget of images), ``seeds`` (2),
+``perplexity`` (30), ``components`` (50), ``whiten`` (false), ``n_init`` (10), ``clusters``
+(default: the number of classes), ``criterion`` (``silhouette``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from markupsafe import Markup
 
+from convlens.embed._pipeline import _num
 from convlens.files import read_json, save_figure, write_json
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
@@ -20,15 +24,11 @@ from convlens.report._html import csv_table, figure
 NAME = "embed"
 
 
-def default_layer(net) -> str:
-    """The leaf module just before the last Linear/Conv2d: the penultimate representation."""
-    from torch import nn
+def default_layer(net_or_model) -> str:
+    """The pooled feature vector before the classifier head (see :func:`convlens.embed.default_layer`)."""
+    from convlens.embed import default_layer as default
 
-    leaves = [(n, m) for n, m in net.named_modules() if n and not list(m.children())]
-    last = max((i for i, (_, m) in enumerate(leaves) if isinstance(m, (nn.Linear, nn.Conv2d))), default=None)
-    if last is None or last == 0:
-        raise ValueError("cannot choose a layer for the embedding: give config['embed']['layer']")
-    return leaves[last - 1][0]
+    return default(net_or_model)
 
 
 def _compute(ctx: Context) -> None:
@@ -39,66 +39,124 @@ def _compute(ctx: Context) -> None:
         _compute_sized(ctx)
 
 
+def _layers(ctx: Context, opt: dict) -> tuple[list[str], str]:
+    from convlens.embed import block_outputs
+    from convlens.embed._layerpick import resolve_layers
+
+    spec = opt.get("layer") or "auto"
+    if isinstance(spec, (list, tuple)):
+        spec = ",".join(spec)
+    if spec == "auto" and len(block_outputs(ctx.model)) < 2:
+        spec = "default"  # one block: nothing to choose between
+    return resolve_layers(ctx.model, spec)
+
+
 def _compute_sized(ctx: Context) -> None:
     from convlens.data import conform
     from convlens.embed import (
         cluster_map,
-        extract_features,
+        extract_layers,
         plot_confusion,
         plot_map,
+        run_layers,
         run_pipelines,
         write_thumbnails,
     )
+    from convlens.embed._layerpick import choose_layer, describe_features
 
     opt = ctx.options(NAME)
     out = ctx.dir(NAME)
-    layer = opt.get("layer") or default_layer(ctx.model.net)
+    layers, how = _layers(ctx, opt)
     n = min(int(opt.get("images", 300)), ctx.budget_for(NAME).images)  # t-SNE time grows with n
     ds = conform(ctx.dataset.sample(max(n, 12), seed=ctx.seed), ctx.model)
-    feats = extract_features(ctx.model, ds, layer, pooling=opt.get("pooling", "avg"))
-    labelled = bool((feats.labels >= 0).all()) and len(np.unique(feats.labels)) > 1
-    k = int(opt.get("clusters") or (len(np.unique(feats.labels)) if labelled else 8))
-    k = min(k, len(feats))
-    perplexity = float(min(opt.get("perplexity", 30.0), (len(feats) - 2) / 3))
-    result = cluster_map(feats, k, n_components=int(opt.get("components", 50)), perplexity=perplexity,
-                         seed=ctx.seed)
+    pooling = opt.get("pooling", "avg")
+    all_feats = extract_layers(ctx.model, ds, layers, pooling=pooling)
+    first = all_feats[layers[0]]
+    labelled = bool((first.labels >= 0).all()) and len(np.unique(first.labels)) > 1
+    k = int(opt.get("clusters") or (len(np.unique(first.labels)) if labelled else 8))
+    k = min(k, len(first))
+    perplexity = float(min(opt.get("perplexity", 30.0), (len(first) - 2) / 3))
+    whiten, n_init = bool(opt.get("whiten", False)), int(opt.get("n_init", 10))
+    seeds, comps = int(opt.get("seeds", 2)), int(opt.get("components", 50))
+    words = describe_features(ctx.model, all_feats, pooling)
+    info: dict = {"whiten": whiten, "layers": layers}
+    if len(layers) > 1:
+        lt = run_layers(all_feats, None, k, seeds=max(2, seeds), whiten=whiten, n_init=n_init,
+                        n_components=comps, perplexity=perplexity,
+                        criterion=opt.get("criterion", "silhouette"), descriptions=words)
+        lt.save(out)
+        layer, why = choose_layer(lt, how, whiten)
+        info["choice"] = why
+        info["layer_table"] = [
+            {"layer": lay, "features": words[lay], **row} for p in lt.pipelines for lay in lt.layers
+            for row in lt.tables[lay].summary() if row["pipeline"] == f"{lay}/{p}"]
+    else:
+        layer = layers[0]
+    feats = all_feats[layer]
+    result = cluster_map(feats, k, n_components=comps, perplexity=perplexity, seed=ctx.seed,
+                         whiten=whiten, n_init=n_init)
     result.save(out / "map")
-    info = {"layer": layer, "images": len(feats), "dims": feats.shape[1], "scores": result.scores,
-            "params": result.params, "pipeline": result.pipeline}
+    info.update({"layer": layer, "layer_words": words[layer], "images": len(feats),
+                 "dims": feats.shape[1], "scores": result.scores, "params": result.params,
+                 "pipeline": result.pipeline})
     if labelled:
         save_figure(plot_map(result, "label"), out / "map_label.png")
         save_figure(plot_confusion(result.confusion, result.class_names), out / "confusion.png")
-        table = run_pipelines(feats, n_clusters=k, seeds=int(opt.get("seeds", 2)), perplexity=perplexity,
-                              n_components=int(opt.get("components", 50)), layer=layer)
-        table.save(out)
-        info["table"] = table.summary()
+        if len(layers) == 1:
+            table = run_pipelines(feats, n_clusters=k, seeds=seeds, perplexity=perplexity,
+                                  n_components=comps, layer=layer, whiten=whiten, n_init=n_init)
+            table.save(out)
+            info["table"] = table.summary()
+        else:
+            info["table"] = [r for r in info["layer_table"] if r["layer"] == layer]
     else:
         save_figure(plot_map(result, "cluster"), out / "map_cluster.png")
     write_thumbnails(ds, out / "thumbs", size=48)
     write_json(out / "result.json", info)
 
 
+def _pct(row: dict, key: str) -> str:
+    if f"{key}_mean" not in row:
+        return ""
+    return f"{100 * row[f'{key}_mean']:.1f} ± {100 * row[f'{key}_std']:.1f}"
+
+
 def _render(ctx: Context) -> Markup:
     out = ctx.out / NAME
     r = read_json(out / "result.json")
-    parts = [Markup("<p>{} images through layer <b>{}</b> ({} values each), reduced by {} "
-                    "(k = {}).</p>").format(r["images"], r["layer"], r["dims"], r["pipeline"],
-                                           r["params"]["n_clusters"])]
+    parts = [Markup("<p>{} images through the {} (layer <b>{}</b>), reduced by {} (k = {}).</p>").format(
+        r["images"], r.get("layer_words", f"layer {r['layer']}"), r["layer"], r["pipeline"],
+        r["params"]["n_clusters"])]
+    if r.get("choice"):
+        parts.append(Markup("<p>{}</p>").format(r["choice"]))
     if r.get("scores"):
         s = r["scores"]
-        parts.append(Markup("<p>Accuracy after matching clusters to classes <span class=metric>{:.1%}"
-                            "</span>, NMI {:.3f}, ARI {:.3f}.</p>").format(s["accuracy"], s["nmi"], s["ari"]))
+        parts.append(Markup("<p>Accuracy after matching clusters to classes one-to-one (Hungarian) "
+                            "<span class=metric>{:.1%}</span>, many-to-one (each cluster to its "
+                            "majority class) {:.1%}, NMI {:.3f}, ARI {:.3f}.</p>").format(
+            s["accuracy"], s.get("accuracy_m2o", float("nan")), s["nmi"], s["ari"]))
         parts.append(figure(f"{NAME}/map_label.png", "t-SNE map coloured by class; crosses: images "
                             "whose cluster is matched to another class (Kitahara & Holm, Fig. 5)."))
-        rows = [[t["pipeline"], f"{100 * t['accuracy_mean']:.1f} ± {100 * t['accuracy_std']:.1f}",
-                 f"{t['nmi_mean']:.3f}", f"{t['ari_mean']:.3f}", t["seeds"]] for t in r.get("table", [])]
+        rows = [[t["pipeline"], _pct(t, "accuracy"), _pct(t, "accuracy_m2o"), f"{t['nmi_mean']:.3f}",
+                 f"{t['ari_mean']:.3f}", t["seeds"]] for t in r.get("table", [])]
         if rows:
-            parts.append(csv_table(out, "pipelines_table", ["pipeline", "accuracy (%)", "NMI", "ARI", "seeds"],
-                                   rows, "The three pipelines of Kitahara & Holm's Table 1"))
+            parts.append(csv_table(out, "pipelines_table", [
+                "pipeline", "accuracy one-to-one (%)", "accuracy many-to-one (%)", "NMI", "ARI",
+                "seeds"], rows, "The three pipelines of Kitahara & Holm's Table 1 on the chosen layer"))
         parts.append(figure(f"{NAME}/confusion.png", "Confusion matrix: true class against the "
                             "class matched to the cluster (Fig. 7)."))
     else:
         parts.append(figure(f"{NAME}/map_cluster.png", "t-SNE map coloured by k-means cluster."))
+    if r.get("layer_table"):
+        cols = ["layer", "features", "pipeline", "accuracy one-to-one (%)", "accuracy many-to-one (%)",
+                "silhouette", "stability"]
+        rows = [[t["layer"], t["features"], t["pipeline"].split("/", 1)[1] if "/" in t["pipeline"]
+                 else t["pipeline"], _pct(t, "accuracy"), _pct(t, "accuracy_m2o"),
+                 _num(t.get("silhouette")), _num(t.get("stability"))]
+                for t in r["layer_table"]]
+        parts.append(csv_table(out, "layers_table", cols, rows,
+                               "Table 1 on every block output (one pass over the images); silhouette "
+                               "and stability need no labels and choose the layer without them"))
     parts.append(Markup('<p><a href="{}">Interactive map</a>: hover a point to see its image.</p>').format(
         f"{NAME}.html"))
     _write_page(ctx, r)

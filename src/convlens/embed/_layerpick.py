@@ -1,0 +1,218 @@
+"""Table 1 on every candidate layer, the best layer with labels, and a layer chosen without them.
+
+With labels the best layer of a pipeline is the one with the highest mean accuracy (one-to-one
+when there are as many clusters as classes, many-to-one when there are more). Without labels a
+label-free criterion of the clustering picks it (:data:`CRITERIA`):
+
+- ``silhouette``: the mean silhouette of the k-means clusters in the space k-means ran in (the
+  features, the principal components, or the t-SNE map): how far apart the clusters are against
+  how spread out each is;
+- ``stability``: the agreement (mean pairwise adjusted Rand index) of the clusterings from
+  different seeds.
+
+Which criterion agrees best with the labelled choice was measured (docs/notes/issue-17.md):
+``silhouette`` is the default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convlens.embed._pipeline import (
+    CRITERIA,
+    PIPELINES,
+    PipelineTable,
+    markdown_header,
+    markdown_row,
+    pipeline_name,
+    run_pipelines,
+)
+from convlens.files import read_json, write_json, write_text
+
+DEFAULT_CRITERION = "silhouette"
+
+
+def _check_criterion(criterion: str) -> str:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown layer criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+    return criterion
+
+
+@dataclass
+class LayerTable:
+    """One :class:`PipelineTable` per layer (in network order), the words describing each
+    layer's features, and the criterion that picks a layer without labels."""
+
+    tables: dict[str, PipelineTable]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    criterion: str = DEFAULT_CRITERION
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.tables)
+
+    @property
+    def labelled(self) -> bool:
+        return all(t.labelled for t in self.tables.values())
+
+    @property
+    def pipelines(self) -> list[str]:
+        first = next(iter(self.tables.values()))
+        return list(dict.fromkeys(r["pipeline"] for r in first.runs))
+
+    def metric(self) -> str:
+        """``accuracy`` (one-to-one) with as many clusters as classes, else ``accuracy_m2o``."""
+        t = next(iter(self.tables.values()))
+        return "accuracy_m2o" if t.params.get("n_clusters", 0) > t.params.get("n_classes", 0) else "accuracy"
+
+    def _row(self, layer: str, pipeline: str) -> dict:
+        return next(r for r in self.tables[layer].summary() if r["pipeline"] == f"{layer}/{pipeline}")
+
+    def scores(self, pipeline: str, key: str) -> dict[str, float]:
+        """``{layer: value}`` of a summary column (``accuracy_mean``, ``silhouette``, ...)."""
+        values = {layer: self._row(layer, pipeline).get(key) for layer in self.layers}
+        return {k: math.nan if v is None else float(v) for k, v in values.items()}
+
+    def best(self, pipeline: str) -> str | None:
+        """The layer with the highest mean accuracy (None without labels)."""
+        if not self.labelled:
+            return None
+        acc = self.scores(pipeline, f"{self.metric()}_mean")
+        return max(acc, key=acc.get)
+
+    def pick(self, pipeline: str, criterion: str | None = None) -> str:
+        """The layer the label-free criterion prefers (the first in network order on ties)."""
+        crit = self.scores(pipeline, _check_criterion(criterion or self.criterion))
+        ok = {k: v for k, v in crit.items() if not math.isnan(v)}
+        if not ok:
+            raise ValueError(f"no layer has a {criterion or self.criterion} score (one seed gives no "
+                             "stability: run two or more, or use silhouette)")
+        return max(ok, key=ok.get)
+
+    def explain(self, pipeline: str) -> str:
+        """Why the label-free pick was made, in a sentence or two (for pages and the console)."""
+        c = self.criterion
+        crit = self.scores(pipeline, c)
+        pick = self.pick(pipeline)
+        ranked = sorted((v, k) for k, v in crit.items() if not math.isnan(v))[::-1]
+        runner = ranked[1] if len(ranked) > 1 else None
+        what = {"silhouette": "mean silhouette of its k-means clusters (how well separated the "
+                              "clusters are against how spread out each is; 1 is best)",
+                "stability": "agreement of its k-means clusterings across seeds (mean pairwise "
+                             "adjusted Rand index; 1: every seed gives the same clusters)"}[c]
+        text = (f"Without labels, {pick} is chosen for {pipeline}: it has the highest {what}, "
+                f"{crit[pick]:.3f}")
+        text += f", against {runner[0]:.3f} for the next, {runner[1]}." if runner else "."
+        best = self.best(pipeline)
+        if best is not None:
+            acc = self.scores(pipeline, f"{self.metric()}_mean")
+            kind = "many-to-one" if self.metric() == "accuracy_m2o" else "one-to-one"
+            text += (f" With the labels the best layer is {best} ({100 * acc[best]:.1f} % {kind} "
+                     f"accuracy); the chosen layer reaches {100 * acc[pick]:.1f} %.")
+        return text
+
+    def to_markdown(self) -> str:
+        lab = self.labelled
+        lines = [markdown_header(lab).replace("| pipeline |", "| layer | features | pipeline |", 1)
+                 .replace("|---|", "|---|---|---|", 1)]
+        for p in self.pipelines:
+            for layer in self.layers:
+                row = markdown_row(self._row(layer, p), lab).replace(f"| {layer}/{p} ", "", 1)
+                lines.append(f"| {layer} | {self.descriptions.get(layer, '')} | {p} {row}")
+        lines.append("")
+        for p in self.pipelines:
+            lines.append(f"- {p}: {self.explain(p)}")
+        first = next(iter(self.tables.values()))
+        lines.append(f"\nMean ± standard deviation over {first.summary()[0]['seeds']} seeds; "
+                     f"{first.params}.")
+        return "\n".join(lines) + "\n"
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        write_text(folder / "layers.md", self.to_markdown())
+        return write_json(folder / "layers.json", {
+            "criterion": self.criterion, "descriptions": self.descriptions,
+            "tables": {k: {"layer": t.layer, "runs": t.runs, "params": t.params,
+                           "criteria": t.criteria} for k, t in self.tables.items()}})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> LayerTable:
+        d = read_json(Path(folder) / "layers.json")
+        tables = {k: PipelineTable(v["layer"], v["runs"], v["params"], v["criteria"])
+                  for k, v in d["tables"].items()}
+        return cls(tables, d["descriptions"], d["criterion"])
+
+
+def run_layers(features: Mapping[str, object], labels=None, n_clusters: int | None = None, *,
+               seeds: int | Sequence[int] = 5, pipelines: Sequence[str] = PIPELINES,
+               whiten: bool = False, n_init: int = 10, n_components: int = 50,
+               perplexity: float = 30.0, n_iter: int = 500, criterion: str = DEFAULT_CRITERION,
+               descriptions: Mapping[str, str] | None = None,
+               callback: Callable[[int, int], None] | None = None) -> LayerTable:
+    """:func:`run_pipelines` on every layer of ``features`` (``{layer: Features or array}``,
+    from :func:`extract_layers`: one pass over the images), the same seeds and clusters for
+    each. ``callback(done, total)`` after each run, over all layers."""
+    _check_criterion(criterion)
+    if len(features) < 1:
+        raise ValueError("give the features of at least one layer")
+    seed_n = seeds if isinstance(seeds, int) else len(list(seeds))
+    total = len(features) * len(pipelines) * seed_n
+    tables, done = {}, 0
+    for layer, f in features.items():
+        def cb(d, t, base=done):
+            if callback:
+                callback(base + d, total)
+
+        t = run_pipelines(f, labels, n_clusters, seeds=seeds, pipelines=pipelines, layer=layer,
+                          whiten=whiten, n_init=n_init, n_components=n_components,
+                          perplexity=perplexity, n_iter=n_iter, callback=cb)
+        y = labels if labels is not None else getattr(f, "labels", None)
+        if y is not None and (np.asarray(y) >= 0).all():
+            t.params["n_classes"] = int(len(np.unique(y)))
+        tables[layer] = t
+        done += len(t.runs)
+    return LayerTable(tables, dict(descriptions or {}), criterion)
+
+
+def full_pipeline(whiten: bool = False) -> str:
+    """The name of the pipeline the map is drawn from, as it appears in the tables."""
+    return pipeline_name("PCA/t-SNE/k-means", whiten)
+
+
+def resolve_layers(model, layer: str) -> tuple[list[str], str]:
+    """``(layers to extract, how to choose among them)``: ``one`` (a single layer), ``auto``
+    (the label-free pick) or ``best`` (the labelled best, else the pick)."""
+    from convlens.embed._layers import candidate_layers, default_layer
+
+    text = (layer or "default").strip()
+    if text == "default":
+        return [default_layer(model)], "one"
+    if text in ("auto", "all"):
+        return [b.name for b in candidate_layers(model)], "auto" if text == "auto" else "best"
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--layer {layer!r} names no layer: give a name, a comma-separated list, "
+                         "auto, all or default")
+    return names, "one" if len(names) == 1 else "best"
+
+
+def describe_features(m, feats: dict, pooling: str) -> dict[str, str]:
+    from convlens.embed._layers import describe_feature
+    from convlens.summary import layer_shapes
+
+    shapes = layer_shapes(m, list(feats))
+    return {k: describe_feature(k, pooling, shapes[k], f.shape[1]) for k, f in feats.items()}
+
+
+def choose_layer(table, how: str, whiten: bool) -> tuple[str, str]:
+    """The layer to draw the map on and why, in words."""
+    p = full_pipeline(whiten)
+    if how == "best" and table.labelled:
+        best = table.best(p)
+        return best, f"{best}: the best layer for {p} with the labels. " + table.explain(p)
+    return table.pick(p), table.explain(p)

@@ -125,7 +125,8 @@ def compare(model, images, methods=COMPARE_METHODS, target=None, *, masks: np.nd
         for r in rows:
             r[5] = float(s.spearman[r[0]][-1].mean())
             r[6] = float(s.random_label[r[0]].mean())
-    rows = [[r[0], *[round(v, 4) if isinstance(v, float) and not np.isnan(v) else v for v in r[1:]]] for r in rows]
+    # NaN (a metric that does not apply) becomes None: an empty CSV cell, JSON null
+    rows = [[r[0], *[None if np.isnan(v) else round(v, 4) for v in r[1:]]] for r in rows]
     return Comparison(list(methods), rows, maps, x.cpu().numpy(), targets.numpy(), names,
                       {"model": model.name, "steps": steps, "sanity_images": sanity_images, "seed": seed})
 

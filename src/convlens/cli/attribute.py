@@ -290,11 +290,14 @@ def _image_set(spec: str, m, index, limit: int | None, resize: str | None, seed:
     if not files:
         x, names = _images(spec, m, index, resize)
         return (x if limit is None else x[:limit]), names[: len(x) if limit is None else limit], None
-    if limit is not None and limit < len(files):
-        rng = np.random.default_rng(seed)
-        files = [files[i] for i in sorted(rng.choice(len(files), limit, replace=False))]
-    x = torch.cat([_images(str(p), m, None, resize)[0] for p in files])
     pairs = mask_pairs(path)
+    if limit is not None and limit < len(files):  # a seeded sample that keeps the images with masks
+        rng = np.random.default_rng(seed)
+        masked = [p for p in files if p in pairs][:limit]
+        rest = [p for p in files if p not in pairs]
+        pick = rng.choice(len(rest), limit - len(masked), replace=False) if limit > len(masked) else []
+        files = sorted(masked + [rest[i] for i in pick])
+    x = torch.cat([_images(str(p), m, None, resize)[0] for p in files])
     size = tuple(x.shape[-2:])
     masks = np.stack([read_mask(pairs[p], size) if p in pairs else np.zeros(size, bool) for p in files])
     return x, [p.stem for p in files], (masks if masks.any() else None)

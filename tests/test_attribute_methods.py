@@ -291,3 +291,26 @@ def test_bad_inputs_are_named(lenet, digits):
     scripted = load_model(torch.jit.script(lenet.net), input_spec=lenet.spec)
     with pytest.raises(ValueError, match="TorchScript"):
         sanity_check(scripted, x, ["saliency"])
+
+
+def test_cli_bad_inputs_one_line_exit_2(tmp_path, lenet):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    np.save(tmp_path / "rgb.npy", np.zeros((3, 28, 28), np.float32))
+    scripted = tmp_path / "lenet-script.pt"
+    torch.jit.script(lenet.net).save(str(scripted))
+    cases = [
+        (["attribute", "lenet-digits", "digits", "--method", "gradcam", "--layer", "fc1"], "'fc1' has no spatial extent"),
+        (["attribute", "lenet-digits", "digits", "--method", "integrated-gradients",
+          "--option", f"integrated-gradients.baseline={tmp_path / 'rgb.npy'}"], "baseline of shape 3x28x28"),
+        (["attribute", "lenet-digits", "digits", "--label", "12"], "class 12 is out of range"),
+        (["sanity", str(scripted), "digits", "--input-spec", "unit-gray",
+          "--limit", "2", "--method", "saliency"], "TorchScript"),
+    ]
+    for args, msg in cases:
+        r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+        assert r.exit_code == 2, (args, r.output)
+        assert msg in r.output and "Traceback" not in r.output, r.output
+        assert r.output.strip().count("\n") <= 2, r.output  # one message (wrapped at most)

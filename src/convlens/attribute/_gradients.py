@@ -79,7 +79,14 @@ def guided_map(model, x, targets) -> torch.Tensor:
 def make_baseline(x: torch.Tensor, baseline, seed: int = 0) -> torch.Tensor:
     """A baseline ``(N, C, H, W)`` for integrated gradients: ``"black"`` (0), ``"white"`` (1),
     ``"mean"`` (each image's mean colour), ``"blur"`` (Gaussian, sigma 5 px), ``"uniform"``
-    (seeded noise in [0, 1]), a number, or an array of one image's or the batch's shape."""
+    (seeded noise in [0, 1]), a number, an array of one image's or the batch's shape, or a
+    ``.npy`` file holding one."""
+    if isinstance(baseline, str) and baseline.endswith(".npy"):
+        from pathlib import Path
+
+        if not Path(baseline).is_file():
+            raise FileNotFoundError(f"baseline file not found: {baseline}")
+        baseline = np.load(baseline, allow_pickle=False)
     if isinstance(baseline, str):
         if baseline == "black":
             return torch.zeros_like(x)

@@ -270,7 +270,8 @@ def test_pointing_game_with_tolerance():
     masks = np.zeros((2, 10, 10), dtype=bool)
     masks[:, 1:4, 1:4] = True
     assert pointing_game(maps, masks, tolerance=0).tolist() == [True, False]
-    assert pointing_game(maps, masks, tolerance=6).tolist() == [True, True]
+    assert pointing_game(maps, masks, tolerance=7).tolist() == [True, False]  # (8, 8) is 5 * 2 ** 0.5 from (3, 3)
+    assert pointing_game(maps, masks, tolerance=7.1).tolist() == [True, True]
 
 
 # -- bad input ------------------------------------------------------------------------------------

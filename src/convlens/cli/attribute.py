@@ -383,14 +383,21 @@ def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index:
                 label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: each image's predicted class).")] = None,
                 layer: LayerOpt = None, option: OptionOpt = None,
                 steps: Annotated[int, typer.Option(help="Points on each deletion / insertion curve.")] = 20,
+                road_steps: Annotated[int, typer.Option(help="ROAD: shares removed, evenly from 0.1 to 0.9.")] = 9,
                 sanity_images: SanityImagesOpt = 4, seed: SeedOpt = 0,
                 out: OutOpt = Path("results/compare"), weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
                 classes: ClassesOpt = None, trust_pickle: TrustOpt = False, resize: ResizeOpt = None):
     """Methods x metrics on the same images: deletion, insertion, ROAD MoRF/LeRF, the sanity
     check's Spearman after full randomization, the pointing game (where masks exist) and time
     per image, as a table (CSV) and the maps side by side."""
+    import numpy as np
+
     from convlens.attribute._compare import COMPARE_METHODS, compare, plot_comparison
     from convlens.files import write_json
+
+    if road_steps < 1:
+        raise ValueError(f"--road-steps must be positive, got {road_steps}")
+    fractions = np.round(np.linspace(0.1, 0.9, road_steps), 3) if road_steps > 1 else np.array([0.5])
 
     m = _model(model, weights, input_spec, classes, trust_pickle)
     x, names, masks = _image_set(data, m, index, limit, resize, seed)
@@ -398,7 +405,8 @@ def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index:
     opts = _method_options(option, layer, methods)
     opts.setdefault("scorecam", {}).setdefault("channels", 64)
     with progress_bar(f"compare {len(methods)} methods on {len(x)} images") as update:
-        c = compare(m, x, methods, label, masks=masks, names=names, steps=steps, sanity_images=sanity_images,
+        c = compare(m, x, methods, label, masks=masks, names=names, steps=steps, fractions=fractions,
+                    sanity_images=sanity_images,
                     options=opts, seed=seed,
                     callback=lambda stage, d, t: update(completed=d, total=t, info=stage))
     c.write_csv(out / "compare.csv")

@@ -1,8 +1,12 @@
 """What in an image excites a unit: DeconvNet, guided backprop, saliency, top images,
-activation grids, LIME, occlusion, deletion/insertion curves, monitoring over training.
+activation grids, LIME, occlusion, deletion/insertion curves, monitoring over training; one
+registry of attribution maps (:func:`attribute`, :data:`METHODS`: saliency, guided backprop,
+integrated gradients, SmoothGrad, Grad-CAM, guided Grad-CAM, Grad-CAM++, Score-CAM, Eigen-CAM,
+occlusion, LIME, references), Adebayo et al.'s sanity checks, ROAD and the pointing game.
 
 Figures are made from results by the ``plot_*`` functions."""
 
+from convlens.attribute import _cam, _gradients, _perturbation  # noqa: E402,F401,I001  (register the built-in methods)
 from convlens.attribute._backprop import (
     RULES,
     Projection,
@@ -42,9 +46,24 @@ from convlens.attribute._plot import (
     plot_top_images,
     projection_image,
 )
+from convlens.attribute._pointing import concept_masks, mask_pairs, pointing_game, read_mask
+from convlens.attribute._registry import (
+    METHODS,
+    Attribution,
+    Method,
+    attribute,
+    get_method,
+    method_names,
+    register_method,
+)
+from convlens.attribute._road import RoadCurve, impute, road
+from convlens.attribute._sanity import SanityResult, plot_sanity, sanity_check, spearman, ssim
 from convlens.attribute._top import TopImages, project_top, top_images
 
 __all__ = [
+    "METHODS", "Attribution", "Method", "RoadCurve", "SanityResult", "attribute", "concept_masks",
+    "get_method", "impute", "mask_pairs", "method_names", "plot_sanity", "pointing_game", "read_mask",
+    "register_method", "road", "sanity_check", "spearman", "ssim",
     "RULES", "ActivationGrid", "Curve", "LimeResult", "OcclusionResult", "Projection", "TopImages",
     "UnitMonitor", "activation_grid", "attribution_maps", "compare_methods", "backproject", "blurred", "check_images", "deconvnet",
     "deletion_curve", "fit_local_model", "guided_backprop", "insertion_curve", "lime", "monitor_unit",

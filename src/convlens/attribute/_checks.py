@@ -46,7 +46,9 @@ def resolve_class(model, target) -> int:
 
 
 def _n_outputs(model) -> int:
-    with torch.no_grad():
+    from convlens.probe import frozen
+
+    with frozen(model.net), torch.no_grad():  # eval mode: a BatchNorm in train mode would update
         return int(model(model.example_input(1)).shape[1])
 
 

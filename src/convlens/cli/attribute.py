@@ -236,3 +236,182 @@ def monitor_cmd(run: Annotated[Path, typer.Argument(help="A training run folder 
         mon = monitor_unit(run, ds, unit, k=k, every=every, device=device, callback=lambda d, t: update(completed=d, total=t))
     mon.save(out)
     _save(plot_monitor(mon), out, "monitor.png")
+
+
+# -- the attribution registry: attribute, methods, sanity, compare ---------------------------------
+MethodOpt = Annotated[list[str] | None, typer.Option(
+    "--method", "-m", help="Attribution method (repeatable; `convlens methods` lists them).")]
+LayerOpt = Annotated[str | None, typer.Option(
+    "--layer", help="Layer for CAM methods (default: the deepest layer with spatial maps).")]
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    "--option", help="A method's option METHOD.NAME=VALUE, e.g. scorecam.channels=64 (repeatable).")]
+SanityImagesOpt = Annotated[int, typer.Option(help="Images of the cascading randomization test (0: skip).")]
+
+
+def _method_options(items: list[str] | None, layer: str | None, methods: list[str]) -> dict[str, dict]:
+    """``{method: {name: value}}`` from ``METHOD.NAME=VALUE`` items (numbers parsed), plus the
+    layer for every CAM method."""
+    from convlens.attribute import get_method
+
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        mth, dot, name = key.partition(".")
+        if not (eq and dot and name):
+            raise ValueError(f"--option {item!r}: write METHOD.NAME=VALUE, e.g. scorecam.channels=64")
+        get_method(mth)
+        try:
+            v: object = int(value)
+        except ValueError:
+            try:
+                v = float(value)
+            except ValueError:
+                v = value
+        out.setdefault(mth, {})[name] = v
+    if layer is not None:
+        for mth in methods:
+            if get_method(mth).takes_layer:
+                out.setdefault(mth, {})["layer"] = layer
+    return out
+
+
+def _image_set(spec: str, m, index, limit: int | None, resize: str | None, seed: int):
+    """Images, names and pointing-game masks (``None`` without any) of an image file, a flat
+    folder of images (``NAME_mask.EXT`` beside ``NAME.EXT`` is that image's mask) or a dataset."""
+    import numpy as np
+    import torch
+
+    from convlens.attribute import mask_pairs, read_mask
+    from convlens.attribute._pointing import MASK_SUFFIX
+    from convlens.data._io import IMAGE_SUFFIXES
+
+    path = Path(spec)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.stem.endswith(MASK_SUFFIX)) if path.is_dir() else []
+    if not files:
+        x, names = _images(spec, m, index, resize)
+        return (x if limit is None else x[:limit]), names[: len(x) if limit is None else limit], None
+    pairs = mask_pairs(path)
+    if limit is not None and limit < len(files):  # a seeded sample that keeps the images with masks
+        rng = np.random.default_rng(seed)
+        masked = [p for p in files if p in pairs][:limit]
+        rest = [p for p in files if p not in pairs]
+        pick = rng.choice(len(rest), limit - len(masked), replace=False) if limit > len(masked) else []
+        files = sorted(masked + [rest[i] for i in pick])
+    x = torch.cat([_images(str(p), m, None, resize)[0] for p in files])
+    size = tuple(x.shape[-2:])
+    masks = np.stack([read_mask(pairs[p], size) if p in pairs else np.zeros(size, bool) for p in files])
+    return x, [p.stem for p in files], (masks if masks.any() else None)
+
+
+@command(app, "methods")
+def methods_cmd():
+    """List the attribution methods of the registry (for --method)."""
+    from convlens.attribute import METHODS, method_names
+
+    for name in method_names():
+        mth = METHODS[name]
+        opts = ", ".join(mth.options())
+        console.print(f"{name:22s} {mth.kind:12s} {mth.summary}" + (f"  [options: {opts}]" if opts else ""),
+                      highlight=False)
+
+
+@command(app, "attribute")
+def attribute_cmd(model: ModelArg, image: ImageArg, method: MethodOpt = None, index: IndexOpt = None,
+                  label: Annotated[str | None, typer.Option("--label", "-l", help="Class or unit LAYER:INDEX (default: predicted class).")] = None,
+                  layer: LayerOpt = None, option: OptionOpt = None,
+                  out: OutOpt = Path("results/attribute"), weights: WeightsOpt = None,
+                  input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                  resize: ResizeOpt = None):
+    """Attribution maps of any registered method(s) (default Grad-CAM): NPZ + a figure."""
+    from convlens.attribute import attribute
+    from convlens.attribute._compare import Comparison, plot_comparison
+    from convlens.files import save_result
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names = _images(image, m, index, resize)
+    methods = method or ["gradcam"]
+    opts = _method_options(option, layer, methods)
+    maps, targets = {}, None
+    for name in methods:
+        a = attribute(m, x, label, method=name, **opts.get(name, {}))
+        maps[name] = a.maps
+        targets = a.targets
+        save_result(out / name, "attribution", {"maps": a.maps, "targets": a.targets},
+                    {"method": name, "layer": a.layer, "seconds": a.seconds, "options": a.options})
+        console.print(f"{name}{' at ' + a.layer if a.layer else ''}: {a.seconds / len(x):.3f} s per image")
+    c = Comparison(methods, [], maps, x.cpu().numpy(), targets, names)
+    _save(plot_comparison(c), out, "maps.png")
+
+
+def _sanity_mode(mode: str) -> str:
+    if mode not in ("cascading", "independent"):
+        raise ValueError(f"--mode must be cascading or independent, got {mode!r}")
+    return mode
+
+
+@command(app, "sanity")
+def sanity_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None,
+               mode: Annotated[str, typer.Option(help="cascading (top layer down) or independent (one layer at a time).")] = "cascading",
+               limit: Annotated[int, typer.Option(help="Images (a seeded sample).")] = 8,
+               layer: LayerOpt = None, option: OptionOpt = None, seed: SeedOpt = 0,
+               out: OutOpt = Path("results/sanity"), weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
+               classes: ClassesOpt = None, trust_pickle: TrustOpt = False, resize: ResizeOpt = None):
+    """Adebayo et al.'s model-randomization sanity check: Spearman and SSIM between each method's
+    map and the map after each randomization step (their Fig. 2), and for a random label."""
+    from convlens.attribute import plot_sanity, sanity_check
+    from convlens.attribute._compare import write_csv
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names, _ = _image_set(data, m, None, limit, resize, seed)
+    methods = method or ["saliency", "guided-backprop", "integrated-gradients", "smoothgrad", "gradcam",
+                         "guided-gradcam", "edge"]
+    opts = _method_options(option, layer, methods)
+    with progress_bar(f"{_sanity_mode(mode)} randomization") as update:
+        r = sanity_check(m, x, methods, mode=mode, seed=seed, options=opts,
+                         callback=lambda d, t: update(completed=d, total=t))
+    r.save(out)
+    write_csv(out / f"sanity-{mode}.csv", ["method", "randomized", "spearman", "ssim"], r.rows())
+    _save(plot_sanity(r), out, f"sanity-{mode}.png")
+    for k in methods:
+        console.print(f"{k:22s} spearman after {r.layers[-1]}: {r.spearman[k][-1].mean():.3f}; "
+                      f"random label: {r.random_label[k].mean():.3f}", highlight=False)
+
+
+@command(app, "compare")
+def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index: IndexOpt = None,
+                limit: Annotated[int | None, typer.Option(help="Use a seeded sample of this many images.")] = None,
+                label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: each image's predicted class).")] = None,
+                layer: LayerOpt = None, option: OptionOpt = None,
+                steps: Annotated[int, typer.Option(help="Points on each deletion / insertion curve.")] = 20,
+                road_steps: Annotated[int, typer.Option(help="ROAD: shares removed, evenly from 0.1 to 0.9.")] = 9,
+                sanity_images: SanityImagesOpt = 4, seed: SeedOpt = 0,
+                out: OutOpt = Path("results/compare"), weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
+                classes: ClassesOpt = None, trust_pickle: TrustOpt = False, resize: ResizeOpt = None):
+    """Methods x metrics on the same images: deletion, insertion, ROAD MoRF/LeRF, the sanity
+    check's Spearman after full randomization, the pointing game (where masks exist) and time
+    per image, as a table (CSV) and the maps side by side."""
+    import numpy as np
+
+    from convlens.attribute._compare import COMPARE_METHODS, compare, plot_comparison
+    from convlens.files import write_json
+
+    if road_steps < 1:
+        raise ValueError(f"--road-steps must be positive, got {road_steps}")
+    fractions = np.round(np.linspace(0.1, 0.9, road_steps), 3) if road_steps > 1 else np.array([0.5])
+
+    m = _model(model, weights, input_spec, classes, trust_pickle)
+    x, names, masks = _image_set(data, m, index, limit, resize, seed)
+    methods = method or list(COMPARE_METHODS)
+    opts = _method_options(option, layer, methods)
+    opts.setdefault("scorecam", {}).setdefault("channels", 64)
+    with progress_bar(f"compare {len(methods)} methods on {len(x)} images") as update:
+        c = compare(m, x, methods, label, masks=masks, names=names, steps=steps, fractions=fractions,
+                    sanity_images=sanity_images,
+                    options=opts, seed=seed,
+                    callback=lambda stage, d, t: update(completed=d, total=t, info=stage))
+    c.write_csv(out / "compare.csv")
+    write_json(out / "compare.json", {"rows": c.rows, "names": names, "targets": c.targets.tolist(),
+                                      "options": opts, "meta": c.meta})
+    _save(plot_comparison(c), out, "maps.png")
+    console.print(c.markdown(), highlight=False, markup=False)

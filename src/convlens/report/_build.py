@@ -129,6 +129,7 @@ SECTION_MODULES = [
     "convlens.report.inverse_section",
     "convlens.report.topology_section",
     "convlens.report.attribution_section",
+    "convlens.report.compare_section",
     "convlens.report.adversarial_section",
 ]
 

@@ -320,15 +320,14 @@ def methods_cmd():
 def attribute_cmd(model: ModelArg, image: ImageArg, method: MethodOpt = None, index: IndexOpt = None,
                   label: Annotated[str | None, typer.Option("--label", "-l", help="Class or unit LAYER:INDEX (default: predicted class).")] = None,
                   layer: LayerOpt = None, option: OptionOpt = None,
-                  out: OutOpt = Path("results/attribute"), weights: WeightsOpt = None,
-                  input_spec: InputSpecOpt = None, classes: ClassesOpt = None, trust_pickle: TrustOpt = False,
+                  out: OutOpt = Path("results/attribute"), model_opts: ModelOptions = ModelOptions(),
                   resize: ResizeOpt = None):
     """Attribution maps of any registered method(s) (default Grad-CAM): NPZ + a figure."""
     from convlens.attribute import attribute
     from convlens.attribute._compare import Comparison, plot_comparison
     from convlens.files import save_result
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names = _images(image, m, index, resize)
     methods = method or ["gradcam"]
     opts = _method_options(option, layer, methods)
@@ -355,14 +354,13 @@ def sanity_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None,
                mode: Annotated[str, typer.Option(help="cascading (top layer down) or independent (one layer at a time).")] = "cascading",
                limit: Annotated[int, typer.Option(help="Images (a seeded sample).")] = 8,
                layer: LayerOpt = None, option: OptionOpt = None, seed: SeedOpt = 0,
-               out: OutOpt = Path("results/sanity"), weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
-               classes: ClassesOpt = None, trust_pickle: TrustOpt = False, resize: ResizeOpt = None):
+               out: OutOpt = Path("results/sanity"), model_opts: ModelOptions = ModelOptions(), resize: ResizeOpt = None):
     """Adebayo et al.'s model-randomization sanity check: Spearman and SSIM between each method's
     map and the map after each randomization step (their Fig. 2), and for a random label."""
     from convlens.attribute import plot_sanity, sanity_check
     from convlens.attribute._compare import write_csv
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names, _ = _image_set(data, m, None, limit, resize, seed)
     methods = method or ["saliency", "guided-backprop", "integrated-gradients", "smoothgrad", "gradcam",
                          "guided-gradcam", "edge"]
@@ -386,8 +384,7 @@ def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index:
                 steps: Annotated[int, typer.Option(help="Points on each deletion / insertion curve.")] = 20,
                 road_steps: Annotated[int, typer.Option(help="ROAD: shares removed, evenly from 0.1 to 0.9.")] = 9,
                 sanity_images: SanityImagesOpt = 4, seed: SeedOpt = 0,
-                out: OutOpt = Path("results/compare"), weights: WeightsOpt = None, input_spec: InputSpecOpt = None,
-                classes: ClassesOpt = None, trust_pickle: TrustOpt = False, resize: ResizeOpt = None):
+                out: OutOpt = Path("results/compare"), model_opts: ModelOptions = ModelOptions(), resize: ResizeOpt = None):
     """Methods x metrics on the same images: deletion, insertion, ROAD MoRF/LeRF, the sanity
     check's Spearman after full randomization, the pointing game (where masks exist) and time
     per image, as a table (CSV) and the maps side by side."""
@@ -400,7 +397,7 @@ def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index:
         raise ValueError(f"--road-steps must be positive, got {road_steps}")
     fractions = np.round(np.linspace(0.1, 0.9, road_steps), 3) if road_steps > 1 else np.array([0.5])
 
-    m = _model(model, weights, input_spec, classes, trust_pickle)
+    m = model_opts.open(model)
     x, names, masks = _image_set(data, m, index, limit, resize, seed)
     methods = method or list(COMPARE_METHODS)
     opts = _method_options(option, layer, methods)

@@ -17,20 +17,21 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "convlens"
 
-# Lower floors are used by higher ones, never the other way round.
+# Lower floors are used by higher ones, never the other way round (DESIGN.md draws the same table).
 FLOORS: dict[str, int] = {
     "inputspec": 0, "files": 0, "figures": 0, "units": 0, "fast": 0, "parallel": 0, "progress": 0,
     "devices": 0,
     "nets": 1, "probe": 1, "data": 1,
-    "model": 2, "summary": 2, "runner": 2,
-    "training": 3, "optimize": 3,
-    "attribute": 4, "dissect": 4, "embed": 4, "topology": 4,
-    "visualize": 5, "adversarial": 5,
-    "generative": 6,
-    "report": 7,
-    "cli": 8,
-    "convlens": 9,  # the package's own __init__ re-exports the public API
-    "__main__": 10,  # python -m convlens
+    "runner": 2,
+    "model": 3, "summary": 3,
+    "training": 4, "optimize": 4,
+    "attribute": 5, "dissect": 5, "embed": 5, "topology": 5,
+    "visualize": 6, "adversarial": 6,
+    "generative": 7,
+    "report": 8,
+    "cli": 9,
+    "convlens": 10,  # the package's own __init__ re-exports the public API
+    "__main__": 11,  # python -m convlens
 }
 MAX_FUNCTION_LINES = 60
 # Functions still over the limit, to be split (issue 21). The list may only shrink: a new long

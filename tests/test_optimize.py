@@ -360,22 +360,23 @@ def _no_warning():
 
 
 def test_fused_input_normalisation_matches_the_spec():
-    """The engine's one-op normalisation (channel mix + bias) against InputSpec.normalize, value
-    and gradient, for an RGB, a BGR 0-255 and a grey spec."""
+    """The one normalisation (channel mix + bias, convlens.runner.normalize, used by Model.__call__
+    and every runner) against InputSpec.normalize, value and gradient, for an RGB, a BGR 0-255
+    and a grey spec."""
     from convlens.inputspec import PRESETS
-    from convlens.optimize._render import _Normalized
+    from convlens.runner import normalize
 
     for name, c in (("imagenet", 3), ("caffe", 3), ("unit-gray", 1)):
         net = nn.Sequential(nn.Conv2d(c, 4, 3), nn.Flatten())
-        m = Model(net, PRESETS[name], name)
+        spec = PRESETS[name]
+        m = Model(net, spec, name)
         x = torch.rand(3, c, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
         w = torch.randn(3, 4 * 36, generator=torch.Generator().manual_seed(1))
-        fused = _Normalized(m)
-        assert fused.identity == (name == "unit-gray")
-        (fused(x) * w).sum().backward()
-        g, x.grad = x.grad.clone(), None
+        assert (normalize(spec, x) is x) == (name == "unit-gray")  # identity: untouched
         (m(x) * w).sum().backward()
-        torch.testing.assert_close(fused(x), m(x), rtol=1e-5, atol=1e-4)
+        g, x.grad = x.grad.clone(), None
+        (net(spec.normalize(x)) * w).sum().backward()
+        torch.testing.assert_close(m(x), net(spec.normalize(x)), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-4)
 
 

@@ -46,7 +46,7 @@ class Model:
     """An ``nn.Module`` with the :class:`InputSpec` it expects.
 
     Calling the model takes images in display space (``[0, 1]``, RGB or grey) and applies the
-    spec's normalisation first; ``model.net`` is the untouched module, whose layer names are the
+    spec's normalisation first (one pass, as given); ``model.net`` is the untouched module, whose layer names are the
     ones every convlens function takes.
     """
 
@@ -59,7 +59,13 @@ class Model:
         self.meta = dict(meta or {})
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.spec.normalize(x))
+        """One differentiable forward pass over ``x`` as given (no chunking): the spec's
+        normalisation (:func:`convlens.runner.normalize`), then the network. For many inputs use
+        :func:`convlens.runner.outputs` / :class:`convlens.runner.Runner`, which batch to the
+        memory budget."""
+        from convlens.runner import normalize
+
+        return self.net(normalize(self.spec, x))
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, input={self.spec.channels}x{self.spec.size[0]}x{self.spec.size[1]})"

@@ -164,36 +164,17 @@ class Capture:
         return dict(self.outputs)
 
 
-def capture(
-    model,
-    x: torch.Tensor,
-    layers: str | list[str],
-    *,
-    stop: bool = True,
-    inputs: bool = False,
-    grad: bool = False,
-) -> dict[str, torch.Tensor]:
-    """One forward pass of ``model`` (a :class:`convlens.Model` or callable over ``model.net``)
-    on ``x``, returning ``{layer: tensor}``. The network is left in the mode it was in."""
-    net = model.net if hasattr(model, "net") else model
-    with frozen(net), Capture(net, layers, stop=stop, inputs=inputs, detach=not grad) as cap:
-        with torch.set_grad_enabled(grad):
-            return cap.run(model, x)
+def capture(model, x: torch.Tensor, layers: str | list[str], **kwargs) -> dict[str, torch.Tensor]:
+    """``{layer: tensor}`` for every input of ``x``: :func:`convlens.runner.capture` (the one
+    evaluation path: normalisation, device, precision and chunks within the memory budget)."""
+    from convlens.runner import capture as run_capture
+
+    return run_capture(model, x, layers, **kwargs)
 
 
-def forward_batches(
-    model,
-    images: Iterable[torch.Tensor],
-    layers: str | list[str],
-    *,
-    stop: bool = True,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture ``layers`` for each batch of ``images``; hooks are registered once. The network
-    runs channels-last in float32 (:func:`convlens.fast.fast`: the same activations up to
-    rounding, about twice as fast on CPU); the outputs are handed back contiguous."""
-    from convlens.fast import fast
+def forward_batches(model, images: Iterable[torch.Tensor], layers: str | list[str], **kwargs
+                    ) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture ``layers`` for each batch of ``images``: :func:`convlens.runner.forward_batches`."""
+    from convlens.runner import forward_batches as run_batches
 
-    net = model.net
-    with frozen(net), fast(net), Capture(net, layers, stop=stop) as cap, torch.no_grad():
-        for x in images:
-            yield {k: v.contiguous() for k, v in cap.run(model, x.to(model.device)).items()}
+    return run_batches(model, images, layers, **kwargs)

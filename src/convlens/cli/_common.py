@@ -40,6 +40,9 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use a seeded random sample of this many images.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+MemoryOpt = Annotated[str | None, typer.Option(
+    "--memory", help="Memory budget for running the network, e.g. 512MB or 2GB (default: half the "
+                     "available RAM, at most 4 GiB): larger requests run in chunks that fit it.")]
 
 
 
@@ -113,12 +116,17 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
 
     A command with an ``out`` folder also gets ``--overwrite``: the folder is checked before any
     work (not a file, writable, empty unless ``--overwrite``: see :mod:`convlens.cli._output`);
-    on a user error nothing new is left in it and a previous run's files are put back."""
+    on a user error nothing new is left in it and a previous run's files are put back.
+
+    Every command takes ``--memory`` (:data:`MemoryOpt`, declared here once): it runs inside
+    :func:`convlens.runner.memory_budget`. A command that declares its own ``memory`` parameter
+    receives the value as well."""
 
     def wrap(fn: Callable) -> Callable:
         fn = _expand_groups(fn)
         sig = inspect.signature(fn, eval_str=True)
         has_out = "out" in sig.parameters
+        own_memory = "memory" in sig.parameters
 
         @functools.wraps(fn)
         def run(*a, **kw):
@@ -126,6 +134,7 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
 
             setup_logging()
             overwrite = kw.pop("overwrite", False) if has_out else False
+            memory = kw.get("memory") if own_memory else kw.pop("memory", None)
             folder = None
             try:
                 check_counts(kw)
@@ -134,7 +143,13 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
                         folder = OutputFolder(Path(kw["out"]), overwrite=overwrite,
                                               resumable=_resumable(fn.__name__, kw))
                         folder.prepare()
-                    result = fn(*a, **kw)
+                    if memory is None:
+                        result = fn(*a, **kw)
+                    else:  # imported only when asked: `convlens --help` stays fast
+                        from convlens.runner import memory_budget
+
+                        with memory_budget(memory):
+                            result = fn(*a, **kw)
                 if folder is not None:
                     folder.commit()
                 return result
@@ -150,15 +165,20 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
                 console.print("[yellow]interrupted[/]: finished results were kept; run again to resume")
                 raise typer.Exit(130) from None
 
+        extra = []
         if has_out:
-            extra = inspect.Parameter(
+            extra.append(inspect.Parameter(
                 "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False,
                 annotation=Annotated[bool, typer.Option(
                     "--overwrite", help="Reuse a non-empty --out folder: the previous run's files "
-                                        "are replaced (restored if this run fails).")])
+                                        "are replaced (restored if this run fails).")]))
+        if not own_memory:
+            extra.append(inspect.Parameter("memory", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                           annotation=MemoryOpt))
+        if extra:
             params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.VAR_KEYWORD else p
                       for p in sig.parameters.values()]
-            run.__signature__ = sig.replace(parameters=[*params, extra])
+            run.__signature__ = sig.replace(parameters=[*params, *extra])
         return app.command(*args, **kwargs)(run)
 
     return wrap

@@ -201,9 +201,11 @@ def extract_rows(model, dataset, layer: str, pooling: str, indices: np.ndarray, 
                  callback: Callable[[int], None] | None = None) -> int:
     """Run ``indices`` through ``model`` up to ``layer`` and write their pooled features into
     the matching rows of ``array``. Returns the number of images done."""
-    from convlens.probe import forward_batches
+    from convlens.runner import batch_size as fitting
+    from convlens.runner import forward_batches
 
     done = 0
+    batch_size = fitting(model, [layer], ref_shape, batch_size)  # as many as fit the memory budget
 
     def images():
         for x, _, idx in dataset.batches(batch_size, indices=indices):
@@ -243,6 +245,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     client=None,
     callback: Callable[[int, int], None] | None = None,
+    memory: int | float | str | None = None,
 ) -> Features:
     """Features of ``layer`` for every image of ``dataset`` (already conformed to the model).
 
@@ -252,13 +255,15 @@ def extract_features(
     dataset : a :class:`convlens.ImageDataset` whose images fit the model (see ``conform``)
     layer : a ``named_modules()`` name; the forward pass stops after it
     pooling : ``flatten``, ``avg`` or ``max`` for spatial layers (ignored for vectors)
-    batch_size : images per forward pass
+    batch_size : the most images per forward pass (fewer when the memory budget,
+        ``memory``, allows fewer; the same features either way)
     cache_dir : folder of cached features; the result goes to ``cache_dir/<key>`` and a second
         call with the same weights, layer, images, transforms and pooling reads it back.
         ``None``: kept in memory (or in a temporary folder when ``client`` is given)
     client : a ``distributed.Client`` (see :func:`convlens.parallel.get_client`): the images are
         split into one contiguous shard per worker and every worker writes its own rows
     callback : ``callback(done, total)`` after each batch (single process) or shard (Dask)
+    memory : the memory budget (:mod:`convlens.runner`; default: the current one)
 
     Returns
     -------
@@ -282,6 +287,9 @@ def extract_features(
         return feats
     n = len(dataset)
     ref_shape, width = _probe(model, dataset, layer, pooling)
+    from convlens.runner import batch_size as fitting
+
+    batch_size = fitting(model, [layer], ref_shape, batch_size, memory=memory)  # as many as fit the budget
     meta = {"model": getattr(model, "name", "model"), "weights_hash": model.weights_hash(),
             "dataset": dataset.name, "fingerprint": dataset.fingerprint, "width": width}
     workdir = None
@@ -310,7 +318,10 @@ def extract_features(
                 if callback:
                     callback(done[0], n)
 
-            extract_rows(model, dataset, layer, pooling, np.arange(n), arr, batch_size, ref_shape, cb)
+            from convlens.runner import memory_budget
+
+            with memory_budget(memory):
+                extract_rows(model, dataset, layer, pooling, np.arange(n), arr, batch_size, ref_shape, cb)
         else:
             meta["shards"] = _extract_dask(client, model, dataset, layer, pooling, store, n,
                                            batch_size, chunks[0], ref_shape, callback)

@@ -204,7 +204,21 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
     return None
 
 
-def build_report(
+def build_report(model, dataset, out: str | Path, *, config: dict | str | Path | ReportConfig | None = None,
+                 memory: int | str | None = None, **kwargs) -> Path:
+    """:func:`_build_report` (its docstring has the parameters) inside the memory budget
+    ``memory`` (default: the configuration's ``memory``, else the current one; see
+    :mod:`convlens.runner`). A budget too small for one input of the model fails here, before
+    any section starts."""
+    from convlens.runner import Runner, memory_budget
+
+    cfg = _resolve_config(config, [s.name for s in sections()])
+    with memory_budget(memory if memory is not None else cfg.memory):
+        Runner(model).batch_size((model.spec.channels, *model.spec.size))
+        return _build_report(model, dataset, out, config=cfg, **kwargs)
+
+
+def _build_report(
     model,
     dataset,
     out: str | Path,

@@ -78,6 +78,7 @@ def case(kind: str, n: int, memory: str, size: int, steps: int) -> dict:
         per, const, _ = Runner(m, output=True, grad=True).cost(shape)
         out["all_1000_at_once"] = format_bytes(1000 * per + const)
         out["chunk"] = images_per_render(m, objectives.class_logit([0]), shape, memory=budget)
+        n = n or 2 * out["chunk"]
         base = _rss_now()
         t0, c0 = time.perf_counter(), time.process_time()
         c = class_model(m, list(range(n)), size=128, steps=steps, memory=budget)
@@ -105,13 +106,7 @@ def main() -> None:
     rows = []
     for spec in a.cases.split(","):
         kind, n = spec.split(":")
-        if n == "2chunks":  # two chunks of what fits the budget
-            probe = subprocess.run([sys.executable, "-c", (
-                "import sys; sys.path.insert(0, %r); from bench_runner_memory import _model; "
-                "from convlens.optimize import images_per_render, objectives; "
-                "print(images_per_render(_model(), objectives.class_logit([0]), (3, 128, 128), memory=%r))"
-            ) % (str(Path(__file__).parent), a.memory)], capture_output=True, text=True, check=True)
-            n = str(2 * int(probe.stdout.split()[-1]))
+        n = "0" if n == "2chunks" else n  # 0: two chunks of what fits the budget
         res = subprocess.run([sys.executable, __file__, "--case", f"{kind}:{n}", "--memory", a.memory,
                               "--size", str(a.size), "--steps", str(a.steps)], capture_output=True, text=True)
         if res.returncode:

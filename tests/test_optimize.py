@@ -360,11 +360,17 @@ def _no_warning():
 
 
 def test_fused_input_normalisation_matches_the_spec():
-    """The one normalisation (channel mix + bias, convlens.runner.normalize, used by Model.__call__
-    and every runner) against InputSpec.normalize, value and gradient, for an RGB, a BGR 0-255
-    and a grey spec."""
+    """The one normalisation (InputSpec.normalize: channel mix + bias, used by Model.__call__ and
+    every runner) against the elementwise definition, value and gradient, for an RGB, a BGR
+    0-255 and a grey spec."""
     from convlens.inputspec import PRESETS
-    from convlens.runner import normalize
+
+    def reference(spec, x):  # flip, value range, (x - mean) / std, one step at a time
+        x = x.flip(1) if spec.channel_order == "BGR" else x
+        lo, hi = spec.value_range
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        return (x * (hi - lo) + lo - mean) / std
 
     for name, c in (("imagenet", 3), ("caffe", 3), ("unit-gray", 1)):
         net = nn.Sequential(nn.Conv2d(c, 4, 3), nn.Flatten())
@@ -372,11 +378,11 @@ def test_fused_input_normalisation_matches_the_spec():
         m = Model(net, spec, name)
         x = torch.rand(3, c, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
         w = torch.randn(3, 4 * 36, generator=torch.Generator().manual_seed(1))
-        assert (normalize(spec, x) is x) == (name == "unit-gray")  # identity: untouched
+        assert (spec.normalize(x) is x) == (name == "unit-gray")  # identity: untouched
         (m(x) * w).sum().backward()
         g, x.grad = x.grad.clone(), None
-        (net(spec.normalize(x)) * w).sum().backward()
-        torch.testing.assert_close(m(x), net(spec.normalize(x)), rtol=1e-5, atol=1e-4)
+        (net(reference(spec, x)) * w).sum().backward()
+        torch.testing.assert_close(m(x), net(reference(spec, x)), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-4)
 
 

@@ -60,12 +60,9 @@ class Model:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """One differentiable forward pass over ``x`` as given (no chunking): the spec's
-        normalisation (:func:`convlens.runner.normalize`), then the network. For many inputs use
-        :func:`convlens.runner.outputs` / :class:`convlens.runner.Runner`, which batch to the
-        memory budget."""
-        from convlens.runner import normalize
-
-        return self.net(normalize(self.spec, x))
+        normalisation, then the network. For many inputs use :func:`convlens.runner.outputs` or
+        :class:`convlens.runner.Runner`, which batch to the memory budget."""
+        return self.net(self.spec.normalize(x))
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, input={self.spec.channels}x{self.spec.size[0]}x{self.spec.size[1]})"

@@ -162,19 +162,3 @@ class Capture:
                 "called by forward()); choose layers that the forward pass uses"
             )
         return dict(self.outputs)
-
-
-def capture(model, x: torch.Tensor, layers: str | list[str], **kwargs) -> dict[str, torch.Tensor]:
-    """``{layer: tensor}`` for every input of ``x``: :func:`convlens.runner.capture` (the one
-    evaluation path: normalisation, device, precision and chunks within the memory budget)."""
-    from convlens.runner import capture as run_capture
-
-    return run_capture(model, x, layers, **kwargs)
-
-
-def forward_batches(model, images: Iterable[torch.Tensor], layers: str | list[str], **kwargs
-                    ) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture ``layers`` for each batch of ``images``: :func:`convlens.runner.forward_batches`."""
-    from convlens.runner import forward_batches as run_batches
-
-    return run_batches(model, images, layers, **kwargs)

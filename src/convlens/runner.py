@@ -2,9 +2,8 @@
 
 A runner owns, for one model and the layers in play:
 
-- **input normalisation**: the model's :class:`~convlens.inputspec.InputSpec` applied as one
-  channel mix plus a bias (:meth:`InputSpec.affine`, one ``baddbmm``; :func:`normalize`), the
-  same map as :meth:`InputSpec.normalize` up to float rounding. ``Model.__call__`` uses it too.
+- **input normalisation**: the model's :meth:`InputSpec.normalize <convlens.inputspec.InputSpec.normalize>`
+  (one channel mix plus a bias), the one ``Model.__call__`` uses too.
 - **device**: the model's parameters' device, or the ``device=`` given; inputs are moved there.
 - **precision and memory layout**: :func:`convlens.fast.fast` (channels-last weights, bfloat16
   autocast around the network only when asked), the network in eval mode without parameter
@@ -42,7 +41,6 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -149,30 +147,6 @@ def memory_budget(memory: int | float | str | None) -> Iterator[int]:
         yield _budget.get()
     finally:
         _budget.reset(token)
-
-
-# -- normalisation ------------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def _affine(spec, device: torch.device, dtype: torch.dtype):
-    mix, bias = spec.affine()
-    c = spec.channels
-    if bool((mix == torch.eye(c, dtype=mix.dtype)).all() and (bias == 0).all()):
-        return None
-    return mix.to(device, dtype)[None], bias.to(device, dtype).view(1, c, 1)
-
-
-def normalize(spec, x: torch.Tensor) -> torch.Tensor:
-    """Display-space images ``(N, C, H, W)`` -> the network's input, by ``spec`` (an
-    :class:`~convlens.inputspec.InputSpec`): :meth:`InputSpec.affine` applied as one batched
-    matrix product. Differentiable; the same map as ``spec.normalize`` up to float rounding."""
-    if x.ndim != 4 or x.shape[1] != spec.channels or not x.is_floating_point():
-        return spec.normalize(x)  # its own message for a wrong shape
-    a = _affine(spec, x.device, x.dtype)
-    if a is None:
-        return x
-    mix, bias = a
-    n, c, h, w = x.shape
-    return torch.baddbmm(bias, mix.expand(n, c, c), x.reshape(n, c, h * w)).view(n, c, h, w)
 
 
 # -- measuring a pass ---------------------------------------------------------------------------
@@ -326,7 +300,7 @@ class Runner:
             raise RuntimeError("use the Runner inside a `with` block (or call its map/all)")
         x = x.to(self.device)
         if not normalized and self.spec is not None:
-            x = normalize(self.spec, x.float() if not x.is_floating_point() else x)
+            x = self.spec.normalize(x)
         held: dict[str, torch.Tensor] = {}
 
         def forward(inp):
@@ -506,6 +480,6 @@ def spans(n: int, size: int) -> list[tuple[int, int]]:
 
 __all__ = [
     "GRAD_FACTOR", "OUTPUT", "MemoryBudgetError", "Runner", "available_memory", "batch_size", "capture",
-    "current_memory", "default_memory", "format_bytes", "forward_batches", "memory_budget", "normalize",
+    "current_memory", "default_memory", "format_bytes", "forward_batches", "memory_budget",
     "outputs", "parse_memory", "spans",
 ]

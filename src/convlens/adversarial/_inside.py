@@ -200,20 +200,7 @@ def representation_shift(
     for name in layers:
         get_layer(model.net, name)
     n = len(x)
-    dist = np.zeros((n, len(layers)))
-    change: dict[str, list[np.ndarray]] = {}
-    run = Runner(model, layers)
-    with run:  # the clean and adversarial results of a batch are held together: counted per image
-        shape = tuple(x.shape[1:])
-        batch_size = run.batch_size(shape, batch_size, extra=2 * run.cost(shape)[2]) if n else 1
-        for s in range(0, n, batch_size):
-            a, b = run.step(x[s:s + batch_size]), run.step(xa[s:s + batch_size])
-            for j, name in enumerate(layers):
-                dist[s:s + batch_size, j] = _relative(b[name] - a[name], a[name]).cpu().numpy()
-                uc = _unit_change(a[name], b[name])
-                if uc is not None:
-                    change.setdefault(name, []).append(uc.cpu().numpy())
-    unit_change = {k: np.concatenate(v) for k, v in change.items()}
+    dist, unit_change = _distances(model, x, xa, layers, batch_size)
     top = {k: np.argsort(-v.mean(0), kind="stable")[:top_k].astype(int).tolist() for k, v in unit_change.items()}
     ex = np.arange(min(int(examples), n)) if isinstance(examples, (int, np.integer)) else np.asarray(examples, int)
     units = _default_map_units(model, layers, unit_change) if map_units is None else list(map_units)
@@ -223,6 +210,27 @@ def representation_shift(
         ex.astype(np.int64), x[ex].cpu().numpy(), xa[ex].cpu().numpy(), float(part_threshold),
         {"model": getattr(model, "name", "model"), "images": n},
     )
+
+
+def _distances(model, x, xa, layers: list[str], batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per image and layer the relative distance, and per layer each unit's change: batches of
+    at most ``batch_size`` that fit the memory budget (a batch's clean and adversarial results
+    are held together, so they count per image)."""
+    n = len(x)
+    dist = np.zeros((n, len(layers)))
+    change: dict[str, list[np.ndarray]] = {}
+    run = Runner(model, layers)
+    with run:
+        shape = tuple(x.shape[1:])
+        batch_size = run.batch_size(shape, batch_size, extra=2 * run.cost(shape)[2]) if n else 1
+        for s in range(0, n, batch_size):
+            a, b = run.step(x[s:s + batch_size]), run.step(xa[s:s + batch_size])
+            for j, name in enumerate(layers):
+                dist[s:s + batch_size, j] = _relative(b[name] - a[name], a[name]).cpu().numpy()
+                uc = _unit_change(a[name], b[name])
+                if uc is not None:
+                    change.setdefault(name, []).append(uc.cpu().numpy())
+    return dist, {k: np.concatenate(v) for k, v in change.items()}
 
 
 def _unit_maps(model, x, xa, units: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -54,7 +54,7 @@ def blend_probs(
     ``start`` and ``end`` are display-space images ``(C, H, W)`` on the model's device. With
     ``layer``, ``on_batch(probs, activations)`` receives that layer's output for every batch.
     Returns the probabilities and the dtype the network ran in."""
-    from convlens.runner import OUTPUT, Runner, normalize
+    from convlens.runner import OUTPUT, Runner
 
     run = Runner(model, [layer] if layer else [], output=True, precision=precision, fuse=layer is None)
     device, out, done = run.device, [], 0
@@ -62,7 +62,7 @@ def blend_probs(
         dtype = run.dtype
         # (1, H, W, C) in the dtype the network runs in: a batch is picked pixel by pixel from the
         # two (exact: no arithmetic), and its NCHW view is channels-last without a copy
-        s, e = (normalize(model.spec, im[None].to(device, torch.float32)).to(dtype).permute(0, 2, 3, 1).contiguous()
+        s, e = (model.spec.normalize(im[None].to(device, torch.float32)).to(dtype).permute(0, 2, 3, 1).contiguous()
                 for im in (start, end))
         fit = run.batch_size(tuple(start.shape))  # masks per pass within the memory budget
         for m in masks:

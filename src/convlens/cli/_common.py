@@ -110,6 +110,32 @@ def error_line(e: BaseException) -> str:
     return " ".join(str(msg).split()) or type(e).__name__  # a listing folds onto the one line
 
 
+def _within_memory(fn: Callable, a: tuple, kw: dict, memory: str | None):
+    """``fn(*a, **kw)`` inside the memory budget ``--memory`` (the runner is imported only then:
+    ``convlens --help`` stays fast)."""
+    if memory is None:
+        return fn(*a, **kw)
+    from convlens.runner import memory_budget
+
+    with memory_budget(memory):
+        return fn(*a, **kw)
+
+
+def _extra_options(has_out: bool, own_memory: bool) -> list[inspect.Parameter]:
+    """The options :func:`command` adds: ``--overwrite`` with an ``out`` folder, ``--memory``
+    unless the command declares it."""
+    extra = []
+    if has_out:
+        extra.append(inspect.Parameter(
+            "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False,
+            annotation=Annotated[bool, typer.Option(
+                "--overwrite", help="Reuse a non-empty --out folder: the previous run's files "
+                                    "are replaced (restored if this run fails).")]))
+    if not own_memory:
+        extra.append(inspect.Parameter("memory", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=MemoryOpt))
+    return extra
+
+
 def command(app: typer.Typer, *args, **kwargs) -> Callable:
     """``app.command`` whose user errors print one clear line and exit with status 2; parameters
     annotated with an option group (:class:`ModelOptions`) become that group's options.
@@ -143,13 +169,7 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
                         folder = OutputFolder(Path(kw["out"]), overwrite=overwrite,
                                               resumable=_resumable(fn.__name__, kw))
                         folder.prepare()
-                    if memory is None:
-                        result = fn(*a, **kw)
-                    else:  # imported only when asked: `convlens --help` stays fast
-                        from convlens.runner import memory_budget
-
-                        with memory_budget(memory):
-                            result = fn(*a, **kw)
+                    result = _within_memory(fn, a, kw, memory)
                 if folder is not None:
                     folder.commit()
                 return result
@@ -165,16 +185,7 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
                 console.print("[yellow]interrupted[/]: finished results were kept; run again to resume")
                 raise typer.Exit(130) from None
 
-        extra = []
-        if has_out:
-            extra.append(inspect.Parameter(
-                "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False,
-                annotation=Annotated[bool, typer.Option(
-                    "--overwrite", help="Reuse a non-empty --out folder: the previous run's files "
-                                        "are replaced (restored if this run fails).")]))
-        if not own_memory:
-            extra.append(inspect.Parameter("memory", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                           annotation=MemoryOpt))
+        extra = _extra_options(has_out, own_memory)
         if extra:
             params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.VAR_KEYWORD else p
                       for p in sig.parameters.values()]

@@ -46,7 +46,7 @@ def _batches(model, concepts: ConceptSet, indices: np.ndarray, layers: list[str]
 def spatial_shapes(model, concepts: ConceptSet, layers: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """``{layer: (units, h, w)}`` from one forward pass; a layer whose output is not
     ``(N, C, H, W)`` is an error."""
-    from convlens.probe import capture
+    from convlens.runner import capture
 
     x = next(_images(model, concepts).batches(1))[0]
     acts = capture(model, x.to(model.device), list(layers))

@@ -164,7 +164,7 @@ class _RowWriter:
 
 def _probe(model, dataset, layer: str, pooling: str) -> tuple[tuple[int, ...], int]:
     """Shape of the first image and the feature width, from one forward pass."""
-    from convlens.probe import capture
+    from convlens.runner import capture
 
     x0 = dataset.image(0)
     out = capture(model, x0[None].to(model.device), [layer])[layer]

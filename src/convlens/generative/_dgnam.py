@@ -68,6 +68,29 @@ def code_l2(code: torch.Tensor) -> objectives.Objective:
     return objectives.custom(lambda ctx: code.pow(2).flatten(1).sum(1), [], "L2 of the code")
 
 
+def _synthesize(model, generator, u: Unit, codes: torch.Tensor, weight: float, project, **render_kw):
+    """The engine over the codes, in chunks that fit the memory budget (the generator's own
+    activations counted per image); the codes were drawn for every start first, so the chunks
+    start as one batch would. Returns the merged result, the final codes and the unit's values."""
+    finals, acts = [], []
+
+    def build(a, b):
+        param, c = code_param(generator, codes[a:b])
+        finals.append(c)
+        return (neuron(u) + weight * code_l2(c) if weight else neuron(u)), param, project
+
+    def chunk_done(a, b, r):
+        acts.append(neuron_values(capture(model, r.images, [u.layer]), [u])[:, 0])
+
+    with torch.no_grad():
+        image_shape = tuple(generator(codes[:1]).shape[1:])
+    g_bytes = Runner(generator.net if isinstance(generator, Decoder) else generator, grad=True).cost(
+        tuple(codes.shape[1:]))[0]
+    r = render_chunked(model, len(codes), build, image_shape, objective=neuron(u), extra=g_bytes,
+                       on_chunk=chunk_done, **render_kw)
+    return r, torch.cat([c.detach() for c in finals]), torch.cat(acts)
+
+
 def dgn_am(
     model,
     generator,
@@ -108,25 +131,8 @@ def dgn_am(
     if weight < 0:
         raise ValueError(f"weight (the L2 penalty on the code) must be >= 0, got {weight}")
     codes, scale, project = starting_codes(model, generator, n, init, code_shape, seed, box)
-    finals, acts = [], []
-
-    def build(a, b):  # starts a:b (the codes are drawn for all n first: chunks start as one batch would)
-        param, c = code_param(generator, codes[a:b])
-        finals.append(c)
-        return (neuron(u) + weight * code_l2(c) if weight else neuron(u)), param, project
-
-    def chunk_done(a, b, r):
-        acts.append(neuron_values(capture(model, r.images, [u.layer]), [u])[:, 0])
-
-    with torch.no_grad():
-        image_shape = tuple(generator(codes[:1]).shape[1:])
-    # the generator's own activations, with gradients, per image
-    g_bytes = Runner(generator.net if isinstance(generator, Decoder) else generator, grad=True).cost(
-        tuple(codes.shape[1:]))[0]
-    r = render_chunked(model, n, build, image_shape, objective=neuron(u), extra=g_bytes, steps=steps,
-                       lr=lr * scale, seed=seed, callback=callback, on_chunk=chunk_done)
-    final = torch.cat([c.detach() for c in finals])
-    acts = torch.cat(acts)
+    r, final, acts = _synthesize(model, generator, u, codes, weight, project, steps=steps, lr=lr * scale,
+                                 seed=seed, callback=callback)
     return Synthesis(u, r.images.cpu().numpy(), final.cpu().numpy(), acts.cpu().numpy(), r.history,
                      dict(n=n, steps=r.steps, lr=lr, weight=weight, box=box, seed=seed,
                           init=init if isinstance(init, str) else "given", code_scale=scale,

@@ -14,7 +14,8 @@ import torch
 
 from convlens.files import load_result, save_result
 from convlens.optimize import objectives, render_chunked
-from convlens.probe import capture, get_layer
+from convlens.probe import get_layer
+from convlens.runner import capture
 from convlens.units import parse_unit_list
 from convlens.visualize._common import image_size, make_param, make_transforms, model_info
 

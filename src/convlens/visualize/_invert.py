@@ -11,7 +11,7 @@ import torch
 
 from convlens.files import load_result, save_result
 from convlens.optimize import objectives, render_chunked
-from convlens.probe import capture
+from convlens.runner import capture
 from convlens.visualize._common import make_param, model_info
 
 PERTURBATIONS = ("binarize", "dropout")

@@ -180,14 +180,15 @@ def test_chunked_top_images_over_500_images_equal_one_pass():
     np.testing.assert_allclose(chunked.values, one.values, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_memory_too_small_is_one_line_and_exit_2():
+def test_cli_memory_too_small_is_one_line_and_exit_2(tmp_path):
     from typer.testing import CliRunner
 
     from convlens.cli import app
 
     res = CliRunner().invoke(app, ["layers", "lenet-digits", "--memory", "lots"])
     assert res.exit_code == 2 and "memory must be a size" in res.output
-    res = CliRunner().invoke(app, ["top-images", "lenet-digits", "digits", "conv2", "--memory", "1KB"])
+    res = CliRunner().invoke(app, ["top-images", "lenet-digits", "digits", "--layer", "conv2", "--memory", "1KB",
+                                   "--out", str(tmp_path / "top")])
     assert res.exit_code == 2, res.output
     assert "too small for one input" in res.output and "bytes" in res.output and "Traceback" not in res.output
 

@@ -34,7 +34,7 @@ def _ranges(model, data, unit: str, limit: int) -> list[tuple[float, float]]:
     from convlens import load_dataset
     from convlens.data import conform
     from convlens.generative import neuron_values
-    from convlens.probe import capture
+    from convlens.runner import capture
     from convlens.units import parse_unit
 
     u = parse_unit(unit)

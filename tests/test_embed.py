@@ -25,7 +25,7 @@ from convlens.embed import (
     run_pipelines,
     scree,
 )
-from convlens.probe import capture
+from convlens.runner import capture
 from tests.conftest import dtype_tol
 
 

@@ -134,7 +134,7 @@ def test_default_layer_is_described_in_words():
 
 
 def test_one_pass_over_the_data_captures_every_layer(lenet, digits, tmp_path, monkeypatch):
-    import convlens.probe as probe
+    import convlens.runner as probe
     from convlens.data import conform
 
     ds = conform(digits, lenet).subset(range(64))

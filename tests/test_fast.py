@@ -8,7 +8,7 @@ import torch
 
 from convlens import load_model
 from convlens.fast import bf16_native, can_fuse, fast, resolve_precision
-from convlens.probe import capture
+from convlens.runner import capture
 from tests.conftest import dtype_tol
 
 

@@ -22,7 +22,7 @@ from convlens.generative import (
     train_decoders,
 )
 from convlens.generative._inverse_set import _Lagrangian
-from convlens.probe import capture
+from convlens.runner import capture
 
 
 @pytest.fixture(scope="module")

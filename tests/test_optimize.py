@@ -362,22 +362,29 @@ def _no_warning():
 
 
 def test_fused_input_normalisation_matches_the_spec():
-    """The engine's one-op normalisation (channel mix + bias) against InputSpec.normalize, value
-    and gradient, for an RGB, a BGR 0-255 and a grey spec."""
+    """The one normalisation (InputSpec.normalize: channel mix + bias, used by Model.__call__ and
+    every runner) against the elementwise definition, value and gradient, for an RGB, a BGR
+    0-255 and a grey spec."""
     from convlens.inputspec import PRESETS
-    from convlens.optimize._render import _Normalized
+
+    def reference(spec, x):  # flip, value range, (x - mean) / std, one step at a time
+        x = x.flip(1) if spec.channel_order == "BGR" else x
+        lo, hi = spec.value_range
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        return (x * (hi - lo) + lo - mean) / std
 
     for name, c in (("imagenet", 3), ("caffe", 3), ("unit-gray", 1)):
         net = nn.Sequential(nn.Conv2d(c, 4, 3), nn.Flatten())
-        m = Model(net, PRESETS[name], name)
+        spec = PRESETS[name]
+        m = Model(net, spec, name)
         x = torch.rand(3, c, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
         w = torch.randn(3, 4 * 36, generator=torch.Generator().manual_seed(1))
-        fused = _Normalized(m)
-        assert fused.identity == (name == "unit-gray")
-        (fused(x) * w).sum().backward()
-        g, x.grad = x.grad.clone(), None
+        assert (spec.normalize(x) is x) == (name == "unit-gray")  # identity: untouched
         (m(x) * w).sum().backward()
-        torch.testing.assert_close(fused(x), m(x), rtol=1e-5, atol=1e-4)
+        g, x.grad = x.grad.clone(), None
+        (net(reference(spec, x)) * w).sum().backward()
+        torch.testing.assert_close(m(x), net(reference(spec, x)), rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(g, x.grad, rtol=1e-5, atol=1e-4)
 
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "InputSpec": "convlens.inputspec",
     "describe_layers": "convlens.summary",
     "layer_shapes": "convlens.summary",
-    "capture": "convlens.probe",
+    "capture": "convlens.runner",
     "Capture": "convlens.probe",
     "get_layer": "convlens.probe",
     "frozen": "convlens.probe",

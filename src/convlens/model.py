@@ -46,7 +46,7 @@ class Model:
     """An ``nn.Module`` with the :class:`InputSpec` it expects.
 
     Calling the model takes images in display space (``[0, 1]``, RGB or grey) and applies the
-    spec's normalisation first; ``model.net`` is the untouched module, whose layer names are the
+    spec's normalisation first (one pass, as given); ``model.net`` is the untouched module, whose layer names are the
     ones every convlens function takes.
     """
 
@@ -59,6 +59,9 @@ class Model:
         self.meta = dict(meta or {})
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """One differentiable forward pass over ``x`` as given (no chunking): the spec's
+        normalisation, then the network. For many inputs use :func:`convlens.runner.outputs` or
+        :class:`convlens.runner.Runner`, which batch to the memory budget."""
         return self.net(self.spec.normalize(x))
 
     def __repr__(self) -> str:

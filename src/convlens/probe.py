@@ -231,37 +231,3 @@ class Capture:
                 log.info("layer %r runs %d times per forward pass: %r is its last call, %s#1 .. "
                          "%s#%d each call", m, counts[m], m, m, m, counts[m])
 
-
-def capture(
-    model,
-    x: torch.Tensor,
-    layers: str | list[str],
-    *,
-    stop: bool = True,
-    inputs: bool = False,
-    grad: bool = False,
-) -> dict[str, torch.Tensor]:
-    """One forward pass of ``model`` (a :class:`convlens.Model` or callable over ``model.net``)
-    on ``x``, returning ``{layer: tensor}``. The network is left in the mode it was in."""
-    net = model.net if hasattr(model, "net") else model
-    with frozen(net), Capture(net, layers, stop=stop, inputs=inputs, detach=not grad) as cap:
-        with torch.set_grad_enabled(grad):
-            return cap.run(model, x)
-
-
-def forward_batches(
-    model,
-    images: Iterable[torch.Tensor],
-    layers: str | list[str],
-    *,
-    stop: bool = True,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture ``layers`` for each batch of ``images``; hooks are registered once. The network
-    runs channels-last in float32 (:func:`convlens.fast.fast`: the same activations up to
-    rounding, about twice as fast on CPU); the outputs are handed back contiguous."""
-    from convlens.fast import fast
-
-    net = model.net
-    with frozen(net), fast(net), Capture(net, layers, stop=stop) as cap, torch.no_grad():
-        for x in images:
-            yield {k: v.contiguous() for k, v in cap.run(model, x.to(model.device)).items()}

@@ -18,7 +18,7 @@ from convlens.data import ImageDataset, conform
 from convlens.files import atomic_path, read_json, write_json
 from convlens.model import Model, load_model
 from convlens.nets import parse_arch
-from convlens.probe import frozen
+from convlens.runner import OUTPUT, Runner
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,16 @@ class TrainResult:
 
 
 def evaluate(model: Model, ds: ImageDataset, batch_size: int = 256) -> dict:
-    """Accuracy, mean loss and predictions of ``model`` on ``ds`` (labels required)."""
+    """Accuracy, mean loss and predictions of ``model`` on ``ds`` (labels required); the network
+    runs through :mod:`convlens.runner` (at most ``batch_size`` images a pass, fewer when the
+    memory budget allows fewer)."""
     preds, losses, n = [], 0.0, 0
-    with frozen(model.net), torch.no_grad():
+    run = Runner(model)
+    with run:
+        if len(ds):
+            batch_size = run.batch_size(tuple(ds.image(0).shape), batch_size)
         for x, y, _ in ds.batches(batch_size):
-            logits = model(x.to(model.device))
+            logits = run.step(x)[OUTPUT]
             if y.min() >= 0:
                 losses += F.cross_entropy(logits, y.to(logits.device), reduction="sum").item()
             preds.append(logits.argmax(1).cpu())

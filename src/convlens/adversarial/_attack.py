@@ -238,13 +238,11 @@ def check_attack_args(eps, norm: str, method: str, steps: int, step_size=None) -
 
 
 def _probs(model, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    from convlens.probe import frozen
+    """Softmax probabilities (CPU), at most ``batch_size`` images a pass, fewer when the memory
+    budget (:mod:`convlens.runner`) allows fewer."""
+    from convlens.runner import outputs
 
-    out = []
-    with frozen(model.net), torch.no_grad():
-        for s in range(0, len(x), batch_size):
-            out.append(torch.softmax(model(x[s:s + batch_size].to(model.device)).flatten(1).float(), 1).cpu())
-    return torch.cat(out)
+    return torch.softmax(outputs(model, x, limit=batch_size).flatten(1).float(), 1).cpu()
 
 
 def resolve_targets(model, target, pred: np.ndarray, probs: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -309,6 +307,7 @@ def attack(
     seed: int = 0,
     ids: Sequence[str] | None = None,
     callback: Callable | None = None,
+    memory: int | float | str | None = None,
 ) -> AttackResult:
     """Adversarial twins of ``images`` under an ``eps`` budget, on the optimization engine.
 
@@ -326,6 +325,8 @@ def attack(
     random_start : start PGD from a uniform point of the L-inf ball (Madry et al.)
     stop_on_success : stop each image once the attack succeeds (keeps the smallest number of steps)
     callback : passed to the engine, ``(step, loss, state) -> stop?``
+    memory : the memory budget (:mod:`convlens.runner`; default: the current one); the images
+        are attacked in chunks that fit it, with the results of one batch
 
     Returns
     -------
@@ -336,7 +337,15 @@ def attack(
     >>> r = attack(load_model("lenet-digits"), x, y, eps=0.1, target="random")  # doctest: +SKIP
     >>> r.success_rate, r.linf.max() <= 0.1                                      # doctest: +SKIP
     """
-    from convlens.optimize import L2Ball, LinfBall, Perturbation, objectives, render
+    from convlens.optimize import (
+        L2Ball,
+        LinfBall,
+        Perturbation,
+        image_seeds,
+        objectives,
+        render_chunked,
+    )
+    from convlens.runner import memory_budget
 
     check_attack_args(eps, norm, method, steps, step_size)
     x0 = check_images(model, images).detach()
@@ -347,7 +356,8 @@ def attack(
     y = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(y) != n:
         raise ValueError(f"got {len(y)} labels for {n} images")
-    p0 = _probs(model, x0).cpu().numpy()
+    with memory_budget(memory):
+        p0 = _probs(model, x0).cpu().numpy()
     pred0 = p0.argmax(1)
     targets = resolve_targets(model, target, pred0, p0, seed)
     targeted = bool((targets >= 0).any())
@@ -355,29 +365,34 @@ def attack(
     if method == "fgsm":
         steps, step_size, random_start = 1, float(eps), False
     step_size = float(step_size if step_size is not None else 2.5 * eps / steps)
-    if targeted:
-        objective = objectives.class_log_prob(torch.as_tensor(targets))  # -log p(target)
-        goal = torch.as_tensor(targets)
-    else:
-        objective = -objectives.class_log_prob(torch.as_tensor(ref))     # log p(true class)
-        goal = torch.as_tensor(ref)
+    goal = torch.as_tensor(targets if targeted else ref)
     start_eps = eps if norm == "linf" else eps / np.sqrt(x0[0].numel())
-    param = Perturbation(x0, init="uniform" if random_start else "zeros", eps=start_eps, seed=seed)
     budget = LinfBall(eps) if norm == "linf" else L2Ball(eps)
+    span = [0, 0]
+
+    def build(a, b):  # images a:b, each started from its own seed
+        span[:] = [a, b]
+        g = goal[a:b]
+        objective = objectives.class_log_prob(g) if targeted else -objectives.class_log_prob(g)
+        param = Perturbation(x0[a:b], init="uniform" if random_start else "zeros", eps=start_eps,
+                             seed=image_seeds(seed, a, b))
+        return objective, param, budget
 
     def on_step(step, loss, state):
         verdict = callback(step, loss, state) if callback is not None else None
         if not stop_on_success or verdict is True:
             return verdict
         pred = state.acts[objectives.OUTPUT].flatten(1).argmax(1).cpu()
-        ok = pred == goal if targeted else pred != goal
+        g = goal[span[0]:span[1]]
+        ok = pred == g if targeted else pred != g
         return ok if verdict is None or verdict is False else ok | verdict.to(torch.bool).cpu()
 
-    r = render(model, objective, param, steps=steps, lr=step_size,
-               optimizer=lambda params: SteepestDescent(params, step_size, norm),
-               project=budget, seed=seed, callback=on_step)
+    r = render_chunked(model, n, build, tuple(x0.shape[1:]), memory=memory, steps=steps, lr=step_size,
+                       optimizer=lambda params: SteepestDescent(params, step_size, norm), seed=seed,
+                       callback=on_step)
     adv = enforce_budget(x0, r.images, eps, norm)
-    p1 = _probs(model, adv).cpu().numpy()
+    with memory_budget(memory):
+        p1 = _probs(model, adv).cpu().numpy()
     pred1 = p1.argmax(1)
     rows = np.arange(n)
     linf, l2 = perturbation_norms(x0.cpu().numpy(), adv.cpu().numpy())

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from convlens.attribute import check_images
 from convlens.files import load_result, save_result
-from convlens.probe import Capture, frozen
+from convlens.runner import OUTPUT, Runner
 
 GREY_SQUEEZERS = ("bits:1", "median:2")    # Xu et al.'s choice for MNIST
 COLOUR_SQUEEZERS = ("bits:5", "median:2")  # and for ImageNet
@@ -73,13 +73,15 @@ def squeeze_features(model, images, *, squeezers=None, layers=None, batch_size: 
     layers = default_layers(model) if layers is None else list(layers)
     x = check_images(model, images)
     rows = []
-    net = model.net
-    with frozen(net), Capture(net, layers, stop=False) as cap, torch.no_grad():
+    runner = Runner(model, layers, output=True)
+    with runner:
         def run(inp):
-            acts = {}
-            out = cap.run(lambda t: acts.setdefault("out", model(t)), inp)
-            return out, torch.softmax(acts["out"].flatten(1).float(), 1)
+            acts = runner.step(inp)
+            return acts, torch.softmax(acts.pop(OUTPUT).flatten(1).float(), 1)
 
+        # the clean and one squeezed pass's results are held together: count them per image
+        shape = tuple(x.shape[1:])
+        batch_size = runner.batch_size(shape, batch_size, extra=2 * runner.cost(shape)[2]) if len(x) else 1
         for s in range(0, len(x), batch_size):
             xb = x[s:s + batch_size]
             a, p = run(xb)

@@ -21,7 +21,8 @@ from torch import nn
 
 from convlens.attribute import check_images
 from convlens.files import load_result, save_result
-from convlens.probe import Capture, frozen, get_layer
+from convlens.probe import get_layer
+from convlens.runner import Runner
 from convlens.units import parse_unit
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -37,9 +38,7 @@ def default_layers(model) -> list[str]:
              if i.shape is not None and not isinstance(mods[i.name], _CONTAINERS)]
     if not names:
         raise ValueError(f"{getattr(model, 'name', 'the model')} has no layers that its forward pass runs")
-    with frozen(model.net), Capture(model.net, names, stop=False) as cap, torch.no_grad():
-        fired = list(cap.run(model, model.example_input(1)))
-    return fired
+    return list(Runner(model, names, stop=False, output=False).all(model.example_input(1)))  # in the order they ran
 
 
 @dataclass
@@ -201,17 +200,7 @@ def representation_shift(
     for name in layers:
         get_layer(model.net, name)
     n = len(x)
-    dist = np.zeros((n, len(layers)))
-    change: dict[str, list[np.ndarray]] = {}
-    with frozen(model.net), Capture(model.net, layers) as cap, torch.no_grad():
-        for s in range(0, n, batch_size):
-            a, b = cap.run(model, x[s:s + batch_size]), cap.run(model, xa[s:s + batch_size])
-            for j, name in enumerate(layers):
-                dist[s:s + batch_size, j] = _relative(b[name] - a[name], a[name]).cpu().numpy()
-                uc = _unit_change(a[name], b[name])
-                if uc is not None:
-                    change.setdefault(name, []).append(uc.cpu().numpy())
-    unit_change = {k: np.concatenate(v) for k, v in change.items()}
+    dist, unit_change = _distances(model, x, xa, layers, batch_size)
     top = {k: np.argsort(-v.mean(0), kind="stable")[:top_k].astype(int).tolist() for k, v in unit_change.items()}
     ex = np.arange(min(int(examples), n)) if isinstance(examples, (int, np.integer)) else np.asarray(examples, int)
     units = _default_map_units(model, layers, unit_change) if map_units is None else list(map_units)
@@ -223,13 +212,34 @@ def representation_shift(
     )
 
 
+def _distances(model, x, xa, layers: list[str], batch_size: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per image and layer the relative distance, and per layer each unit's change: batches of
+    at most ``batch_size`` that fit the memory budget (a batch's clean and adversarial results
+    are held together, so they count per image)."""
+    n = len(x)
+    dist = np.zeros((n, len(layers)))
+    change: dict[str, list[np.ndarray]] = {}
+    run = Runner(model, layers)
+    with run:
+        shape = tuple(x.shape[1:])
+        batch_size = run.batch_size(shape, batch_size, extra=2 * run.cost(shape)[2]) if n else 1
+        for s in range(0, n, batch_size):
+            a, b = run.step(x[s:s + batch_size]), run.step(xa[s:s + batch_size])
+            for j, name in enumerate(layers):
+                dist[s:s + batch_size, j] = _relative(b[name] - a[name], a[name]).cpu().numpy()
+                uc = _unit_change(a[name], b[name])
+                if uc is not None:
+                    change.setdefault(name, []).append(uc.cpu().numpy())
+    return dist, {k: np.concatenate(v) for k, v in change.items()}
+
+
 def _unit_maps(model, x, xa, units: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     if not units or not len(x):
         return [], []
     parsed = [parse_unit(u) for u in units]
     names = list(dict.fromkeys(u.layer for u in parsed))
-    with frozen(model.net), Capture(model.net, names) as cap, torch.no_grad():
-        a, b = cap.run(model, x), cap.run(model, xa)
+    run = Runner(model, names)
+    a, b = run.all(x), run.all(xa)
     out_c, out_a = [], []
     for u in parsed:
         u.validate(tuple(a[u.layer].shape[1:]))

@@ -7,19 +7,16 @@ deletion: the first pixels of a ranking set to a baseline). The network's input 
 (:meth:`convlens.inputspec.InputSpec.normalize`) works pixel by pixel, so picking pixels
 from the two *normalised* images gives the normalised perturbed image: ``start`` and ``end`` are
 normalised once, not every perturbed copy (on SqueezeNet at 227 px normalising cost 1.3 ms per image, a
-quarter of a bfloat16 forward pass). The network then runs under :func:`convlens.fast.fast`
-(channels-last, bfloat16 autocast when asked) in inference mode.
+quarter of a bfloat16 forward pass). The network then runs through the one evaluation path,
+:class:`convlens.runner.Runner` (channels-last, bfloat16 autocast when asked, batches split to
+the memory budget) in inference mode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 
 import torch
-
-from convlens.fast import fast
-from convlens.probe import Capture, frozen
 
 #: Default precision of the perturbation methods (LIME, occlusion, deletion/insertion curves):
 #: bfloat16 where the hardware runs it natively, float32 elsewhere. Their results are sampling
@@ -57,27 +54,25 @@ def blend_probs(
     ``start`` and ``end`` are display-space images ``(C, H, W)`` on the model's device. With
     ``layer``, ``on_batch(probs, activations)`` receives that layer's output for every batch.
     Returns the probabilities and the dtype the network ran in."""
-    spec = model.spec
-    device = model.device
-    out, done = [], 0
-    cap = Capture(model.net, [layer], stop=False) if layer else nullcontext()
-    with frozen(model.net), fast(model.net, precision, fuse=layer is None) as dtype, torch.inference_mode(), cap:
+    from convlens.runner import OUTPUT, Runner
+
+    run = Runner(model, [layer] if layer else [], output=True, precision=precision, fuse=layer is None)
+    device, out, done = run.device, [], 0
+    with run, torch.inference_mode():
+        dtype = run.dtype
         # (1, H, W, C) in the dtype the network runs in: a batch is picked pixel by pixel from the
         # two (exact: no arithmetic), and its NCHW view is channels-last without a copy
-        s, e = (spec.normalize(im[None].to(device, torch.float32)).to(dtype).permute(0, 2, 3, 1).contiguous()
+        s, e = (model.spec.normalize(im[None].to(device, torch.float32)).to(dtype).permute(0, 2, 3, 1).contiguous()
                 for im in (start, end))
+        fit = run.batch_size(tuple(start.shape))  # masks per pass within the memory budget
         for m in masks:
-            batch = torch.where(m[..., None].to(device), e, s).permute(0, 3, 1, 2)
-            if layer:
-                held: list[torch.Tensor] = []
-                acts = cap.run(lambda b, held=held: held.append(model.net(b)), batch)[layer]
-                logits = held[0]
-            else:
-                logits, acts = model.net(batch), None
-            p = torch.softmax(logits.float().flatten(1), 1).cpu()
-            if on_batch:
-                on_batch(p, acts)
-            out.append(p)
+            for a in range(0, len(m), fit):
+                batch = torch.where(m[a:a + fit, ..., None].to(device), e, s).permute(0, 3, 1, 2)
+                res = run.step(batch, normalized=True)
+                p = torch.softmax(res[OUTPUT].float().flatten(1), 1).cpu()
+                if on_batch:
+                    on_batch(p, res[layer] if layer else None)
+                out.append(p)
             done += len(m)
             if callback:
                 callback(done, total)

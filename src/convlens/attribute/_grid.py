@@ -10,7 +10,7 @@ import numpy as np
 
 from convlens.attribute._checks import check_images
 from convlens.files import load_result, save_result
-from convlens.probe import capture
+from convlens.runner import capture
 
 
 @dataclass

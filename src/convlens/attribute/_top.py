@@ -15,7 +15,9 @@ import torch
 
 from convlens.attribute._backprop import backproject, receptive_fields
 from convlens.files import load_result, save_result
-from convlens.probe import forward_batches, get_layer
+from convlens.probe import get_layer
+from convlens.runner import batch_size as fitting
+from convlens.runner import forward_batches
 from convlens.units import parse_unit_list
 
 log = logging.getLogger(__name__)
@@ -73,9 +75,12 @@ def _merge(best_v, best_i, best_p, v, i, p, k):
         torch.cat([best_p, p], 1).gather(1, top.indices)
 
 
-def _activations(model, dataset, layer: str, batch_size: int) -> Iterator[torch.Tensor]:
-    """``layer``'s output for each batch of ``dataset``."""
-    for out in forward_batches(model, (x for x, _, _ in dataset.batches(batch_size)), [layer]):
+def _activations(model, dataset, layer: str, batch_size: int, memory=None) -> Iterator[torch.Tensor]:
+    """``layer``'s output for each batch of ``dataset`` (at most ``batch_size`` images, as many
+    as the memory budget allows)."""
+    if len(dataset):
+        batch_size = fitting(model, [layer], tuple(dataset.image(0).shape), batch_size, memory=memory)
+    for out in forward_batches(model, (x for x, _, _ in dataset.batches(batch_size)), [layer], memory=memory):
         yield out[layer]
 
 
@@ -89,6 +94,7 @@ def top_images(
     batch_size: int = 128,
     project: bool | list[int] = False,
     callback: Callable[[int, int], None] | None = None,
+    memory: int | float | str | None = None,
 ) -> TopImages:
     """The ``k`` images (and positions) that excite each unit of ``layer`` most, in one pass.
 
@@ -100,6 +106,9 @@ def top_images(
     k : images per unit
     units : ``"all"`` (default), ``"0-15"``, ``"1,5"`` or a list of indices
     project : also compute DeconvNet projections for every unit (``True``) or for these units
+    batch_size : the most images per forward pass; fewer when the memory budget
+        (``memory``, :mod:`convlens.runner`; default: the current one) allows fewer, with the
+        same result
     callback : ``callback(images_done, images_total)`` after each batch
     """
     get_layer(model.net, layer)
@@ -109,7 +118,7 @@ def top_images(
     best_v = best_i = best_p = None
     sel = None
     done = 0
-    with closing(_activations(model, dataset, layer, batch_size)) as batches:
+    with closing(_activations(model, dataset, layer, batch_size, memory)) as batches:
         for a in batches:
             if sel is None:
                 sel = torch.as_tensor(parse_unit_list(units, a.shape[1]) if not isinstance(units, list)

@@ -43,6 +43,9 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Unreadable images are
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use a seeded random sample of this many images.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+MemoryOpt = Annotated[str | None, typer.Option(
+    "--memory", help="Memory budget for running the network, e.g. 512MB or 2GB (default: half the "
+                     "available RAM, at most 4 GiB): larger requests run in chunks that fit it.")]
 
 
 
@@ -112,18 +115,49 @@ def error_line(e: BaseException) -> str:
     return " ".join(str(msg).split()) or type(e).__name__  # a listing folds onto the one line
 
 
+def _within_memory(fn: Callable, a: tuple, kw: dict, memory: str | None):
+    """``fn(*a, **kw)`` inside the memory budget ``--memory`` (the runner is imported only then:
+    ``convlens --help`` stays fast)."""
+    if memory is None:
+        return fn(*a, **kw)
+    from convlens.runner import memory_budget
+
+    with memory_budget(memory):
+        return fn(*a, **kw)
+
+
+def _extra_options(has_out: bool, own_memory: bool) -> list[inspect.Parameter]:
+    """The options :func:`command` adds: ``--overwrite`` with an ``out`` folder, ``--memory``
+    unless the command declares it."""
+    extra = []
+    if has_out:
+        extra.append(inspect.Parameter(
+            "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False,
+            annotation=Annotated[bool, typer.Option(
+                "--overwrite", help="Reuse a non-empty --out folder: the previous run's files "
+                                    "are replaced (restored if this run fails).")]))
+    if not own_memory:
+        extra.append(inspect.Parameter("memory", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=MemoryOpt))
+    return extra
+
+
 def command(app: typer.Typer, *args, **kwargs) -> Callable:
     """``app.command`` whose user errors print one clear line and exit with status 2; parameters
     annotated with an option group (:class:`ModelOptions`) become that group's options.
 
     A command with an ``out`` folder also gets ``--overwrite``: the folder is checked before any
     work (not a file, writable, empty unless ``--overwrite``: see :mod:`convlens.cli._output`);
-    on a user error nothing new is left in it and a previous run's files are put back."""
+    on a user error nothing new is left in it and a previous run's files are put back.
+
+    Every command takes ``--memory`` (:data:`MemoryOpt`, declared here once): it runs inside
+    :func:`convlens.runner.memory_budget`. A command that declares its own ``memory`` parameter
+    receives the value as well."""
 
     def wrap(fn: Callable) -> Callable:
         fn = _expand_groups(fn)
         sig = inspect.signature(fn, eval_str=True)
         has_out = "out" in sig.parameters
+        own_memory = "memory" in sig.parameters
 
         @functools.wraps(fn)
         def run(*a, **kw):
@@ -131,6 +165,7 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
 
             setup_logging()
             overwrite = kw.pop("overwrite", False) if has_out else False
+            memory = kw.get("memory") if own_memory else kw.pop("memory", None)
             folder = None
             try:
                 check_counts(kw)
@@ -139,7 +174,7 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
                         folder = OutputFolder(Path(kw["out"]), overwrite=overwrite,
                                               resumable=_resumable(fn.__name__, kw))
                         folder.prepare()
-                    result = fn(*a, **kw)
+                    result = _within_memory(fn, a, kw, memory)
                 if folder is not None:
                     folder.commit()
                 return result
@@ -155,15 +190,11 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
                 console.print("[yellow]interrupted[/]: finished results were kept; run again to resume")
                 raise typer.Exit(130) from None
 
-        if has_out:
-            extra = inspect.Parameter(
-                "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False,
-                annotation=Annotated[bool, typer.Option(
-                    "--overwrite", help="Reuse a non-empty --out folder: the previous run's files "
-                                        "are replaced (restored if this run fails).")])
+        extra = _extra_options(has_out, own_memory)
+        if extra:
             params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.VAR_KEYWORD else p
                       for p in sig.parameters.values()]
-            run.__signature__ = sig.replace(parameters=[*params, extra])
+            run.__signature__ = sig.replace(parameters=[*params, *extra])
         return app.command(*args, **kwargs)(run)
 
     return wrap

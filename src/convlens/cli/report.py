@@ -12,6 +12,7 @@ from convlens.cli._common import (
     ClaheOpt,
     DataArg,
     LimitOpt,
+    MemoryOpt,
     ModelArg,
     ModelOptions,
     OutOpt,
@@ -52,6 +53,7 @@ def report(
     strict: StrictOpt = False,
     limit: LimitOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: the config's, else 0).")] = None,
+    memory: MemoryOpt = None,
 ):
     """Write a report folder that opens offline: model summary, a page per layer and every
     analysis; an interrupted run resumes where it stopped."""
@@ -70,7 +72,7 @@ def report(
     ds = open_data(data, m if transform else None, resize=resize, tile=tile, clahe=clahe,
                    strict=strict, limit=limit, seed=seed or 0)
     run_report(m, ds, out, only=_names(only) or None, force=tuple(_names(force)), config=config_obj,
-               seed=seed)
+               seed=seed, memory=memory)
 
 
 def run_report(model, dataset, out: Path, **kwargs) -> Path:

@@ -31,9 +31,12 @@ def _images(model, concepts: ConceptSet):
 
 
 def _batches(model, concepts: ConceptSet, indices: np.ndarray, layers: list[str], batch_size: int):
-    from convlens.probe import forward_batches
+    from convlens.runner import batch_size as fitting
+    from convlens.runner import forward_batches
 
     ds = _images(model, concepts)
+    if len(indices):  # at most batch_size images, as many as the memory budget allows
+        batch_size = fitting(model, layers, tuple(ds.image(int(indices[0])).shape), batch_size)
     chunks = [indices[i: i + batch_size] for i in range(0, len(indices), batch_size)]
     xs = (next(ds.batches(len(c), indices=c))[0] for c in chunks)
     for idx, acts in zip(chunks, forward_batches(model, xs, layers)):
@@ -43,7 +46,7 @@ def _batches(model, concepts: ConceptSet, indices: np.ndarray, layers: list[str]
 def spatial_shapes(model, concepts: ConceptSet, layers: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     """``{layer: (units, h, w)}`` from one forward pass; a layer whose output is not
     ``(N, C, H, W)`` is an error."""
-    from convlens.probe import capture
+    from convlens.runner import capture
 
     x = next(_images(model, concepts).batches(1))[0]
     acts = capture(model, x.to(model.device), list(layers))

@@ -164,7 +164,7 @@ class _RowWriter:
 
 def _probe(model, dataset, layers: list[str], pooling: str) -> tuple[tuple[int, ...], dict[str, int]]:
     """Shape of the first image and each layer's feature width, from one forward pass."""
-    from convlens.probe import capture
+    from convlens.runner import capture
 
     x0 = dataset.image(0)
     out = capture(model, x0[None].to(model.device), list(layers))
@@ -202,9 +202,11 @@ def extract_rows(model, dataset, layers: list[str], pooling: str, indices: np.nd
     """Run ``indices`` through ``model`` once, capturing every one of ``layers`` in the same
     pass, and write each layer's pooled features into the matching rows of ``arrays[layer]``.
     Returns the number of images done."""
-    from convlens.probe import forward_batches
+    from convlens.runner import batch_size as fitting
+    from convlens.runner import forward_batches
 
     done = 0
+    batch_size = fitting(model, list(layers), ref_shape, batch_size)  # as many as fit the memory budget
 
     def images():
         for x, _, idx in dataset.batches(batch_size, indices=indices):
@@ -247,6 +249,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     client=None,
     callback: Callable[[int, int], None] | None = None,
+    memory: int | float | str | None = None,
 ) -> Features:
     """Features of ``layer`` for every image of ``dataset`` (already conformed to the model).
 
@@ -256,20 +259,22 @@ def extract_features(
     dataset : a :class:`convlens.ImageDataset` whose images fit the model (see ``conform``)
     layer : a ``named_modules()`` name; the forward pass stops after it
     pooling : ``flatten``, ``avg`` or ``max`` for spatial layers (ignored for vectors)
-    batch_size : images per forward pass
+    batch_size : the most images per forward pass (fewer when the memory budget,
+        ``memory``, allows fewer; the same features either way)
     cache_dir : folder of cached features; the result goes to ``cache_dir/<key>`` and a second
         call with the same weights, layer, images, transforms and pooling reads it back.
         ``None``: kept in memory (or in a temporary folder when ``client`` is given)
     client : a ``distributed.Client`` (see :func:`convlens.parallel.get_client`): the images are
         split into one contiguous shard per worker and every worker writes its own rows
     callback : ``callback(done, total)`` after each batch (single process) or shard (Dask)
+    memory : the memory budget (:mod:`convlens.runner`; default: the current one)
 
     Returns
     -------
     Features
     """
     return extract_layers(model, dataset, [layer], pooling=pooling, batch_size=batch_size,
-                          cache_dir=cache_dir, client=client, callback=callback)[layer]
+                          cache_dir=cache_dir, client=client, callback=callback, memory=memory)[layer]
 
 
 def extract_layers(
@@ -282,6 +287,7 @@ def extract_layers(
     cache_dir: str | Path | None = None,
     client=None,
     callback: Callable[[int, int], None] | None = None,
+    memory: int | float | str | None = None,
 ) -> dict[str, Features]:
     """Features of every one of ``layers`` from ONE pass over the images (the forward pass stops
     after the last of them); each layer is cached on its own, as :func:`extract_features` does,
@@ -308,18 +314,22 @@ def extract_layers(
     n = len(dataset)
     if todo:
         result.update(_extract_missing(model, dataset, todo, pooling, batch_size, keys, targets,
-                                       cache_dir, client, callback))
+                                       cache_dir, client, callback, memory))
     elif callback:
         callback(n, n)
     return {k: result[k] for k in layers}
 
 
 def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets, cache_dir, client,
-                     callback) -> dict[str, Features]:
+                     callback, memory) -> dict[str, Features]:
     import zarr
+
+    from convlens.runner import batch_size as fitting
+    from convlens.runner import memory_budget
 
     n = len(dataset)
     ref_shape, widths = _probe(model, dataset, layers, pooling)
+    batch_size = fitting(model, list(layers), ref_shape, batch_size, memory=memory)  # as many as fit
     base_meta = {"model": getattr(model, "name", "model"), "weights_hash": model.weights_hash(),
                  "dataset": dataset.name, "fingerprint": dataset.fingerprint}
     workdirs: dict[str, Path] = {}
@@ -353,8 +363,9 @@ def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets,
                 if callback:
                     callback(done[0], n)
 
-            extract_rows(model, dataset, layers, pooling, np.arange(n), arrays, batch_size,
-                         ref_shape, cb)
+            with memory_budget(memory):
+                extract_rows(model, dataset, layers, pooling, np.arange(n), arrays, batch_size,
+                             ref_shape, cb)
         else:
             shards = _extract_dask(client, model, dataset, layers, pooling, stores, n, batch_size,
                                    rows, ref_shape, callback)

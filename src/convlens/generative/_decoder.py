@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.files import atomic_path, read_json, write_json
-from convlens.probe import Capture, frozen
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +130,12 @@ class Decoder:
         return layer_features(model, images, [self.layer])[self.layer]
 
     def reconstruct(self, model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """``D(A(x))`` for display-space ``images``: one forward pass, no optimization."""
-        out = []
-        with frozen(self.net), torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                out.append(self.net(self.encode(model, images[start:start + batch_size])))
-        return torch.cat(out)
+        """``D(A(x))`` for display-space ``images``: one forward pass, no optimization; both
+        networks run through :mod:`convlens.runner`, in chunks that fit the memory budget (at
+        most ``batch_size`` images)."""
+        from convlens.runner import outputs
+
+        return outputs(self.net, self.encode(model, images), limit=batch_size)
 
     # -- saving ----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -177,9 +176,11 @@ class Decoder:
 
 
 def layer_features(model, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Features of ``images`` at ``layers`` (detached), one forward pass stopped after the last."""
-    with frozen(model.net), Capture(model.net, list(layers)) as cap, torch.no_grad():
-        return cap.run(model, images.to(model.device))
+    """Features of ``images`` at ``layers`` (detached), the forward pass stopped after the last,
+    in chunks that fit the memory budget (:func:`convlens.runner.capture`)."""
+    from convlens.runner import capture
+
+    return capture(model, images, list(layers))
 
 
 def default_code_layer(model) -> str:

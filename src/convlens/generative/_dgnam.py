@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convlens.generative._decoder import Decoder
 from convlens.generative._generator import (
     check_generator,
     code_param,
     starting_codes,
 )
 from convlens.generative._neurons import make_constraint, neuron_values, validate_units
-from convlens.optimize import objectives, render
+from convlens.optimize import objectives, render_chunked
+from convlens.runner import Runner, capture
 from convlens.units import Unit, parse_unit
 
 
@@ -66,6 +68,29 @@ def code_l2(code: torch.Tensor) -> objectives.Objective:
     return objectives.custom(lambda ctx: code.pow(2).flatten(1).sum(1), [], "L2 of the code")
 
 
+def _synthesize(model, generator, u: Unit, codes: torch.Tensor, weight: float, project, **render_kw):
+    """The engine over the codes, in chunks that fit the memory budget (the generator's own
+    activations counted per image); the codes were drawn for every start first, so the chunks
+    start as one batch would. Returns the merged result, the final codes and the unit's values."""
+    finals, acts = [], []
+
+    def build(a, b):
+        param, c = code_param(generator, codes[a:b])
+        finals.append(c)
+        return (neuron(u) + weight * code_l2(c) if weight else neuron(u)), param, project
+
+    def chunk_done(a, b, r):
+        acts.append(neuron_values(capture(model, r.images, [u.layer]), [u])[:, 0])
+
+    with torch.no_grad():
+        image_shape = tuple(generator(codes[:1]).shape[1:])
+    g_bytes = Runner(generator.net if isinstance(generator, Decoder) else generator, grad=True).cost(
+        tuple(codes.shape[1:]))[0]
+    r = render_chunked(model, len(codes), build, image_shape, objective=neuron(u), extra=g_bytes,
+                       on_chunk=chunk_done, **render_kw)
+    return r, torch.cat([c.detach() for c in finals]), torch.cat(acts)
+
+
 def dgn_am(
     model,
     generator,
@@ -81,7 +106,8 @@ def dgn_am(
     seed: int = 0,
     callback=None,
 ) -> Synthesis:
-    """Maximize ``unit`` over the generator's codes from ``n`` random starts (one batch).
+    """Maximize ``unit`` over the generator's codes from ``n`` random starts (in chunks that fit
+    the memory budget, each start its own code: the results of one batch).
 
     Parameters
     ----------
@@ -105,15 +131,8 @@ def dgn_am(
     if weight < 0:
         raise ValueError(f"weight (the L2 penalty on the code) must be >= 0, got {weight}")
     codes, scale, project = starting_codes(model, generator, n, init, code_shape, seed, box)
-    param, c = code_param(generator, codes)
-    objective = neuron(u) + weight * code_l2(c) if weight else neuron(u)
-    r = render(model, objective, param, steps=steps, lr=lr * scale, project=project, seed=seed,
-               callback=callback)
-    final = c.detach()
-    with torch.no_grad():
-        from convlens.probe import capture
-
-        acts = neuron_values(capture(model, r.images, [u.layer]), [u])[:, 0]
+    r, final, acts = _synthesize(model, generator, u, codes, weight, project, steps=steps, lr=lr * scale,
+                                 seed=seed, callback=callback)
     return Synthesis(u, r.images.cpu().numpy(), final.cpu().numpy(), acts.cpu().numpy(), r.history,
                      dict(n=n, steps=r.steps, lr=lr, weight=weight, box=box, seed=seed,
                           init=init if isinstance(init, str) else "given", code_scale=scale,

@@ -327,7 +327,7 @@ def _seed(model, generator, al: _Lagrangian, codes, lr, inner_steps, max_rounds,
 
 
 def _evaluate(model, generator, al: _Lagrangian, codes: torch.Tensor):
-    from convlens.probe import capture
+    from convlens.runner import capture
 
     with torch.no_grad():
         images = generator(codes)

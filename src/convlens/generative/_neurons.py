@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from convlens.probe import capture, get_layer
+from convlens.probe import get_layer
+from convlens.runner import capture
 from convlens.units import Unit, parse_unit
 
 

@@ -77,6 +77,7 @@ from convlens.optimize._param import (
     Perturbation,
     PixelImage,
     decorrelate_color,
+    image_seeds,
 )
 from convlens.optimize._project import (
     BlurEvery,
@@ -88,7 +89,15 @@ from convlens.optimize._project import (
     gaussian_blur,
 )
 from convlens.optimize._relu import redirected_relu, redirected_relus
-from convlens.optimize._render import RenderResult, RenderState, evaluate, render
+from convlens.optimize._render import (
+    RenderResult,
+    RenderState,
+    evaluate,
+    extra_bytes,
+    images_per_render,
+    render,
+    render_chunked,
+)
 from convlens.optimize._transforms import (
     Compose,
     Jitter,
@@ -104,7 +113,8 @@ __all__ = [
     "BlurEvery", "ClampPixels", "ClipSmallContribution", "ClipSmallNorm", "Compose",
     "FourierImage", "FunctionParam", "Jitter", "JitterScaleRotate", "L2Ball", "LinfBall", "Objective",
     "ObjectiveContext", "Parametrization", "Perturbation", "PixelImage", "RandomAffine",
-    "RenderResult", "RenderState", "decorrelate_color", "evaluate", "gaussian_blur",
-    "objectives", "random_rotate", "random_scale", "redirected_relu", "redirected_relus", "render",
+    "RenderResult", "RenderState", "decorrelate_color", "evaluate", "extra_bytes", "gaussian_blur",
+    "image_seeds", "images_per_render", "objectives", "random_rotate", "random_scale", "redirected_relu",
+    "redirected_relus", "render", "render_chunked",
     "standard_transforms",
 ]

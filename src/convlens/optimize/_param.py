@@ -28,6 +28,24 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator:
     return g
 
 
+def image_seeds(seed: int, start: int, stop: int) -> list[int]:
+    """One seed per image ``start .. stop - 1`` of a request seeded ``seed``: a parametrization
+    given these draws each image from its own generator, so a request split into chunks (to fit
+    the memory budget) starts from the same images as in one batch."""
+    return [int(np.random.SeedSequence([int(seed), i]).generate_state(1, np.uint64)[0] >> 1)
+            for i in range(int(start), int(stop))]
+
+
+def _noise(draw: Callable[[int, torch.Generator], torch.Tensor], n: int, seed) -> torch.Tensor:
+    """``draw(n, generator)``, or with a sequence of per-image seeds (:func:`image_seeds`) one
+    draw per image, each from its own generator."""
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        if len(seed) != n:
+            raise ValueError(f"got {len(seed)} per-image seeds for {n} images")
+        return torch.cat([draw(1, _generator(int(s))) for s in seed]) if n else draw(0, _generator(0))
+    return draw(n, _generator(seed))
+
+
 def _check_shape(n: int, channels: int, size) -> tuple[int, int, int, int]:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     for name, v in (("n", n), ("height", h), ("width", w)):
@@ -124,12 +142,13 @@ class PixelImage(Parametrization):
         ``ClampPixels`` projection); ``"sigmoid"`` -- pixels are ``sigmoid(parameters)``, always
         in range
     decorrelate : optimize decorrelated colour components instead of RGB (3 channels only)
-    seed : an int or a ``torch.Generator`` for the noise
+    seed : an int or a ``torch.Generator`` for the noise, or one seed per image
+        (:func:`image_seeds`)
     """
 
     def __init__(self, n: int = 1, channels: int = 3, size: int | tuple[int, int] = 224, *,
                  init: torch.Tensor | None = None, sd: float = 0.01, squash: str = "none",
-                 decorrelate: bool = False, seed: int | torch.Generator | None = 0,
+                 decorrelate: bool = False, seed: int | torch.Generator | Sequence[int] | None = 0,
                  device: str | torch.device = "cpu"):
         if squash not in ("none", "sigmoid"):
             raise ValueError(f"squash must be 'none' or 'sigmoid', got {squash!r}")
@@ -142,8 +161,8 @@ class PixelImage(Parametrization):
             raise ValueError("decorrelate=True needs 3 colour channels")
         self.batch_size, self.squash, self.decorrelate = n, squash, decorrelate
         if init is None:
-            g = _generator(seed)
-            start = (0.5 + sd * torch.randn(n, channels, h, w, generator=g)).clamp(0, 1)
+            start = (0.5 + sd * _noise(lambda k, g: torch.randn(k, channels, h, w, generator=g), n, seed)
+                     ).clamp(0, 1)
         else:
             start = init.detach().float().clone()
         start = start.clamp(1e-4, 1 - 1e-4) if squash == "sigmoid" else start
@@ -178,12 +197,12 @@ class FourierImage(Parametrization):
     sd : standard deviation of the random start of the spectrum
     decay_power : how strongly high frequencies are damped
     decorrelate : decorrelate colour (3 channels)
-    seed : an int or a ``torch.Generator``
+    seed : an int or a ``torch.Generator``, or one seed per image (:func:`image_seeds`)
     """
 
     def __init__(self, n: int = 1, channels: int = 3, size: int | tuple[int, int] = 224, *,
                  sd: float = 0.01, decay_power: float = 1.0, decorrelate: bool = True,
-                 seed: int | torch.Generator | None = 0, device: str | torch.device = "cpu"):
+                 seed: int | torch.Generator | Sequence[int] | None = 0, device: str | torch.device = "cpu"):
         n, channels, h, w = _check_shape(n, channels, size)
         self.batch_size, self.size = n, (h, w)
         self.decorrelate = decorrelate and channels == 3
@@ -191,8 +210,7 @@ class FourierImage(Parametrization):
         scale = 1.0 / np.maximum(freqs, 1.0 / max(h, w)) ** decay_power
         scale = scale / 4.0  # Lucent's "magic" 4, folded in (a power of two: the same values)
         self._scale = torch.tensor(scale, dtype=torch.float32, device=device)[None, None, ..., None]
-        g = _generator(seed)
-        spectrum = sd * torch.randn(n, channels, *freqs.shape, 2, generator=g)
+        spectrum = sd * _noise(lambda k, g: torch.randn(k, channels, *freqs.shape, 2, generator=g), n, seed)
         self.spectrum = spectrum.to(device).requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -214,13 +232,13 @@ class Perturbation(Parametrization):
     x0 : clean images ``(N, C, H, W)`` in ``[0, 1]`` (kept fixed)
     init : ``"zeros"`` or ``"uniform"`` (uniform in ``[-eps, eps]``, PGD's random start)
     eps : the size of the uniform start
-    seed : an int or a ``torch.Generator``
+    seed : an int or a ``torch.Generator``, or one seed per image (:func:`image_seeds`)
 
     Keep ``delta`` inside a budget with the ``LinfBall`` or ``L2Ball`` projection.
     """
 
     def __init__(self, x0: torch.Tensor, *, init: str = "zeros", eps: float = 0.0,
-                 seed: int | torch.Generator | None = 0):
+                 seed: int | torch.Generator | Sequence[int] | None = 0):
         if not isinstance(x0, torch.Tensor) or x0.ndim != 4:
             raise ValueError("x0 must be a tensor (N, C, H, W) in [0, 1]")
         if init not in ("zeros", "uniform"):
@@ -229,8 +247,8 @@ class Perturbation(Parametrization):
         self.batch_size = int(x0.shape[0])
         delta = torch.zeros_like(self.x0)
         if init == "uniform":
-            g = _generator(seed)
-            delta = (torch.rand(self.x0.shape, generator=g) * 2 - 1).to(x0.device) * eps
+            delta = _noise(lambda k, g: torch.rand(k, *self.x0.shape[1:], generator=g), self.batch_size, seed)
+            delta = (delta * 2 - 1).to(x0.device) * eps
             delta = (self.x0 + delta).clamp(0, 1) - self.x0
         self.delta = delta.requires_grad_(True)
 

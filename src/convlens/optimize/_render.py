@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.fast import autocast_to, fast
 from convlens.optimize._param import Parametrization, to_param
 from convlens.optimize._project import Compose as ComposeProjections
 from convlens.optimize._relu import redirected_relus
 from convlens.optimize._transforms import Compose as ComposeTransforms
 from convlens.optimize.objectives import OUTPUT, Objective, ObjectiveContext
-from convlens.probe import Capture, frozen
 
 log = logging.getLogger(__name__)
 
@@ -102,79 +100,58 @@ def _as_model(model):
     raise TypeError(f"model must be a convlens Model or a torch.nn.Module, got {type(model).__name__}")
 
 
-class _Normalized:
-    """``model(x)`` with the input spec's normalisation done as one channel mix plus a bias
-    (:meth:`InputSpec.affine`, applied with ``baddbmm``), instead of a channel flip and four elementwise passes, each with its backward.
-    The same map up to float rounding; only for a plain :class:`convlens.Model`, whose call is
-    ``net(spec.normalize(x))``."""
+def _runner(model, objective: Objective, *, grad: bool, precision: str = "float32", memory=None):
+    """The :class:`convlens.runner.Runner` that gives ``objective`` its activations (the layers
+    it reads, and the output when it reads that)."""
+    from convlens.runner import Runner
 
-    def __init__(self, model):
-        self.model, self.net = model, model.net
-        mix, bias = model.spec.affine()
-        c = self.channels = model.spec.channels
-        self.identity = bool((mix == torch.eye(c)).all() and (bias == 0).all())
-        device = next(self.net.parameters(), torch.zeros(0)).device
-        self.mix = mix.float().to(device)[None]
-        self.bias = bias.float().to(device).view(1, c, 1)
-
-    @staticmethod
-    def applies(model) -> bool:
-        from convlens.model import Model
-
-        return isinstance(model, Model) and type(model).__call__ is Model.__call__
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.channels:
-            return self.model(x)  # the spec's own message for a wrong shape
-        if self.identity:
-            return self.net(x)
-        n, c, h, w = x.shape
-        z = torch.baddbmm(self.bias, self.mix.expand(n, c, c), x.reshape(n, c, h * w))
-        return self.net(z.view(n, c, h, w))
-
-
-def _forward(model, objective: Objective, cap: Capture | None, x: torch.Tensor,
-             dtype: torch.dtype = torch.float32) -> dict:
-    """Run the network on ``x`` (in ``dtype``: bfloat16 autocast or float32) and return the
-    activations the objective needs, in float32. ``model`` is a convlens Model or the
-    :class:`_Normalized` form of one."""
-    with autocast_to(dtype, x.device):
-        acts = _run(model, objective, cap, x)
-    if dtype != torch.float32:
-        acts = {k: v.float() if v.is_floating_point() else v for k, v in acts.items()}
-    return acts
-
-
-def _run(model, objective: Objective, cap: Capture | None, x: torch.Tensor) -> dict:
-    if cap is None:
-        out = model(x) if OUTPUT in objective.layers else None
-        return {OUTPUT: out} if out is not None else {}
-    if OUTPUT in objective.layers:
-        cap.stop = False
-        out = None
-
-        def run(inp):
-            nonlocal out
-            out = model(inp)
-            return out
-
-        acts = cap.run(run, x)
-        acts[OUTPUT] = out
-        return acts
-    return cap.run(model, x)
-
-
-def evaluate(model, objective: Objective, images: torch.Tensor) -> torch.Tensor:
-    """The objective's loss per image on ``images`` (no transforms, no gradient, float32)."""
-    model = _as_model(model)
     layers = [name for name in objective.layers if name != OUTPUT]
-    with frozen(model.net), fast(model.net), torch.no_grad():
-        if layers:
-            with Capture(model.net, layers, detach=True) as cap:
-                acts = _forward(model, objective, cap, images)
-        else:
-            acts = _forward(model, objective, None, images)
+    return Runner(model, layers, output=OUTPUT in objective.layers, grad=grad, precision=precision,
+                  memory=memory)
+
+
+def _acts(run, objective: Objective, x: torch.Tensor) -> dict:
+    """The activations ``objective`` needs on ``x`` (float32); nothing runs when it needs none."""
+    if not objective.layers:
+        return {}
+    acts = run.step(x)
+    return {k: v for k, v in acts.items() if k in objective.layers}
+
+
+def evaluate(model, objective: Objective, images: torch.Tensor, *, memory=None) -> torch.Tensor:
+    """The objective's loss per image on ``images`` (no transforms, no gradient, float32),
+    the network run in chunks that fit the memory budget."""
+    model = _as_model(model)
+    if not objective.layers:
+        acts = {}
+    else:
+        acts = _runner(model, objective, grad=False, memory=memory).all(images)
+    with torch.no_grad():
         return objective(ObjectiveContext(acts, images, images)).detach()
+
+
+def extra_bytes(param: Parametrization, image_shape: Sequence[int]) -> int:
+    """Bytes per image an optimization holds besides the network's activations: the parameters
+    with their gradients and two Adam moments, and the raw and transformed images with theirs."""
+    n = max(1, param.batch_size)
+    params = sum(p.numel() * p.element_size() for p in param.parameters()) / n
+    image = 4 * int(np.prod(image_shape))
+    return int(4 * params + 4 * image)
+
+
+def images_per_render(model, objective: Objective, image_shape: Sequence[int], *, param_bytes: int | None = None,
+                      precision: str = "float32", memory=None, limit: int | None = None, extra: int = 0) -> int:
+    """How many images of ``image_shape`` (C, H, W) one :func:`render` of ``objective`` can
+    optimize at once within the memory budget (the network's activations with gradients, plus
+    ``param_bytes`` per image for the parametrization: default, a pixel grid, and ``extra``
+    bytes per image for anything else the caller runs, such as a generator). Callers split
+    larger requests (64 units, 1 000 classes) into chunks of this size.
+    Raises :class:`convlens.runner.MemoryBudgetError` when not even one image fits."""
+    model = _as_model(model)
+    image = 4 * int(np.prod(image_shape))
+    extra = 4 * (image if param_bytes is None else int(param_bytes)) + 4 * image + int(extra)
+    return _runner(model, objective, grad=True, precision=precision, memory=memory).batch_size(
+        tuple(image_shape), limit, extra=extra)
 
 
 def _batch_first(p: torch.Tensor, n: int) -> bool:
@@ -235,6 +212,7 @@ def render(
     seed: int | torch.Generator = 0,
     callback: Callback | None = None,
     precision: str = "float32",
+    memory: int | float | str | None = None,
 ) -> RenderResult:
     """Optimize ``param`` so that the network's response minimizes ``objective``.
 
@@ -261,6 +239,9 @@ def render(
         convolutions and matrix products during the optimization. The parametrization,
         transforms, objectives and the final :func:`evaluate` stay in float32. The network
         always runs with channels-last weights (same results as NCHW up to rounding).
+    memory : the memory budget (:mod:`convlens.runner`; default: the current one): the batch
+        must fit it with gradients, or this fails before the first step naming the need (see
+        :func:`images_per_render` to chunk a larger request)
 
     Returns
     -------
@@ -281,26 +262,30 @@ def render(
     params = param.parameters()
     n = param.batch_size
     opt = _make_optimizer(optimizer, params, lr)
-    layers = [name for name in objective.layers if name != OUTPUT]
-    try:
-        call = _Normalized(model) if _Normalized.applies(model) else model
-    except RuntimeError:  # mean/std that do not broadcast over the channels: the spec's own path
-        call = model
+    run = _runner(model, objective, grad=True, precision=precision, memory=memory)
+    if n and objective.layers:  # the whole batch must fit the budget: callers chunk larger requests
+        with torch.no_grad():
+            shape = tuple(tf(param.image(), torch.Generator().manual_seed(0)).shape[1:])
+        fit = run.batch_size(shape, extra=extra_bytes(param, shape))
+        if fit < n:
+            from convlens.runner import MemoryBudgetError, format_bytes
+
+            raise MemoryBudgetError(
+                f"optimizing {n} images of shape {shape} at once does not fit the memory budget "
+                f"{format_bytes(run.memory)} (at most {fit} do): split the request (the convlens.visualize "
+                "functions chunk by themselves; convlens.optimize.images_per_render says how many fit) "
+                "or raise --memory")
     done = torch.zeros(n, dtype=torch.bool)
     stopped_at = np.full(n, -1, dtype=int)
     history: list[float] = []
     interrupted, step = False, 0
-    with frozen(model.net), fast(model.net, precision, grad=True, autocast=False) as dtype, \
-            (redirected_relus(model.net) if redirect_relu else nullcontext()):
-        cap = Capture(model.net, layers, detach=False) if layers else None  # after the ReLU hooks
+    with (redirected_relus(model.net) if redirect_relu else nullcontext()), run:  # ReLUs first, hooks after
         try:
-            if cap is not None:
-                cap.__enter__()
             for step in range(steps):
                 opt.zero_grad(set_to_none=True)
                 raw = param.image()
                 x = tf(raw, gen)
-                acts = _forward(call, objective, cap, x, dtype)
+                acts = _acts(run, objective, x)
                 losses = objective(ObjectiveContext(acts, x, raw, step))
                 losses.sum().backward()
                 _check_finite(params, losses.detach(), step, objective.description)
@@ -324,15 +309,71 @@ def render(
         except KeyboardInterrupt:
             interrupted = True
             log.warning("optimization interrupted at step %d; returning the current images", step)
-        finally:
-            if cap is not None:
-                cap.__exit__(None, None, None)
-        with torch.no_grad():
-            images = param.image().detach().clamp(0, 1)
-        # inside the block: the weights are channels-last already, evaluate converts nothing
-        final = evaluate(model, objective, images) if n else torch.zeros(0)
+    with torch.no_grad():
+        images = param.image().detach().clamp(0, 1)
+    final = evaluate(model, objective, images, memory=run.memory) if n else torch.zeros(0)
+    dtype = run.dtype
     return RenderResult(images, final.cpu().numpy(), history, len(history), stopped_at,
                         interrupted, objective.description, str(dtype).removeprefix("torch."))
+
+
+def render_chunked(
+    model,
+    n: int,
+    build: Callable[[int, int], tuple[Objective, Parametrization, Callable | Sequence[Callable] | None]],
+    image_shape: Sequence[int],
+    *,
+    objective: Objective | None = None,
+    limit: int | None = None,
+    precision: str = "float32",
+    memory: int | float | str | None = None,
+    extra: int = 0,
+    on_chunk: Callable[[int, int, RenderResult], None] | None = None,
+    **render_kwargs,
+) -> RenderResult:
+    """:func:`render` of ``n`` independent images in chunks that fit the memory budget.
+
+    ``build(start, stop)`` returns ``(objective, param, project)`` for images ``start:stop``;
+    for the chunked result to equal one batch, ``param`` must draw each image from its own seed
+    (:func:`convlens.optimize.image_seeds`) and the objective be one loss per image -- then each
+    chunk runs with the same ``seed`` (transforms draw once per step for the whole batch).
+    ``objective``: the one that sizes the chunks (default: ``build(0, 1)``'s; give the whole
+    request's when the images' objectives reach different depths). ``limit``: the most images per
+    chunk; ``extra``: bytes per image the parametrization costs beyond a pixel grid (a
+    generator's activations). ``on_chunk(start, stop, result)`` after each chunk. The rest goes to :func:`render`.
+    An interrupted chunk stops the run (``KeyboardInterrupt``) when chunks remain."""
+    from convlens.runner import spans
+
+    model = _as_model(model)
+    size = images_per_render(model, objective if objective is not None else build(0, min(1, n))[0],
+                             image_shape, precision=precision, memory=memory, limit=limit, extra=extra) if n else 1
+    parts = []
+    chunks = spans(n, size)
+    for j, (a, b) in enumerate(chunks):
+        obj, p, proj = build(a, b)
+        r = render(model, obj, p, project=proj, precision=precision, memory=memory, **render_kwargs)
+        parts.append(r)
+        if on_chunk is not None:
+            on_chunk(a, b, r)
+        if r.interrupted and j + 1 < len(chunks):
+            raise KeyboardInterrupt
+    if len(parts) == 1:
+        return parts[0]
+    log.info("rendered %d images in %d chunks of at most %d (memory budget)", n, len(parts), size)
+    return _merge(parts)
+
+
+def _merge(parts: list[RenderResult]) -> RenderResult:
+    steps = max(r.steps for r in parts)
+    weights = [len(r.images) for r in parts]
+    history = []
+    for i in range(steps):
+        have = [(w, r.history[i]) for w, r in zip(weights, parts) if i < len(r.history)]
+        history.append(sum(w * h for w, h in have) / sum(w for w, _ in have))
+    stopped = None if any(r.stopped_at is None for r in parts) else np.concatenate([r.stopped_at for r in parts])
+    return RenderResult(torch.cat([r.images for r in parts]), np.concatenate([r.losses for r in parts]), history,
+                        steps, stopped, any(r.interrupted for r in parts), parts[0].description,
+                        parts[0].precision)
 
 
 def _update(opt, params, done: torch.Tensor, n: int, step: int, proj, param) -> None:

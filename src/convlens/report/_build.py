@@ -15,6 +15,7 @@ seconds; see :class:`~convlens.report._budget.Budget`) and their options from
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -205,6 +206,24 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
     return None
 
 
+def _within_memory(build: Callable) -> Callable:
+    """Run ``build`` inside the memory budget ``memory=`` (default: the configuration's
+    ``memory``, else the current one; see :mod:`convlens.runner`). A budget too small for one
+    input of the model fails here, before any section starts."""
+
+    @functools.wraps(build)
+    def run(model, dataset, out, *, config=None, memory: int | str | None = None, **kwargs) -> Path:
+        from convlens.runner import Runner, memory_budget
+
+        cfg = _resolve_config(config, [s.name for s in sections()])
+        with memory_budget(memory if memory is not None else cfg.memory):
+            Runner(model).batch_size((model.spec.channels, *model.spec.size))
+            return build(model, dataset, out, config=cfg, **kwargs)
+
+    return run
+
+
+@_within_memory
 def build_report(
     model,
     dataset,
@@ -237,6 +256,9 @@ def build_report(
         Seed given to every section (default: the configuration's, else 0).
     budget
         Report-wide budget overrides; the defaults are fitted to the model and the data.
+    memory
+        The memory budget of every run of the network (bytes or ``"2GB"``; default: the
+        configuration's ``memory``, else the current one, :mod:`convlens.runner`).
     progress
         Called with ``(section title, fraction done)``.
 

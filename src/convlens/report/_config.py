@@ -4,6 +4,7 @@ A YAML file (``analyses.yaml``) looks like::
 
     sections: [summary, training, embedding]   # default: all of them (embedding = embed)
     seed: 0
+    memory: 2GB                                # memory budget of every run of the network
     budget: {images: 1000, units: 8, steps: 64, samples: 8, seconds: 20}   # for every section
     embedding:                                 # options of one section (any key it documents)
       layers: [fc1]
@@ -20,19 +21,22 @@ from pathlib import Path
 
 from convlens.report._budget import Budget
 
-RESERVED = ("sections", "seed", "budget")
+RESERVED = ("sections", "seed", "budget", "memory")
 
 
 @dataclass
 class ReportConfig:
     """Parsed configuration: ``sections`` (None: all), ``options`` per section, the global
-    ``budget`` overrides and per-section ``budgets`` overrides (plain dicts, validated)."""
+    ``budget`` overrides and per-section ``budgets`` overrides (plain dicts, validated), and the
+    ``memory`` budget (bytes or a size such as ``"2GB"``; None: the default, see
+    :mod:`convlens.runner`)."""
 
     sections: list[str] | None = None
     seed: int | None = None
     budget: dict = field(default_factory=dict)
     options: dict[str, dict] = field(default_factory=dict)
     budgets: dict[str, dict] = field(default_factory=dict)
+    memory: int | str | None = None
 
 
 # Names users write for a section (the README's, the papers') -> the section's own name.
@@ -85,6 +89,14 @@ def parse_config(raw: dict | None, names: list[str], where: str = "config") -> R
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"{where}: 'seed' must be a non-negative integer; got {seed!r}")
         cfg.seed = seed
+    if raw.get("memory") is not None:
+        from convlens.runner import parse_memory
+
+        try:
+            parse_memory(raw["memory"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        cfg.memory = raw["memory"]
     if raw.get("budget") is not None:
         Budget().updated(raw["budget"], f"{where}: budget")  # validates
         cfg.budget = dict(raw["budget"])

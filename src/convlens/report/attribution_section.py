@@ -50,7 +50,7 @@ def _explain(ctx, m, ds, idx: list[int], layer: str, lime_samples: int, out) -> 
         random_order,
         saliency,
     )
-    from convlens.probe import capture
+    from convlens.runner import capture
 
     x = torch.stack([ds.image(i) for i in idx])
     sal = saliency(m, x)

@@ -32,7 +32,7 @@ def _last(model, kind) -> str | None:
 
 def _values(model, x, unit: str) -> np.ndarray:
     from convlens.generative import neuron_values
-    from convlens.probe import capture
+    from convlens.runner import capture
     from convlens.units import parse_unit
 
     u = parse_unit(unit)
@@ -40,7 +40,7 @@ def _values(model, x, unit: str) -> np.ndarray:
 
 
 def _most_varied(model, x, layer: str) -> str:
-    from convlens.probe import capture
+    from convlens.runner import capture
 
     a = capture(model, x, [layer])[layer]
     a = a.flatten(2).mean(2) if a.ndim > 2 else a

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import objectives, render
-from convlens.probe import capture, get_layer
+from convlens.optimize import objectives, render_chunked
+from convlens.probe import get_layer
+from convlens.runner import capture
 from convlens.units import parse_unit_list
 from convlens.visualize._common import image_size, make_param, make_transforms, model_info
 
@@ -128,13 +129,15 @@ def activation_maximization(
     l2: float = 0.0,
     normalize_grad: bool = False,
     redirect_relu: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     reference=None,
     seed: int = 0,
     callback: Callable[[int, int], None] | None = None,
     precision: str = "float32",
+    memory: int | float | str | None = None,
 ) -> UnitVisualization:
-    """An image that maximizes each unit of ``layer``, ``batch_size`` units per optimization.
+    """An image that maximizes each unit of ``layer``, as many units per optimization as the
+    memory budget allows (at most ``batch_size``); a chunked run gives the images one batch would.
 
     Parameters
     ----------
@@ -153,6 +156,8 @@ def activation_maximization(
         starting image can still be raised; a unit stays dead only if even these cannot move it
     reference : an :class:`~convlens.data.ImageDataset` conformed to the model; each unit is
         compared with the highest activation an image of it gives (same statistic: map maximum)
+    batch_size : the most units per optimization (default: as many as fit ``memory``)
+    memory : the memory budget (:mod:`convlens.runner`; default: the current one)
     callback : ``callback(units_done, units_total)``
     precision : the network's dtype during the optimization, ``"float32"`` (default),
         ``"bfloat16"`` or ``"auto"`` (see :func:`convlens.optimize.render`); the activations
@@ -172,38 +177,42 @@ def activation_maximization(
         if not 0 <= u < probe.shape[1]:
             raise ValueError(f"unit {u} is out of range: layer {layer!r} has {probe.shape[1]} units "
                              f"(0-{probe.shape[1] - 1})")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     _objective(objective, layer, sel[:1], probe.ndim)  # validate before any work
     tf = make_transforms(transforms, (h, w))
-    images, reached, dead = [], [], []
-    for start in range(0, len(sel), batch_size):
-        idx = sel[start:start + batch_size]
-        p, proj = make_param(param, len(idx), c, (h, w), seed + start)
-        obj = _objective(objective, layer, idx, probe.ndim)
+    moved = torch.zeros(len(sel), dtype=torch.bool, device=model.device)
+
+    span = [0, 0]  # the rows of the chunk being optimized
+
+    def build(a, b):
+        span[:] = [a, b]
+        p, proj = make_param(param, b - a, c, (h, w), seed, first=a)
+        obj = _objective(objective, layer, sel[a:b], probe.ndim)
         if tv:
             obj = obj + tv / (h * w) * objectives.total_variation()
         if l2:
             obj = obj + l2 / (h * w) * objectives.l2()
-        moved = torch.zeros(len(idx), dtype=torch.bool, device=model.device)
+        return obj, p, proj
 
-        def watch(step, loss, state, moved=moved, p=p):
-            for t in p.parameters():
-                if t.grad is not None:
-                    moved.logical_or_(t.grad.flatten(1).abs().amax(1) > 0)
+    def watch(step, loss, state):
+        for t in state.param.parameters():
+            if t.grad is not None:
+                moved[span[0]:span[1]] |= t.grad.flatten(1).abs().amax(1) > 0
 
-        r = render(model, obj, p, steps=steps, lr=lr, transforms=tf, project=proj,
-                   normalize_grad=normalize_grad, redirect_relu=redirect_relu, seed=seed + start,
-                   callback=watch, precision=precision)
-        acts = capture(model, r.images, [layer])[layer]
-        value = _map_max(acts, torch.as_tensor(idx))
-        for u, v, m in zip(idx, value.tolist(), moved.tolist()):
-            if not m or v <= 1e-6:
-                dead.append(u)
-        images.append(r.images.cpu().numpy())
-        reached.append(value.cpu().numpy())
+    values = []
+
+    def chunk_done(a, b, r):  # each chunk's own units, measured while its maps are small
+        values.append(_map_max(capture(model, r.images, [layer], memory=memory)[layer], torch.as_tensor(sel[a:b])))
         if callback:
-            callback(start + len(idx), len(sel))
+            callback(b, len(sel))
+
+    r = render_chunked(model, len(sel), build, (c, h, w), limit=batch_size, steps=steps, lr=lr,
+                       transforms=tf, normalize_grad=normalize_grad, redirect_relu=redirect_relu, seed=seed,
+                       callback=watch, precision=precision, memory=memory, on_chunk=chunk_done)
+    value = torch.cat(values)
+    dead = [u for u, v, m in zip(sel, value.tolist(), moved.tolist()) if not m or v <= 1e-6]
+    images, reached = [r.images.cpu().numpy()], [value.cpu().numpy()]
     if dead:
         log.info("layer %s: dead units skipped (no gradient or stuck at zero): %s", layer, dead)
     out = UnitVisualization(layer, np.array(sel), np.concatenate(images), np.concatenate(reached),

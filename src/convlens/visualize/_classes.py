@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import BlurEvery, objectives, render
+from convlens.optimize import BlurEvery, objectives, render_chunked
 from convlens.optimize.objectives import OUTPUT
 from convlens.visualize._common import image_size, make_param, make_transforms, model_info
 
@@ -74,11 +74,10 @@ def _n_classes(model) -> int:
         return int(model(model.example_input(1)).shape[1])
 
 
-def _scores(model, images: torch.Tensor, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    from convlens.probe import frozen
+def _scores(model, images: torch.Tensor, classes: list[int], memory=None) -> tuple[np.ndarray, np.ndarray]:
+    from convlens.runner import outputs
 
-    with frozen(model.net), torch.no_grad():
-        logits = model(images)
+    logits = outputs(model, images, memory=memory).flatten(1)
     idx = torch.arange(len(classes)), torch.as_tensor(classes)
     return logits[idx].cpu().numpy(), torch.softmax(logits, 1)[idx].cpu().numpy()
 
@@ -100,9 +99,12 @@ def class_model(
     transforms: str | None = "standard",
     tv: float = 0.0,
     seed: int = 0,
+    batch_size: int | None = None,
+    memory: int | float | str | None = None,
 ) -> ClassImages:
     """Simonyan et al.'s class model: ``argmax_I S_c(I) - lambda ||I||^2`` for each class,
-    all classes in one batch.
+    as many classes per optimization as the memory budget ``memory`` allows (at most
+    ``batch_size``); a chunked run gives the images one batch would (each image its own seed).
 
     ``S_c`` is the class score before softmax; ``l2`` is ``lambda`` per pixel (the penalty is
     ``l2 / (H W) * sum (I - 0.5)^2``, about mid-grey since images live in ``[0, 1]``). ``param``
@@ -111,15 +113,20 @@ def class_model(
     """
     cls = resolve_classes(model, classes)
     h, w = image_size(model, size)
-    p, proj = make_param(param, len(cls), model.spec.channels, (h, w), seed)
-    obj = objectives.class_logit(cls)
-    if l2:
-        obj = obj + l2 / (h * w) * objectives.l2()
-    if tv:
-        obj = obj + tv / (h * w) * objectives.total_variation()
-    r = render(model, obj, p, steps=steps, lr=lr, project=proj, seed=seed,
-               transforms=make_transforms(transforms, (h, w)))
-    s, conf = _scores(model, r.images, cls)
+    c = model.spec.channels
+
+    def build(a, b):
+        p, proj = make_param(param, b - a, c, (h, w), seed, first=a)
+        obj = objectives.class_logit(cls[a:b])
+        if l2:
+            obj = obj + l2 / (h * w) * objectives.l2()
+        if tv:
+            obj = obj + tv / (h * w) * objectives.total_variation()
+        return obj, p, proj
+
+    r = render_chunked(model, len(cls), build, (c, h, w), limit=batch_size, memory=memory, steps=steps,
+                       lr=lr, seed=seed, transforms=make_transforms(transforms, (h, w)))
+    s, conf = _scores(model, r.images, cls, memory)
     return ClassImages("class_model", np.array(cls), _names(model, cls), r.images.cpu().numpy(), s,
                        conf, np.full(len(cls), r.steps),
                        dict(size=[h, w], steps=steps, lr=lr, l2=l2, tv=tv, param=param,
@@ -139,6 +146,8 @@ def fooling_images(
     size: int | tuple[int, int] | None = None,
     seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
+    batch_size: int | None = None,
+    memory: int | float | str | None = None,
 ) -> ClassImages:
     """Nguyen et al.'s fooling images: ascend each class score from noise until the softmax
     confidence of the class reaches ``target`` (99.99 % by default) or ``max_steps`` pass.
@@ -146,27 +155,34 @@ def fooling_images(
     Without ``regularize`` the pixels are free (kept in ``[0, 1]``); with it, an L2 decay
     (``l2`` per pixel) and a Gaussian blur of ``blur`` px every 4 steps make the images
     smoother, usually at the cost of more steps. Each image stops as soon as it reaches the
-    target; ``steps`` records when (-1: never).
+    target; ``steps`` records when (-1: never). Classes run in chunks that fit ``memory`` (at
+    most ``batch_size``), with the results of one batch.
     """
     if not 0 < target < 1:
         raise ValueError(f"target confidence must be in (0, 1), got {target}")
     cls = resolve_classes(model, classes)
     h, w = image_size(model, size)
-    p, proj = make_param("pixel", len(cls), model.spec.channels, (h, w), seed)
-    obj = objectives.class_logit(cls)
-    if regularize:
-        obj = obj + l2 / (h * w) * objectives.l2()
-        proj = proj + [BlurEvery(blur, every=4)]
-    idx = torch.arange(len(cls)), torch.as_tensor(cls)
+    span = [0, 0]
+
+    def build(a, b):
+        span[:] = [a, b]
+        p, proj = make_param("pixel", b - a, model.spec.channels, (h, w), seed, first=a)
+        obj = objectives.class_logit(cls[a:b])
+        if regularize:
+            obj = obj + l2 / (h * w) * objectives.l2()
+            proj = proj + [BlurEvery(blur, every=4)]
+        return obj, p, proj
 
     def reached(step, loss, state):
-        conf = torch.softmax(state.acts[OUTPUT], 1)[idx]
+        idx = torch.arange(span[1] - span[0]), torch.as_tensor(cls[span[0]:span[1]])
+        conf = torch.softmax(state.acts[OUTPUT].flatten(1), 1)[idx]
         if callback:
             callback(step, float(conf.min()))
         return conf >= target
 
-    r = render(model, obj, p, steps=max_steps, lr=lr, project=proj, seed=seed, callback=reached)
-    s, conf = _scores(model, r.images, cls)
+    r = render_chunked(model, len(cls), build, (model.spec.channels, h, w), limit=batch_size, memory=memory,
+                       steps=max_steps, lr=lr, seed=seed, callback=reached)
+    s, conf = _scores(model, r.images, cls, memory)
     missed = [c for c, st in zip(cls, r.stopped_at) if st < 0]
     if missed:
         log.warning("fooling images: classes %s did not reach %.4f in %d steps", missed, target, max_steps)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from convlens.optimize import ClampPixels, FourierImage, PixelImage, standard_transforms
+from convlens.optimize import (
+    ClampPixels,
+    FourierImage,
+    PixelImage,
+    image_seeds,
+    standard_transforms,
+)
 
 
 def image_size(model, size: int | tuple[int, int] | None) -> tuple[int, int]:
@@ -18,15 +24,18 @@ def image_size(model, size: int | tuple[int, int] | None) -> tuple[int, int]:
 
 
 def make_param(kind: str, n: int, channels: int, size: tuple[int, int], seed: int,
-               init: torch.Tensor | None = None):
-    """``(parametrization, projections)`` for ``kind`` ``"fourier"`` or ``"pixel"``."""
+               init: torch.Tensor | None = None, first: int = 0):
+    """``(parametrization, projections)`` for ``kind`` ``"fourier"`` or ``"pixel"``: images
+    ``first .. first + n - 1`` of a request seeded ``seed``, each drawn from its own seed
+    (:func:`convlens.optimize.image_seeds`), so a chunked request starts where one batch would."""
+    seeds = image_seeds(seed, first, first + n)
     if kind == "fourier":
         if init is not None:
             raise ValueError("param='fourier' starts from noise; use param='pixel' to start from an image")
-        return FourierImage(n, channels, size, seed=seed), []
+        return FourierImage(n, channels, size, seed=seeds), []
     if kind == "pixel":
         p = (PixelImage(init=init) if init is not None
-             else PixelImage(n, channels, size, sd=0.1, seed=seed))
+             else PixelImage(n, channels, size, sd=0.1, seed=seeds))
         return p, [ClampPixels()]
     raise ValueError(f"param must be 'fourier' or 'pixel', got {kind!r}")
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import objectives, render
-from convlens.probe import capture
+from convlens.optimize import objectives, render_chunked
+from convlens.runner import capture
 from convlens.visualize._common import make_param, model_info
 
 PERTURBATIONS = ("binarize", "dropout")
@@ -115,16 +115,21 @@ def invert(
     if perturb:
         targets = {k: perturb_features(v, perturb, seed=seed) for k, v in targets.items()}
     n, (h, w) = len(layers), x0.shape[-2:]
-    p, proj = make_param(param, n, x0.shape[1], (h, w), seed)
-    obj = objectives.per_image([objectives.feature_match(name, targets[name]) for name in layers])
-    if tv:
-        obj = obj + tv / (h * w) * objectives.total_variation(beta)
-    if alpha_weight:
-        obj = obj + alpha_weight / (h * w) * objectives.alpha_norm(alpha)
-    r = render(model, obj, p, steps=steps, lr=lr, project=proj, seed=seed)
-    feats = capture(model, r.images, layers)
-    ferr = np.array([float((feats[name][i] - targets[name][0]).norm() / targets[name].norm().clamp_min(1e-12))
-                     for i, name in enumerate(layers)])
+
+    def build(a, b):
+        p, proj = make_param(param, b - a, x0.shape[1], (h, w), seed, first=a)
+        obj = objectives.per_image([objectives.feature_match(name, targets[name]) for name in layers[a:b]])
+        if tv:
+            obj = obj + tv / (h * w) * objectives.total_variation(beta)
+        if alpha_weight:
+            obj = obj + alpha_weight / (h * w) * objectives.alpha_norm(alpha)
+        return obj, p, proj
+
+    # chunks over the layers, sized for the deepest (the whole request's objective)
+    whole = objectives.per_image([objectives.feature_match(name, targets[name]) for name in layers])
+    r = render_chunked(model, n, build, (x0.shape[1], h, w), objective=whole, steps=steps, lr=lr, seed=seed)
+    ferr = np.array([float((capture(model, r.images[i:i + 1], [name])[name][0] - targets[name][0]).norm()
+                           / targets[name].norm().clamp_min(1e-12)) for i, name in enumerate(layers)])
     perr = (r.images - x0).pow(2).flatten(1).mean(1).sqrt().cpu().numpy()
     return Inversion(layers, x0[0].cpu().numpy(), r.images.cpu().numpy(), ferr, perr, perturb,
                      dict(steps=steps, lr=lr, tv=tv, beta=beta, alpha=alpha, alpha_weight=alpha_weight,

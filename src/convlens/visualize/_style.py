@@ -12,7 +12,7 @@ import torch
 
 from convlens.files import load_result, save_result
 from convlens.optimize import ClampPixels, PixelImage, evaluate, objectives, render
-from convlens.probe import capture
+from convlens.runner import capture
 from convlens.visualize._common import model_info
 from convlens.visualize._invert import _one_image
 

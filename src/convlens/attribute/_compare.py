@@ -133,13 +133,13 @@ def compare(model, images, methods=COMPARE_METHODS, target=None, *, masks: np.nd
 
 def plot_comparison(c: Comparison, max_images: int = 6):
     """The maps side by side: images in rows, the image then one column per method."""
-    from convlens.attribute._plot import _plt, _show, hwc
+    from convlens.attribute._plot import _show, hwc
+    from convlens.figures import subplots
 
-    plt = _plt()
 
     n = min(max_images, len(c.images))
     cols = 1 + len(c.methods)
-    fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
+    fig, axes = subplots(n, cols, figsize=(1.6 * cols, 1.7 * n), squeeze=False)
     for i in range(n):
         _show(axes[i, 0], hwc(c.images[i]), c.names[i][:18])
         for j, mth in enumerate(c.methods):

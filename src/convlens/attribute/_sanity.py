@@ -226,9 +226,9 @@ def sanity_check(model, images, methods: list[str], target=None, *, mode: str = 
 def plot_sanity(result: SanityResult):
     """Adebayo et al.'s Fig. 2 curve: mean Spearman and SSIM per method, trained model on the left,
     then each randomization step."""
-    import matplotlib.pyplot as plt
+    from convlens.figures import subplots
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(12, 4.2), sharey=True)
     ticks = ["trained", *result.layers]
     for ax, metric in zip(axes, ("spearman", "ssim")):
         for k, v in result.mean(metric).items():

@@ -78,15 +78,15 @@ def plot_tile_map(image, positions, tile: int, clusters, n_clusters: int, title:
     in its corner."""
     from matplotlib.patches import Rectangle
 
-    from convlens.embed._plots import _cmap, _plt
+    from convlens.embed._plots import _cmap
+    from convlens.figures import subplots
 
-    plt = _plt()
     img = np.asarray(image)
     if img.ndim == 3:
         img = img.transpose(1, 2, 0)
         img = img[..., 0] if img.shape[2] == 1 else img
     h, w = img.shape[:2]
-    fig, ax = plt.subplots(figsize=(min(8.0, 2.0 + w / 60), min(8.0, 2.0 + h / 60)))
+    fig, ax = subplots(figsize=(min(8.0, 2.0 + w / 60), min(8.0, 2.0 + h / 60)))
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
     cm = _cmap(n_clusters)
     for (top, left), c in zip(positions, clusters):

@@ -167,8 +167,11 @@ def test_non_convolution_layer_is_refused(lenet):
 
 def test_one_by_one_filters_are_refused():
     net = nn.Sequential(nn.Conv2d(3, 4, 1))
-    with pytest.raises(ValueError, match="1x1 filters have no spatial structure"):
+    with pytest.raises(ValueError, match="1x1 filters have no spatial structure.*this network has none"):
         model_filters(net, "0")
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1))  # a SqueezeNet-like expand1x1
+    with pytest.raises(ValueError, match=r"layer '1' has 1x1 filters.*at least 2 pixels: 0$"):
+        model_filters(net, "1")
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +337,57 @@ def test_report_section_on_lenet(lenet, digits, tmp_path):
     assert r["layers"] == ["conv1", "conv2"] and r["filters"] == 6 + 6 * 16
     html = (tmp_path / "index.html").read_text()
     assert "topology/mapper.html" in html and (tmp_path / "topology" / "mapper.html").is_file()
+
+
+def test_study_extends_resumes_and_reports_progress(tmp_path, digits):
+    """A study run to 2 steps, then extended to 6 steps and 2 networks, continues net_000 from
+    its snapshot; progress counts steps over all networks with the earlier ones set apart."""
+    from distributed import Client, LocalCluster
+
+    from convlens.topology import Study, StudyConfig, train_study
+    from convlens.training import list_snapshots, snapshot_step
+
+    base = dict(batch_size=16, snapshot_every=2, limit=100)
+    seen = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        train_study(StudyConfig("M(4,0,8)", "digits", networks=1, steps=2, **base), tmp_path, client=client)
+        st = train_study(StudyConfig("M(4,0,8)", "digits", networks=2, steps=6, **base), tmp_path, client=client,
+                         progress=seen.append)
+        with pytest.raises(ValueError, match="trained to 6 steps"):
+            train_study(StudyConfig("M(4,0,8)", "digits", networks=2, steps=2, **base), tmp_path, client=client)
+    assert [snapshot_step(s) for s in list_snapshots(tmp_path / "net_000")] == [2, 4, 6]
+    assert [snapshot_step(s) for s in list_snapshots(tmp_path / "net_001")] == [2, 4, 6]
+    assert seen and seen[0]["steps_before"] == 2 and seen[-1]["steps_total"] == 12
+    assert seen[-1]["steps_done"] == 12 and seen[-1]["networks_done"] == 2
+    assert Study.load(tmp_path).config.steps == 6 and len(st.networks) == 2
+    assert all(n["cpu_per_step"] > 0 for n in st.networks)
+
+
+def test_steps_not_a_multiple_of_snapshot_every_is_explained():
+    from convlens.topology import StudyConfig
+
+    with pytest.raises(ValueError, match=r"--steps 450 is not a multiple of --snapshot-every 100.*--steps 500 or 400"):
+        StudyConfig("M(8,0,16)", "digits", networks=2, steps=450, snapshot_every=100)
+
+
+def test_cli_train_is_quiet_and_explains_bad_steps(tmp_path):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    r = CliRunner().invoke(app, ["topology", "train", "M(4,0,8)", "digits", "-n", "1", "--steps", "3",
+                                 "--snapshot-every", "2", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "not a multiple of --snapshot-every 2" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_mixed_architectures_in_one_folder_are_refused(tmp_path, digits):
+    from convlens.training import TrainConfig, train
+
+    small = digits.subset(np.arange(40))
+    for name, arch in (("net_000", "M(4,0,8)"), ("net_001", "C(4,0,8)")):
+        train(arch, small, TrainConfig(steps=2, batch_size=8, snapshot_every=2, val_fraction=0), out=tmp_path / name)
+    with pytest.raises(ValueError, match=r"mix architectures \(C\(4,0,8\): net_001; M\(4,0,8\): net_000\)"):
+        filter_cloud(tmp_path, "conv1", step="all")
+    assert len(filter_cloud(tmp_path / "net_000", "conv1", step="all")) == 4

@@ -49,6 +49,7 @@ def _write_grid(grid, out: Path) -> None:
     grid.save(out)
     plot_grid(grid, out / "mapper_grid.png")
     plot_grid(grid, out / "barcode_grid.png", what="barcodes")
+    plot_grid(grid, out / "angle_grid.png", what="angles")
     rows = []
     for (r, c), a in grid.cells.items():
         cell = out / "cells" / next(n for k, n in _cell_names(grid).items() if k == (r, c))
@@ -59,7 +60,10 @@ def _write_grid(grid, out: Path) -> None:
         s = a.summary()
         rows.append({"row": r, "col": c, "filters": s["filters"], "kept": s["kept"],
                      "h1_long_bars": s["h1_long_bars"], "circle_share": s["circle"]["share"],
-                     "coverage": s["circle"]["coverage"], "mapper_loops": s["mapper"]["loops"]})
+                     "coverage": s["circle"]["coverage"], "mapper_loops": s["mapper"]["loops"],
+                     "three_circles": s["three_circles"]["three"], "three_gain": s["three_circles"]["gain"],
+                     "angle_agreement": ((s["angles"] or {}).get("agreement") or {}).get("correlation"),
+                     "angle_message": (s["angles"] or {}).get("message")})
     write_json(out / "summary.json", rows)
     _print_table(rows)
 
@@ -74,12 +78,35 @@ def _print_table(rows: list[dict]) -> None:
     from rich.table import Table
 
     t = Table("layer/model", "cell", "filters", "kept", "longest H1 bars", "near primary circle", "coverage",
-              "Mapper loops")
+              "near 3 circles (gain)", "Mapper loops", "angle agreement")
     for r in rows:
+        ag = r.get("angle_agreement")
         t.add_row(str(r["row"]), str(r["col"]), str(r["filters"]), str(r["kept"]),
                   ", ".join(f"{b:.3f}" for b in r["h1_long_bars"]), f"{r['circle_share']:.1%}",
-                  f"{r['coverage']:.2f}", str(r["mapper_loops"]))
+                  f"{r['coverage']:.2f}", f"{r['three_circles']:.1%} (+{r['three_gain']:.1%})",
+                  str(r["mapper_loops"]), "no long H1 class" if ag is None else f"{ag:+.2f}")
     console.print(t)
+
+
+def _quiet_logs(verbose: bool) -> None:
+    """Dask's scheduler and nanny log every connection at INFO: shown only with --verbose."""
+    import logging
+
+    from convlens.cli._common import setup_logging
+
+    setup_logging(verbose)
+    import distributed  # noqa: F401  (its import sets the levels of its loggers; ours come after)
+
+    for name in ("distributed", "dask", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    # "Worker process still alive after 4.0 seconds, killing": the nanny's note on closing a busy
+    # worker, harmless once the study's results are written
+    logging.getLogger("distributed.nanny").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _study_info(p: dict, steps: int) -> str:
+    running = ", ".join(f"net {i}: {s}/{steps}" for i, s in sorted(p["running"].items())[:4])
+    return f"{p['networks_done']}/{p['networks']} networks done" + (f"; {running}" if running else "")
 
 
 @command(topology_app, "train")
@@ -87,27 +114,42 @@ def train_cmd(
     arch: Annotated[str, typer.Argument(help="Architecture, e.g. 'M(64,0,64)' or 'C(64,32,64)'.")],
     data: DataArg,
     networks: Annotated[int, typer.Option("--networks", "-n", help="How many networks (seeds seed..seed+N-1).")] = 10,
-    steps: Annotated[int, typer.Option("--steps", help="Batch iterations per network.")] = 1000,
-    snapshot_every: Annotated[int | None, typer.Option("--snapshot-every", help="Keep the weights every K steps.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Batch iterations per network; rerun with a larger "
+                                       "value on the same --out to extend a study.")] = 1000,
+    snapshot_every: Annotated[int | None, typer.Option("--snapshot-every", help="Keep the weights every K steps (K must divide --steps).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 128,
     limit: LimitOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Local Dask workers (default: one per core).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Address of a Dask scheduler to scale out.")] = None,
     seed: SeedOpt = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Dask's and convlens' INFO logs.")] = False,
     out: OutOpt = Path("runs/topology"),
     device: DeviceOpt = None,
 ) -> None:
-    """Train N networks in parallel on a Dask cluster, keeping their snapshots."""
+    """Train N networks in parallel on a Dask cluster, keeping their snapshots (interrupt and
+    rerun to resume; rerun with more --steps to extend)."""
     from convlens.topology import StudyConfig, train_study
 
+    _quiet_logs(verbose)
     cfg = StudyConfig(arch, data, networks=networks, steps=steps, snapshot_every=snapshot_every,
                       batch_size=batch_size, seed=seed, limit=limit)
-    with progress_bar(f"training {networks} x {arch}", total=networks) as update:
-        study = train_study(cfg, out, workers=workers, scheduler=scheduler, device=device,
-                            callback=lambda d, n, s: update(completed=d, info=f"net {s['index']}: {s['val_accuracy']:.3f}"))
+    state = {"before": None}
+    with progress_bar(f"training {networks} x {arch}, steps", total=networks * steps) as update:
+        def progress(p: dict) -> None:
+            if state["before"] is None:  # steps done by an earlier run are left out of bar and ETA
+                state["before"] = p["steps_before"]
+                if p["steps_before"]:
+                    console.print(f"resuming: {p['steps_before']} of {p['steps_total']} steps were done before")
+                update(total=p["steps_total"] - p["steps_before"])
+            update(completed=p["steps_done"] - state["before"], info=_study_info(p, steps))
+
+        study = train_study(cfg, out, workers=workers, scheduler=scheduler, device=device, progress=progress)
+        update(completed=networks * steps - (state["before"] or 0), info=f"{networks}/{networks} networks done")
     accs = [n["val_accuracy"] for n in study.networks if n["val_accuracy"] is not None]
-    console.print(f"{len(study.networks)} networks in {out}; held-out accuracy "
-                  f"{min(accs):.3f}-{max(accs):.3f}" if accs else f"{len(study.networks)} networks in {out}")
+    cpu = [n["cpu_per_step"] for n in study.networks if n.get("cpu_per_step")]
+    console.print(f"{len(study.networks)} networks in {out}" +
+                  (f"; held-out accuracy {min(accs):.3f}-{max(accs):.3f}" if accs else "") +
+                  (f"; {1e3 * sum(cpu) / len(cpu):.0f} ms CPU per step" if cpu else ""))
 
 
 @command(topology_app, "analyze")

@@ -66,6 +66,27 @@ def _compute(ctx: Context) -> None:
                                      "long_bars": a.barcodes.summary(5)})
 
 
+def _three_and_angles(r: dict) -> Markup:
+    t, a = r.get("three_circles"), r.get("angles") or {}
+    if not t:
+        return Markup("")
+    three = Markup("Near the three-circle model (primary plus the two secondary circles): "
+                   "<span class=metric>{:.0%}</span> against {:.0%} near the primary circle alone "
+                   "(noise: {:.0%} / {:.0%}). ").format(t["three"], t["primary"], t["noise_three"], t["noise_primary"])
+    ag = a.get("agreement")
+    if a.get("message"):
+        ang = Markup("No circular coordinates: {}.").format(a["message"])
+    elif ag:
+        ang = Markup("Circular coordinates of the long H1 class give every kept filter an angle; against "
+                     "the orientation fitted to each filter near the primary circle: circular correlation "
+                     "<span class=metric>{:+.2f}</span>, median error {:.0f}&deg; over {} filters.").format(
+            ag["correlation"], ag["median_error_deg"], ag["n"])
+    else:
+        ang = Markup("Circular coordinates computed, but too few filters lie near the primary circle to compare "
+                     "them with fitted orientations.")
+    return Markup("<p>{}{}</p>").format(three, ang)
+
+
 def _render(ctx: Context) -> Markup:
     r = read_json(ctx.out / NAME / "result.json")
     if "skipped" in r:
@@ -82,8 +103,10 @@ def _render(ctx: Context) -> Markup:
             r["filters"], ", ".join(r["layers"]), r["constant_dropped"], filt,
             ", ".join(f"{b:.3f}" for b in bars) or "none", c["share"], c["noise_share"], c["coverage"],
             m["nodes"], m["components"], m["loops"]),
+        _three_and_angles(r),
         figure("topology/topology.png", "Mapper graph (nodes coloured by size, mean filters beside), "
-                                        "barcodes on 100 maxmin landmarks, edge orientations."),
+                                        "barcodes on 100 maxmin landmarks, edge orientations, and each "
+                                        "filter's circular coordinate against its fitted orientation."),
         Markup('<p><a href="topology/mapper.html">Interactive Mapper graph</a> (works offline).</p>'),
     ]
     rows = [[d, i + 1, b["birth"], "inf" if b["death"] is None else b["death"], b["length"]]

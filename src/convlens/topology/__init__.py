@@ -7,6 +7,15 @@ from convlens.topology._analyze import (
     analyze_cloud,
     analyze_layers,
     analyze_study,
+    filter_angles,
+)
+from convlens.topology._circular import (
+    CircularCoords,
+    NoCircleError,
+    angle_agreement,
+    circular_coordinates,
+    circular_correlation,
+    filter_orientation,
 )
 from convlens.topology._cloud import (
     FilterCloud,
@@ -20,8 +29,10 @@ from convlens.topology._cloud import (
 from convlens.topology._cluster import GapSingleLinkage, gap_threshold
 from convlens.topology._density import density_filtration, knn_distance
 from convlens.topology._draw import (
+    draw_angle_histogram,
     draw_angles,
     draw_barcodes,
+    draw_circular,
     draw_mapper,
     plot_analysis,
     plot_grid,
@@ -31,11 +42,13 @@ from convlens.topology._page import mapper_page
 from convlens.topology._persistence import Bar, Barcodes, barcodes, maxmin_landmarks
 from convlens.topology._reference import (
     CircleScore,
+    ThreeCircleScore,
     gaussian_patches,
     klein_bottle_patches,
     primary_circle_patches,
     primary_circle_score,
     three_circle_patches,
+    three_circle_score,
 )
 from convlens.topology._study import Study, StudyConfig, train_study
 
@@ -48,4 +61,7 @@ __all__ = [
     "filter_cloud", "layer_weight", "gaussian_patches", "klein_bottle_patches", "knn_distance", "maxmin_landmarks",
     "model_filters", "normalize_filters", "primary_circle_patches", "primary_circle_score",
     "spatial_filters", "three_circle_patches",
+    "CircularCoords", "NoCircleError", "ThreeCircleScore", "angle_agreement", "circular_coordinates",
+    "circular_correlation", "draw_angle_histogram", "draw_circular", "filter_angles", "filter_orientation",
+    "three_circle_score",
 ]

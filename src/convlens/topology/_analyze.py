@@ -1,5 +1,6 @@
-"""One analysis of a filter cloud (density filtration, Mapper, barcodes, primary-circle score),
-and grids of them: layers x training steps of a study (the paper's Figs. 8 and 13) or the layers
+"""One analysis of a filter cloud (density filtration, Mapper, barcodes, primary-circle and
+three-circle scores, circular coordinates and their agreement with each filter's fitted
+orientation), and grids of them: layers x training steps of a study (the paper's Figs. 8 and 13) or the layers
 of one pretrained model (Fig. 14)."""
 
 from __future__ import annotations
@@ -10,12 +11,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from convlens.files import read_json, slug, write_json
+from convlens.topology._circular import (
+    NoCircleError,
+    angle_agreement,
+    circular_coordinates,
+    filter_orientation,
+)
 from convlens.topology._cloud import FilterCloud, conv_layers, filter_cloud, model_filters
 from convlens.topology._density import density_filtration
 from convlens.topology._mapper import Mapper, MapperGraph
 from convlens.topology._persistence import Barcodes, barcodes
-from convlens.topology._reference import CircleScore, primary_circle_score
+from convlens.topology._reference import (
+    CircleScore,
+    ThreeCircleScore,
+    _nearest_on_circle,
+    primary_circle_score,
+    three_circle_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +48,9 @@ class CloudAnalysis:
     barcodes: Barcodes
     score: CircleScore
     seconds: dict = field(default_factory=dict)
+    three: ThreeCircleScore | None = None
+    angles: dict = field(default_factory=dict)  # circular coordinates: histogram, agreement or message
+    angle_values: np.ndarray | None = None  # per filter of ``cloud`` (radians), None without a circle
 
     def summary(self) -> dict:
         bars = self.barcodes.long_bars(1, 3)
@@ -42,7 +60,8 @@ class CloudAnalysis:
             "networks": len(self.cloud.sources), "mapper": self.graph.summary(),
             "h1_long_bars": [round(b.length, 4) for b in bars],
             "h1_dominance": self.barcodes.dominance(1), "circle": self.score.to_dict(),
-            "seconds": self.seconds,
+            "three_circles": self.three.to_dict() if self.three is not None else None,
+            "angles": self.angles, "seconds": self.seconds,
         }
 
     def save(self, folder: str | Path) -> Path:
@@ -51,6 +70,8 @@ class CloudAnalysis:
         self.graph.save(folder)
         self.barcodes.save(folder)
         write_json(folder / "analysis.json", {**self.summary(), "dominance": _finite(self.barcodes.dominance(1))})
+        if self.angle_values is not None:
+            np.save(folder / "angles.npy", self.angle_values)
         return folder
 
     @classmethod
@@ -59,8 +80,11 @@ class CloudAnalysis:
         r = read_json(folder / "analysis.json")
         c = dict(r["circle"])
         score = CircleScore(c["share"], c["coverage"], c["threshold"], c["n"], c["histogram"], c["noise_share"])
+        t = r.get("three_circles")
+        three = ThreeCircleScore(**{k: v for k, v in t.items() if k != "gain"}) if t else None
+        values = np.load(folder / "angles.npy") if (folder / "angles.npy").is_file() else None
         return cls(r["label"], r["filters"], r["k"], r["p"], FilterCloud.load(folder), MapperGraph.load(folder),
-                   Barcodes.load(folder), score, r["seconds"])
+                   Barcodes.load(folder), score, r["seconds"], three, r.get("angles") or {}, values)
 
 
 def _finite(v: float):
@@ -93,7 +117,30 @@ def analyze_cloud(cloud: FilterCloud, *, k: int | None = None, p: float | None =
     bc = barcodes(core, method=method, maxdim=maxdim, n_landmarks=n_landmarks, seed=seed)
     times["barcodes"] = time.perf_counter() - t0
     score = primary_circle_score(core, seed=seed)
-    return CloudAnalysis(label, n, k, p, core, graph, bc, score, times)
+    t0 = time.perf_counter()
+    angles, values = filter_angles(core, n_landmarks=n_landmarks, seed=seed)
+    times["angles"] = time.perf_counter() - t0
+    return CloudAnalysis(label, n, k, p, core, graph, bc, score, times, three_circle_score(core, seed=seed),
+                         angles, values)
+
+
+def filter_angles(cloud: FilterCloud, *, n_landmarks: int = 100, threshold: float = 0.5, bins: int = 16,
+                  min_dominance: float = 2.0, seed: int = 0) -> tuple[dict, np.ndarray | None]:
+    """An angle for every filter of ``cloud`` from the circular coordinates of its longest H1
+    class, and how well it agrees with the orientation fitted directly to each filter (over the
+    filters within ``threshold`` of the primary circle, and over all). Without a long H1 class:
+    ``({"message": ...}, None)``."""
+    try:
+        cc = circular_coordinates(cloud, n_landmarks=n_landmarks, min_dominance=min_dominance, seed=seed)
+    except NoCircleError as e:
+        return {"message": str(e)}, None
+    fitted, explained = filter_orientation(cloud)
+    near = _nearest_on_circle(np.asarray(cloud.points, dtype=np.float64), cloud.shape)[0] <= threshold
+    out = {**cc.to_dict(), "histogram": cc.histogram(bins), "message": None,
+           "agreement_all": angle_agreement(cc.angles, fitted),
+           "agreement": angle_agreement(cc.angles[near], fitted[near]) if near.sum() >= 3 else None,
+           "near_circle": int(near.sum()), "edge_energy": float(np.median(explained))}
+    return out, cc.angles
 
 
 @dataclass

@@ -166,6 +166,12 @@ def layer_weight(net, layer: str):
         convs = conv_layers(net)
         raise ValueError(f"layer {layer!r} is a {type(module).__name__}, not a convolution; "
                          f"convolution layers: {', '.join(convs) or 'none'}")
+    if module.kernel_size[0] * module.kernel_size[1] < 2:
+        convs = conv_layers(net)
+        shown = ", ".join(convs[:8]) + (f" ... ({len(convs)} in all)" if len(convs) > 8 else "")
+        raise ValueError(f"layer {layer!r} has 1x1 filters: 1x1 filters have no spatial structure (no "
+                         "edge, no orientation, no circle); pick a layer with kernels of at least 2 "
+                         f"pixels: {shown or 'this network has none'}")
     return module.weight
 
 
@@ -272,6 +278,32 @@ def _weight_of(item, layer: str, name: str, arch: str | None):
     return layer_weight(model.net, layer)
 
 
+def _card_arch(item) -> str | None:
+    """The architecture recorded beside a run's model or snapshot file (None if unknown)."""
+    if not isinstance(item, (str, Path)):
+        return None
+    card = Path(item).with_suffix(".json")
+    try:
+        return read_json(card).get("arch") if card.is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
+def _check_one_architecture(items) -> None:
+    """Filters pooled over networks must come from one architecture: a 3x3 conv1 of M(64,0,64)
+    and one of C(64,32,64) have the same shape but are not the same study."""
+    archs: dict[str, list[str]] = {}
+    for item, name, _ in items:
+        a = _card_arch(item)
+        if a is not None:
+            archs.setdefault(a, []).append(name.split("@")[0])
+    if len(archs) > 1:
+        parts = "; ".join(f"{a}: {', '.join(sorted(set(n))[:3])}{' ...' if len(set(n)) > 3 else ''}"
+                          for a, n in sorted(archs.items()))
+        raise ValueError(f"the sources mix architectures ({parts}); pool filters of one architecture "
+                         "at a time: give the run folders of one, or move the others to their own study folder")
+
+
 def filter_cloud(sources, layers: str | Sequence[str], *, step=None, arch: str | None = None,
                  callback=None) -> FilterCloud:
     """Pool the spatial filters of ``layers`` over ``sources``.
@@ -298,6 +330,7 @@ def filter_cloud(sources, layers: str | Sequence[str], *, step=None, arch: str |
     if not layer_list:
         raise ValueError("name at least one convolution layer")
     items = expand_sources(sources, step)
+    _check_one_architecture(items)
     clouds = []
     for j, (item, name, s) in enumerate(items):
         for layer in layer_list:

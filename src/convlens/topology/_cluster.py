@@ -27,10 +27,7 @@ def mst_edges(x: np.ndarray, *, max_exact: int = 3000, n_neighbors: int = 12):
     if n <= max_exact:
         from scipy.spatial.distance import pdist, squareform
 
-        d = squareform(pdist(x))
-        d[d == 0] = 1e-12  # duplicates: a zero would read as "no edge"
-        np.fill_diagonal(d, 0)
-        t = minimum_spanning_tree(d).tocoo()
+        return _prim(squareform(pdist(x)))
     else:
         from scipy.spatial import cKDTree
 
@@ -41,6 +38,29 @@ def mst_edges(x: np.ndarray, *, max_exact: int = 3000, n_neighbors: int = 12):
         g = coo_matrix((w, (rows, idx[:, 1:].ravel())), shape=(n, n)).tocsr()
         t = minimum_spanning_tree(g.maximum(g.T)).tocoo()
     return t.row.astype(np.int64), t.col.astype(np.int64), t.data
+
+
+def _prim(d: np.ndarray):
+    """Prim's minimum spanning tree of a dense distance matrix, O(n^2) in n vector steps: the
+    same tree as scipy's Kruskal (the unique one when lengths are distinct; with ties, the same
+    lengths and the same components below any cut), without sorting all n^2 edges (that sort was
+    90 % of Mapper's time on the 204 800-point cloud)."""
+    n = len(d)
+    best = d[0].copy()
+    parent = np.zeros(n, np.int64)
+    done = np.zeros(n, bool)
+    done[0] = True
+    best[0] = np.inf
+    rows, cols, w = np.empty(n - 1, np.int64), np.empty(n - 1, np.int64), np.empty(n - 1)
+    for e in range(n - 1):
+        j = int(best.argmin())
+        rows[e], cols[e], w[e] = parent[j], j, best[j]
+        done[j] = True
+        best[j] = np.inf
+        closer = (d[j] < best) & ~done
+        best[closer] = d[j][closer]
+        parent[closer] = j
+    return rows, cols, w
 
 
 def gap_threshold(lengths: np.ndarray, n_bins: int = 10, min_ratio: float = 1.0) -> float:

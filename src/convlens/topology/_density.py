@@ -71,7 +71,34 @@ def density_filtration(data, k: int, p: float, *, workers: int = 1) -> np.ndarra
     """
     x = _points_of(data)
     check_density_params(k, p, len(x))
-    d = knn_distance(x, k, workers=workers)
     m = max(1, int(np.ceil(p * len(x) - 1e-9)))
+    d = knn_distance(x, k, workers=workers) if m == len(x) else _bounded_knn(x, k, m, workers)
     order = np.argsort(d, kind="stable")
     return order[:m]
+
+
+def _bounded_knn(x: np.ndarray, k: int, m: int, workers: int, sample: int = 2000, seed: int = 0) -> np.ndarray:
+    """k-th neighbour distances, exact for every point at or below the ``m``-th smallest, ``inf``
+    for the rest. Only the densest ``m`` points matter to the filtration, and a KD-tree search
+    bounded by a radius ``r`` stops early for the sparse points (on 204 800 nine-dimensional
+    points, half Gaussian noise, a plain query took 52 s of CPU). ``r`` starts a little above the
+    ``m/n`` quantile of a random sample's exact distances and doubles until more than ``m``
+    points are within it, the ``m``-th of them strictly: then every point left at ``inf`` lies
+    farther than every kept one, so the order of the kept points is the exact order."""
+    from scipy.spatial import cKDTree
+
+    n = len(x)
+    tree = cKDTree(x)
+    rng = np.random.default_rng(seed)
+    probe = rng.choice(n, size=min(n, sample), replace=False)
+    r = 1.25 * float(np.quantile(tree.query(x[probe], k=[k + 1], workers=workers)[0][:, 0], min(1.0, m / n)))
+    d = np.full(n, np.inf)
+    todo = np.arange(n)
+    while True:
+        dist, _ = tree.query(x[todo], k=[k + 1], distance_upper_bound=r, workers=workers)
+        d[todo] = dist[:, 0]
+        finite = np.sort(d[np.isfinite(d)])
+        if len(finite) >= m and finite[m - 1] < r:
+            return d
+        todo = np.flatnonzero(~np.isfinite(d))
+        r *= 2.0

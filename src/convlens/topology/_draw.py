@@ -130,11 +130,62 @@ def draw_angles(score, ax=None):
     return ax
 
 
+def draw_circular(analysis, ax=None, *, title: str | None = None):
+    """Each filter's circular coordinate (from the long H1 class) against the orientation fitted
+    directly to it, aligned by the best rotation and direction; or why there is none."""
+    from convlens.topology._circular import filter_orientation
+
+    if ax is None:
+        _, ax = subplots(figsize=(4, 3))
+    a = analysis
+    if a.angle_values is None:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no circular coordinates:\n" + _wrap(a.angles.get("message") or "not computed"),
+                ha="center", va="center", fontsize=8, transform=ax.transAxes)
+        return ax
+    fitted = filter_orientation(a.cloud)[0]
+    ag = a.angles.get("agreement") or a.angles["agreement_all"]
+    cc = ag["direction"] * a.angle_values
+    cc = np.mod(cc - np.angle(np.exp(1j * (cc - fitted)).mean()), 2 * np.pi)
+    ax.scatter(np.degrees(fitted), np.degrees(cc), s=3, alpha=0.4, color="C3")
+    ax.set_xlabel("orientation fitted to the filter (degrees)")
+    ax.set_ylabel("circular coordinate, aligned (degrees)")
+    ax.set_xlim(0, 360)
+    ax.set_ylim(0, 360)
+    ax.set_title(title if title is not None else
+                 f"circular coordinates: correlation {ag['correlation']:+.2f}, median error "
+                 f"{ag['median_error_deg']:.0f} deg ({ag['n']} filters)", fontsize=9)
+    return ax
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def draw_angle_histogram(analysis, ax, *, title: str | None = None):
+    """Histogram of the circular coordinates of one analysis (or its message)."""
+    h = (analysis.angles or {}).get("histogram")
+    if analysis.angle_values is None or not h:
+        ax.axis("off")
+        ax.text(0.5, 0.5, _wrap((analysis.angles or {}).get("message") or "no circular coordinates", 36),
+                ha="center", va="center", fontsize=7, transform=ax.transAxes)
+        if title:
+            ax.set_title(title, fontsize=8)
+        return ax
+    width = 360 / len(h)
+    ax.bar(np.arange(len(h)) * width + width / 2, h, width=width * 0.9, color="C3")
+    ax.set_xlabel("circular coordinate (degrees)", fontsize=8)
+    ax.set_title(title if title is not None else "circular coordinates", fontsize=8)
+    return ax
+
+
 def plot_analysis(analysis, path: str | Path) -> Path:
     """Mapper graph, barcodes and orientation histogram of one :class:`CloudAnalysis`."""
     from convlens.figures import subplots
 
-    fig, ax = subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    fig, ax = subplots(1, 4, figsize=(20, 5), gridspec_kw={"width_ratios": [1.3, 1, 1, 1]})
     a = analysis
     filt = f"rho({a.k}, {a.p})" if a.k is not None and a.p is not None else "no filtration"
     prm = a.graph.params
@@ -142,15 +193,17 @@ def plot_analysis(analysis, path: str | Path) -> Path:
                                       f"{len(a.cloud)} filters")
     draw_barcodes(a.barcodes, ax[1])
     draw_angles(a.score, ax[2])
+    draw_circular(a, ax[3])
     return save_figure(fig, path)
 
 
 def plot_grid(grid, path: str | Path, *, what: str = "mapper") -> Path:
-    """A grid figure: rows x columns of Mapper graphs (``what="mapper"``) or barcodes."""
+    """A grid figure: rows x columns of Mapper graphs (``what="mapper"``), barcodes
+    (``"barcodes"``) or histograms of the circular coordinates (``"angles"``)."""
     from convlens.figures import subplots
 
-    if what not in ("mapper", "barcodes"):
-        raise ValueError(f"what must be 'mapper' or 'barcodes', got {what!r}")
+    if what not in ("mapper", "barcodes", "angles"):
+        raise ValueError(f"what must be 'mapper', 'barcodes' or 'angles', got {what!r}")
     nr, nc = len(grid.rows), len(grid.cols)
     fig, axes = subplots(nr, nc, figsize=(3.2 * nc, 3.2 * nr), squeeze=False)
     for i, r in enumerate(grid.rows):
@@ -165,6 +218,9 @@ def plot_grid(grid, path: str | Path, *, what: str = "mapper") -> Path:
             t = f"{r} · {c}\n{len(a.cloud)} pts · {note} · circle {a.score.share:.0%}"
             if what == "mapper":
                 draw_mapper(a.graph, ax, glyphs=6, title=t)
+            elif what == "angles":
+                ag = (a.angles or {}).get("agreement")
+                draw_angle_histogram(a, ax, title=f"{r} · {c}" + (f"\nagreement {ag['correlation']:+.2f}" if ag else ""))
             else:
                 draw_barcodes(a.barcodes, ax, max_bars=12, title=t)
     return save_figure(fig, path, dpi=90)

@@ -124,7 +124,18 @@ def _circle(shape, m: int = 720) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _nearest_on_circle(points: np.ndarray, shape, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    t, c = _circle(shape)
+    return _nearest_on(points, *_circle(shape), chunk=chunk)
+
+
+def _secondary_circle(shape, axis: str, m: int = 720) -> tuple[np.ndarray, np.ndarray]:
+    t = np.linspace(0, 2 * np.pi, m, endpoint=False)
+    x, y = _grid(shape)
+    return t, normalize_filters(_secondary(t, x if axis == "x" else y))[0]
+
+
+def _nearest_on(points: np.ndarray, t: np.ndarray, c: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from each unit vector in ``points`` to the nearest of the unit vectors ``c`` (a
+    sampled curve with parameters ``t``), and that parameter."""
     dist = np.empty(len(points))
     ang = np.empty(len(points))
     for a in range(0, len(points), chunk):
@@ -137,14 +148,7 @@ def _nearest_on_circle(points: np.ndarray, shape, chunk: int = 8192) -> tuple[np
     return dist, ang
 
 
-def primary_circle_score(cloud, *, shape=None, threshold: float = 0.5, bins: int = 16,
-                         seed: int = 0) -> CircleScore:
-    """Score a filter cloud (or an ``(n, h*w)`` array with ``shape=(h, w)``) against the primary
-    circle of the same patch size.
-
-    A threshold of 0.5 between unit vectors means a cosine similarity of at least 0.875 with
-    some edge; Gaussian-noise 3x3 filters lie about 1.0 from the circle.
-    """
+def _points_and_shape(cloud, shape, threshold: float) -> tuple[np.ndarray, tuple[int, int]]:
     points = np.asarray(getattr(cloud, "points", cloud), dtype=np.float64)
     shape = tuple(shape or (cloud.shape if hasattr(cloud, "points") else ()))
     if not shape and points.ndim == 2 and round(np.sqrt(points.shape[1])) ** 2 == points.shape[1]:
@@ -153,17 +157,82 @@ def primary_circle_score(cloud, *, shape=None, threshold: float = 0.5, bins: int
         raise ValueError(f"need points (n, h*w) and shape (h, w); got points {points.shape}, shape {shape}")
     if not 0 < threshold < 2:
         raise ValueError(f"threshold must be in (0, 2) for unit vectors, got {threshold}")
-    if bins < 2:
-        raise ValueError(f"bins must be at least 2, got {bins}")
     if len(points) == 0:
         raise ValueError("the filter cloud is empty")
+    return points, shape
+
+
+def primary_circle_score(cloud, *, shape=None, threshold: float = 0.5, bins: int = 16,
+                         seed: int = 0) -> CircleScore:
+    """Score a filter cloud (or an ``(n, h*w)`` array with ``shape=(h, w)``) against the primary
+    circle of the same patch size.
+
+    A threshold of 0.5 between unit vectors means a cosine similarity of at least 0.875 with
+    some edge; Gaussian-noise 3x3 filters lie about 1.0 from the circle.
+    """
+    points, shape = _points_and_shape(cloud, shape, threshold)
+    if bins < 2:
+        raise ValueError(f"bins must be at least 2, got {bins}")
     dist, ang = _nearest_on_circle(points, shape)
     near = dist <= threshold
     hist, _ = np.histogram(ang[near], bins=bins, range=(0, 2 * np.pi))
     prob = hist / max(1, hist.sum())
     nz = prob[prob > 0]
-    coverage = float(-(nz * np.log(nz)).sum() / np.log(bins)) if near.any() else 0.0
+    coverage = max(0.0, float(-(nz * np.log(nz)).sum() / np.log(bins))) if near.any() else 0.0  # no -0.0
     noise = gaussian_patches(2000, shape, seed=seed)
     noise_share = float((_nearest_on_circle(noise, shape)[0] <= threshold).mean())
     return CircleScore(float(near.mean()), coverage, threshold, len(points), hist.tolist(),
                        noise_share, ang[near])
+
+
+@dataclass
+class ThreeCircleScore:
+    """The three-circle test as numbers: the share of filters within ``threshold`` of the
+    three-circle model (primary circle plus the two secondary circles) against the share within
+    ``threshold`` of the primary circle alone, each beside the share Gaussian-noise filters of the
+    same size reach. ``secondary_x`` / ``secondary_y``: filters nearer a secondary circle (lines
+    and edges varying along x or along y) than the primary one, within ``threshold``.
+    ``gain = three - primary`` is what the secondary circles add."""
+
+    primary: float
+    three: float
+    secondary_x: float
+    secondary_y: float
+    threshold: float
+    n: int
+    noise_primary: float
+    noise_three: float
+
+    @property
+    def gain(self) -> float:
+        return self.three - self.primary
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "gain": self.gain}
+
+    def __str__(self) -> str:
+        return (f"three circles: {self.three:.1%} of {self.n} filters within {self.threshold} "
+                f"(primary circle alone {self.primary:.1%}; noise {self.noise_three:.1%} / "
+                f"{self.noise_primary:.1%}); secondary x {self.secondary_x:.1%}, y {self.secondary_y:.1%}")
+
+
+def _three_distances(points: np.ndarray, shape) -> np.ndarray:
+    """Distances to the primary, vertical-secondary and horizontal-secondary circles, (n, 3)."""
+    return np.stack([_nearest_on_circle(points, shape)[0], _nearest_on(points, *_secondary_circle(shape, "x"))[0],
+                     _nearest_on(points, *_secondary_circle(shape, "y"))[0]], 1)
+
+
+def three_circle_score(cloud, *, shape=None, threshold: float = 0.5, seed: int = 0) -> ThreeCircleScore:
+    """Score a filter cloud (or an ``(n, h*w)`` array with ``shape``) against the three-circle
+    model of Carlsson et al. (2008) and against its primary circle alone (same ``threshold`` as
+    :func:`primary_circle_score`). A cloud on the primary circle only has ``gain`` near 0; one
+    on the three-circle model gains the share its secondary circles hold."""
+    points, shape = _points_and_shape(cloud, shape, threshold)
+    d = _three_distances(points, shape)
+    noise = _three_distances(gaussian_patches(2000, shape, seed=seed), shape)
+    near = d.min(1) <= threshold
+    nearest = d.argmin(1)
+    return ThreeCircleScore(float((d[:, 0] <= threshold).mean()), float(near.mean()),
+                            float((near & (nearest == 1)).mean()), float((near & (nearest == 2)).mean()),
+                            threshold, len(points), float((noise[:, 0] <= threshold).mean()),
+                            float((noise.min(1) <= threshold).mean()))

@@ -86,9 +86,6 @@ def circular_coordinates(points, *, n_landmarks: int = 100, prime: int = 41, min
     >>> cc = circular_coordinates(primary_circle_patches(2000, 3))      # doctest: +SKIP
     >>> cc.angles[:3], cc.dominance                                      # doctest: +SKIP
     """
-    from scipy.sparse import coo_matrix, diags
-    from scipy.sparse.linalg import lsqr
-
     from convlens.topology._persistence import _check, maxmin_landmarks
 
     x = _check(points, 1, n_landmarks, "ripser")
@@ -122,8 +119,19 @@ def circular_coordinates(points, *, n_landmarks: int = 100, prime: int = 41, min
     eps = birth + position * (death - birth)
     if eps / 2 <= cover:  # cover every point if the class lives long enough
         eps = min(max(eps, 2.0 * cover * 1.001), birth + 0.99 * (death - birth))
-    # integer lift of the cocycle, as an antisymmetric matrix on landmark pairs
-    coc = np.asarray(r["cocycles"][1][top])
+    f, theta = _harmonic(np.asarray(r["cocycles"][1][top]), prime, d_lm, eps)
+    angles, uncovered = _place(x, lm, f, theta, eps / 2, chunk)
+    return CircularCoords(angles, (birth, death), dominance, float(eps), cover, m, uncovered)
+
+
+def _harmonic(coc: np.ndarray, prime: int, d_lm: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split the integer lift of a Z/p cocycle on the Rips complex at ``eps`` into ``delta f +
+    theta`` by weighted least squares: ``f`` on the landmarks, ``theta`` (antisymmetric, on the
+    edges) its harmonic part."""
+    from scipy.sparse import coo_matrix, diags
+    from scipy.sparse.linalg import lsqr
+
+    m = len(d_lm)
     val = coc[:, 2].astype(np.int64)
     val[val > (prime - 1) // 2] -= prime
     z = np.zeros((m, m))
@@ -141,10 +149,15 @@ def circular_coordinates(points, *, n_landmarks: int = 100, prime: int = 41, min
     deg = np.bincount(np.r_[i, k], minlength=m).astype(float)
     sw = (deg[i] * deg[k]) ** -0.25
     f = lsqr(diags(sw) @ delta, sw * z[i, k], atol=1e-12, btol=1e-12)[0]
-    theta = np.zeros((m, m))  # harmonic cocycle on the edges of the complex, antisymmetric
+    theta = np.zeros((m, m))
     theta[i, k] = z[i, k] - (f[k] - f[i])
     theta[k, i] = -theta[i, k]
-    radius = eps / 2
+    return f, theta
+
+
+def _place(x: np.ndarray, lm: np.ndarray, f: np.ndarray, theta: np.ndarray, radius: float,
+           chunk: int) -> tuple[np.ndarray, int]:
+    """Angles of all points by a partition of unity over the landmarks within ``radius``."""
     angles = np.empty(len(x))
     uncovered = 0
     for a in range(0, len(x), chunk):
@@ -155,12 +168,11 @@ def circular_coordinates(points, *, n_landmarks: int = 100, prime: int = 41, min
         s = phi.sum(1)
         uncovered += int((s == 0).sum())
         phi = np.where(s[:, None] > 0, phi / np.where(s > 0, s, 1.0)[:, None], 0.0)
-        coord = f[j] - (phi * theta[j]).sum(1)
-        angles[a: a + chunk] = 2 * np.pi * np.mod(coord, 1.0)
+        angles[a: a + chunk] = 2 * np.pi * np.mod(f[j] - (phi * theta[j]).sum(1), 1.0)
     if uncovered:
-        log.info("%d of %d points lie farther than eps/2 = %.3f from every landmark: placed at their "
+        log.info("%d of %d points lie farther than %.3f from every landmark: placed at their "
                  "nearest landmark", uncovered, len(x), radius)
-    return CircularCoords(angles, (birth, death), dominance, float(eps), cover, m, uncovered)
+    return angles, uncovered
 
 
 def _grid_xy(shape) -> tuple[np.ndarray, np.ndarray]:

@@ -133,6 +133,7 @@ def draw_angles(score, ax=None):
 def draw_circular(analysis, ax=None, *, title: str | None = None):
     """Each filter's circular coordinate (from the long H1 class) against the orientation fitted
     directly to it, aligned by the best rotation and direction; or why there is none."""
+    from convlens.figures import subplots
     from convlens.topology._circular import filter_orientation
 
     if ax is None:

@@ -161,7 +161,7 @@ CASES = [
     ("index-out-of-range", ["lime", "lenet-digits", "digits", "-i", "99999", "--out", "{out}"], ["--index 99999 is out of range", "1797"]),
     ("limit-zero", ["top-images", "lenet-digits", "digits", "--layer", "conv1", "--limit", "0", "--out", "{out}"], ["--limit must be at least 1"]),
     ("tile-zero", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--tile", "0", "--out", "{out}"], ["--tile must be at least 1"]),
-    ("tile-too-big", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--tile", "64", "--resize", "none", "--out", "{out}"], ["does not fit"]),
+    ("tile-too-big", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--tile", "64", "--resize", "none", "--out", "{out}"], ["larger than the image", "--tile 28 or less"]),
     ("resize-garbage", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--resize", "big", "--out", "{out}"], ["cannot read size 'big'", "224x256"]),
     # -- options
     ("steps-zero", ["visualize", "lenet-digits", "--layer", "conv1", "--steps", "0", "--out", "{out}"], ["--steps must be at least 1"]),

@@ -144,7 +144,7 @@ CASES = [
     ("data-missing", ["top-images", "lenet-digits", "nowhere", "--layer", "conv1", "--out", "{out}"], ["not found", "built-in"]),
     ("data-photo-missing", ["lime", "lenet-digits", "{d}/nope.jpg", "--out", "{out}"], ["not found", "nope.jpg"]),
     ("data-empty-folder", ["top-images", "lenet-digits", "{d}/emptydir", "--layer", "conv1", "--out", "{out}"], ["no images found"]),
-    ("data-only-corrupt", ["top-images", "lenet-digits", "{d}/corrupt-only", "--layer", "conv1", "--out", "{out}"], ["none of 1 image file(s) could be read", "a.png"]),
+    ("data-only-corrupt", ["top-images", "lenet-digits", "{d}/corrupt-only", "--layer", "conv1", "--out", "{out}"], ["is empty: none of 1 file(s) could be read", "a.png"]),
     ("data-empty-csv", ["top-images", "lenet-digits", "{d}/empty.csv", "--layer", "conv1", "--out", "{out}"], ["is empty", "header"]),
     ("data-csv-no-rows", ["top-images", "lenet-digits", "{d}/header-only.csv", "--layer", "conv1", "--out", "{out}"], ["no rows"]),
     ("data-csv-no-path", ["top-images", "lenet-digits", "{d}/nopath.csv", "--layer", "conv1", "--out", "{out}"], ["'path' column", "file,label"]),
@@ -161,7 +161,7 @@ CASES = [
     ("index-out-of-range", ["lime", "lenet-digits", "digits", "-i", "99999", "--out", "{out}"], ["--index 99999 is out of range", "1797"]),
     ("limit-zero", ["top-images", "lenet-digits", "digits", "--layer", "conv1", "--limit", "0", "--out", "{out}"], ["--limit must be at least 1"]),
     ("tile-zero", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--tile", "0", "--out", "{out}"], ["--tile must be at least 1"]),
-    ("tile-too-big", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--tile", "64", "--resize", "none", "--out", "{out}"], ["does not fit"]),
+    ("tile-too-big", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--tile", "64", "--resize", "none", "--out", "{out}"], ["larger than the image", "--tile 28 or less"]),
     ("resize-garbage", ["embed", "lenet-digits", "digits", "--layer", "relu4", "--resize", "big", "--out", "{out}"], ["cannot read size 'big'", "224x256"]),
     # -- options
     ("steps-zero", ["visualize", "lenet-digits", "--layer", "conv1", "--steps", "0", "--out", "{out}"], ["--steps must be at least 1"]),
@@ -253,6 +253,8 @@ def test_untrained_imagenet_architecture_is_a_yellow_warning():
 CTRL_C_IN_GC = """
 import gc, signal, sys, time
 from convlens.cli._common import stop_on_interrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
+before = signal.getsignal(signal.SIGINT)
 fired = []
 def callback(phase, info):
     if phase == "start" and not fired:
@@ -267,7 +269,7 @@ try:
             sum(range(1000))
     print("ran to the end", fired)
 except KeyboardInterrupt:
-    print("stopped", fired, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    print("stopped", fired, signal.getsignal(signal.SIGINT) is before)
 """
 
 

@@ -451,43 +451,15 @@ def _load_from_string(spec: str, weights, trust_pickle: bool, meta: dict) -> Mod
             "or give a state-dict/TorchScript file, a model card (.yaml), or file.py:function"
         )
     if path.suffix in (".yaml", ".yml", ".json"):
-        card = _read_card(path)
-        if ".py:" in card["arch"]:
-            _check_factory_trust(card["arch"], path, trust_pickle)
-        model = _load_from_string(card["arch"], card.get("weights"), trust_pickle, meta)
-        if card.get("input_spec") is not None:
-            model.spec = resolve_input_spec(card["input_spec"], model.spec)
-        if card.get("classes") is not None:
-            c = card["classes"]
-            model.spec = model.spec.with_classes(read_class_names(c) if isinstance(c, str) else c)
-        model.name = card.get("name", model.name)
-        model.meta.update({k: v for k, v in card.items() if k not in ("classes",)})
-        return model
+        return _load_card(path, trust_pickle, meta)
     if _is_torchscript(path):
         net = torch.jit.load(str(path), map_location="cpu")
         return Model(net, _default_spec_for(net), path.stem)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():  # a snapshot of `convlens train`
-        card = json.loads(sidecar.read_text())
-        if "arch" in card and not card["arch"]:
-            raise ValueError(
-                f"{sidecar} records no architecture (arch: null): the network came from a factory "
-                "file that was not recorded. Load it as FILE.py:FUNCTION --weights "
-                f"{path}, or retrain with this version, which records the factory")
-        if "arch" in card and ".py:" in str(card["arch"]):
-            _check_factory_trust(card["arch"], sidecar, trust_pickle)
-            net, _ = _load_factory(card["arch"])
-            load_weights(net, read_state_dict(path, trust_pickle=trust_pickle), str(path))
-            ispec = InputSpec.from_dict(card["input_spec"]) if card.get("input_spec") else _default_spec_for(net)
-            meta.update(card)
-            return Model(net, ispec, path.stem)
-        if "arch" in card:
-            net, ispec, _ = build_architecture(card["arch"])
-            load_weights(net, read_state_dict(path, trust_pickle=trust_pickle), str(path))
-            if card.get("input_spec"):
-                ispec = InputSpec.from_dict(card["input_spec"])
-            meta.update(card)
-            return Model(net, ispec, path.stem)
+        model = _load_snapshot(path, sidecar, trust_pickle, meta)
+        if model is not None:
+            return model
     state = read_state_dict(path, trust_pickle=trust_pickle)
     if isinstance(state, nn.Module):
         return Model(state, _default_spec_for(state), path.stem)
@@ -495,6 +467,44 @@ def _load_from_string(spec: str, weights, trust_pickle: bool, meta: dict) -> Mod
         f"{path} holds a state dict, which needs its architecture: give one, e.g. "
         f"`convlens layers vgg16 --weights {path}` or load_model('vgg16', weights='{path}')"
     )
+
+
+def _load_card(path: Path, trust_pickle: bool, meta: dict) -> Model:
+    card = _read_card(path)
+    if ".py:" in card["arch"]:
+        _check_factory_trust(card["arch"], path, trust_pickle)
+    model = _load_from_string(card["arch"], card.get("weights"), trust_pickle, meta)
+    if card.get("input_spec") is not None:
+        model.spec = resolve_input_spec(card["input_spec"], model.spec)
+    if card.get("classes") is not None:
+        c = card["classes"]
+        model.spec = model.spec.with_classes(read_class_names(c) if isinstance(c, str) else c)
+    model.name = card.get("name", model.name)
+    model.meta.update({k: v for k, v in card.items() if k not in ("classes",)})
+    return model
+
+
+def _load_snapshot(path: Path, sidecar: Path, trust_pickle: bool, meta: dict) -> Model | None:
+    """A state dict whose JSON side-car names its architecture (None: the JSON names none)."""
+    card = json.loads(sidecar.read_text())
+    if "arch" not in card:
+        return None
+    if not card["arch"]:
+        raise ValueError(
+            f"{sidecar} records no architecture (arch: null): the network came from a factory "
+            "file that was not recorded. Load it as FILE.py:FUNCTION --weights "
+            f"{path}, or retrain with this version, which records the factory")
+    if ".py:" in str(card["arch"]):
+        _check_factory_trust(card["arch"], sidecar, trust_pickle)
+        net, _ = _load_factory(card["arch"])
+        ispec = _default_spec_for(net)
+    else:
+        net, ispec, _ = build_architecture(card["arch"])
+    load_weights(net, read_state_dict(path, trust_pickle=trust_pickle), str(path))
+    if card.get("input_spec"):
+        ispec = InputSpec.from_dict(card["input_spec"])
+    meta.update(card)
+    return Model(net, ispec, path.stem)
 
 
 def _load_torchvision(name: str, weights, trust_pickle: bool) -> Model:

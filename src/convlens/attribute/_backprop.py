@@ -248,6 +248,13 @@ def _seed_unit(out: torch.Tensor, index: int, position, positions, spread: str, 
     return seed, acts, pos
 
 
+def _not_a_layer(model, target) -> None:
+    """``--unit conv2`` (a layer without an index) is named as such, not as an unknown class."""
+    if isinstance(target, str) and target.strip() and target.strip() in dict(model.net.named_modules()):
+        raise ValueError(f"{target!r} is a layer, not a unit: give LAYER:INDEX, e.g. {target.strip()}:0 "
+                         "(or a class name or index to explain a class)")
+
+
 def backproject(
     model,
     images,
@@ -288,9 +295,8 @@ def backproject(
     if isinstance(target, str) and ":" in target or not isinstance(target, (int, np.integer, str)):
         unit = as_unit(target)
         get_layer(model.net, unit.layer)
-    elif isinstance(target, str) and target.strip() in dict(model.net.named_modules()) and target.strip():
-        raise ValueError(f"{target!r} is a layer, not a unit: give LAYER:INDEX, e.g. {target.strip()}:0 "
-                         "(or a class name or index to explain a class)")
+    else:
+        _not_a_layer(model, target)
     with frozen(model.net), torch.enable_grad():
         out = _forward(model, x, unit.layer if unit else None, rule)
         if unit is None:

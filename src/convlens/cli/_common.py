@@ -235,7 +235,8 @@ def stop_on_interrupt(repeat_s: float = 0.25) -> Iterator[None]:
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # not ours to catch (a background job)
         yield
         return
     pending = threading.Event()

@@ -85,7 +85,7 @@ def train_cmd(
     cfg = TrainConfig(seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer,
                       lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
                       snapshot_every=snapshot_every, augment_shift=augment_shift)
-    m = model_opts.open(arch)
+    m = model_opts.open(arch, untrained_ok=True)  # training starts from random weights
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
     with progress_bar(f"training {m.name}") as update:
         def cb(rec):

@@ -57,8 +57,7 @@ def report(
 ):
     """Write a report folder that opens offline: model summary, a page per layer and every
     analysis; an interrupted run resumes where it stopped."""
-    from convlens.report import sections
-    from convlens.report._config import section_names
+    from convlens.report import section_names, sections
 
     names = [s.name for s in sections()]
     only, force = section_names(_names(only), names), section_names(_names(force), names)  # before any work

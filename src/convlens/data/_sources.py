@@ -29,13 +29,11 @@ def _keep_readable(paths: list[Path], strict: bool) -> tuple[list[Path], list[tu
     for p in paths:
         reason = check_readable(p)
         (bad.append((p, reason)) if reason else good.append(p))
-    if bad and not good:
-        p, r = bad[0]
-        raise ValueError(f"none of {len(paths)} image file(s) could be read, e.g. {p}: {r}")
     if bad:
         listing = "\n".join(f"  {p}: {r}" for p, r in bad)
         if strict:
             raise UnreadableImagesError(f"{len(bad)} unreadable image(s) (--strict):\n{listing}")
+    if bad and good:  # none readable: the caller's error says so, once
         log.warning("skipping %d unreadable image(s) (--strict makes this an error):\n%s", len(bad), listing)
     return good, bad
 
@@ -46,7 +44,8 @@ def _file_dataset(paths, labels, classes, name, strict, fp_extra="") -> ImageDat
     keep = {p for p in good}
     labels = [lab for p, lab in zip(paths, labels) if p in keep]
     if not good:
-        raise ValueError(f"dataset {name!r} is empty: none of {len(paths)} file(s) could be read")
+        example = f", e.g. {bad[0][0]}: {bad[0][1]}" if bad else ""
+        raise ValueError(f"dataset {name!r} is empty: none of {len(paths)} file(s) could be read{example}")
     fp = hashlib.sha256()
     for p in good:
         st = p.stat()

@@ -39,10 +39,10 @@ from convlens.report._build import (
     sections,
 )
 from convlens.report._check import ReportCheck, check_report
-from convlens.report._config import ReportConfig, load_config, parse_config
+from convlens.report._config import ReportConfig, load_config, parse_config, section_names
 from convlens.report._html import csv_table, figure, render_page
 from convlens.report._images import save_image, thumbnails
 
 __all__ = ["Budget", "Context", "ReportCheck", "ReportConfig", "ReportError", "Section", "build_report",
            "check_report", "count_macs", "csv_table", "figure", "fit_budget", "layer_page_name", "load_config",
-           "parse_config", "register_section", "render_page", "save_image", "sections", "thumbnails"]
+           "parse_config", "register_section", "section_names", "render_page", "save_image", "sections", "thumbnails"]

@@ -75,11 +75,11 @@ def run_report(model, dataset, out: Path, **kwargs) -> Path:
     """``build_report`` with a progress bar; failed sections end the command with status 1."""
     from convlens.report import ReportError, build_report
 
-    with progress_bar("report", total=None) as update:
+    with progress_bar("report (planned s)", total=None) as update:
         try:
             index = build_report(
                 model, dataset, out, **kwargs,
-                progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
+                progress=lambda what, done, total: update(completed=round(done), total=round(total), info=what))
         except ReportError as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(1) from None

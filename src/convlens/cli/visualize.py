@@ -114,10 +114,9 @@ def class_model_cmd(
 
     m = model_opts.open(model)
     chosen = target if target == "all" else [c.strip() for c in target.split(",")]
-    with progress_bar("class models") as update:
+    with progress_bar("class models (steps)", total=steps) as update:
         r = class_model(m, chosen, size=size, steps=steps, lr=lr, l2=l2, tv=tv, param=param,
-                        transforms=transforms, seed=seed)
-        update(completed=1, total=1)
+                        transforms=transforms, seed=seed, callback=lambda d, t: update(completed=d, total=t))
     r.save(out)
     for k, name in enumerate(r.names):
         save_png(r.images[k], out / f"class_{int(r.classes[k]):04d}.png")

@@ -36,6 +36,9 @@ from convlens.report._layers import layer_page_name, layers_table, write_layer_p
 log = logging.getLogger(__name__)
 
 
+RENDER_SECONDS = 10.0  # what writing the pages counts for in the progress total
+
+
 class ReportError(RuntimeError):
     """Some sections failed (or the report is not self-contained); the rest was written."""
 
@@ -49,7 +52,7 @@ class Context:
     out: Path
     seed: int = 0
     config: dict = field(default_factory=dict)  # per-section options: config[section_name]
-    progress: Callable[[str, float], None] | None = None
+    progress: Callable[[str, float, float], None] | None = None
     budget: Budget = field(default_factory=Budget)  # the report-wide budget
     budgets: dict = field(default_factory=dict)  # per-section budget overrides
     layers: list[dict] = field(default_factory=list)  # LayerInfo dicts, in model order
@@ -184,8 +187,6 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
             pass
         log.info("section %s: model, data or options changed; recomputing", s.name)
     done.unlink(missing_ok=True)
-    if ctx.progress:
-        ctx.progress(s.title, 0.0)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         s.compute(ctx)
@@ -199,8 +200,6 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
                {"key": key, "seconds": round(time.perf_counter() - t0, 3),
                 "cpu_seconds": round(time.process_time() - c0, 3), "seed": ctx.seed,
                 "finished": round(time.time(), 6)})
-    if ctx.progress:
-        ctx.progress(s.title, 1.0)
     return None
 
 
@@ -214,7 +213,7 @@ def build_report(
     config: dict | str | Path | ReportConfig | None = None,
     seed: int | None = None,
     budget: Budget | dict | None = None,
-    progress: Callable[[str, float], None] | None = None,
+    progress: Callable[[str, float, float], None] | None = None,
 ) -> Path:
     """Compute the chosen sections that have no up-to-date saved result, then write
     ``index.html``, one page per layer and each section's pages. Returns the index path.
@@ -237,7 +236,10 @@ def build_report(
     budget
         Report-wide budget overrides; the defaults are fitted to the model and the data.
     progress
-        Called with ``(section title, fraction done)``.
+        Called with ``(what, done, total)`` before and after each chosen section, and before the
+        pages are written: ``done`` and ``total`` are planned seconds (each section counts its
+        ``budget.seconds``; one reused from saved results counts as done at once), so a bar
+        over them has a known total and a meaningful time remaining.
 
     Raises
     ------
@@ -265,11 +267,20 @@ def build_report(
                   budgets=cfg.budgets, layers=_layer_infos(model))
     copy_static(STATIC, out / "static")
     failures: dict[str, str] = {}
+    planned = {s.name: ctx.budget_for(s.name).seconds for s in chosen}
+    total, spent = sum(planned.values()) + RENDER_SECONDS, 0.0
     for s in chosen:
+        if progress:
+            progress(s.title, spent, total)
         msg = _compute(ctx, s, _section_key(ctx, s, ident), s.name in force)
         if msg:
             failures[s.name] = msg
+        spent += planned[s.name]
+    if progress:
+        progress("writing the pages", spent, total)
     index = _render_all(ctx, failures)
+    if progress:
+        progress("done", total, total)
     from convlens.report._check import check_report
 
     check = check_report(out)

@@ -111,9 +111,10 @@ def class_model(
     transforms: str | None = "standard",
     tv: float = 0.0,
     seed: int = 0,
+    callback: Callable[[int, int], None] | None = None,
 ) -> ClassImages:
     """Simonyan et al.'s class model: ``argmax_I S_c(I) - lambda ||I||^2`` for each class,
-    all classes in one batch.
+    all classes in one batch (``callback(steps_done, steps)`` after each step).
 
     ``S_c`` is the class score before softmax; ``l2`` is ``lambda`` per pixel (the penalty is
     ``l2 / (H W) * sum (I - 0.5)^2``, about mid-grey since images live in ``[0, 1]``). ``param``
@@ -129,7 +130,8 @@ def class_model(
     if tv:
         obj = obj + tv / (h * w) * objectives.total_variation()
     r = render(model, obj, p, steps=steps, lr=lr, project=proj, seed=seed,
-               transforms=make_transforms(transforms, (h, w)))
+               transforms=make_transforms(transforms, (h, w)),
+               callback=(lambda step, loss, state: callback(step + 1, steps)) if callback else None)
     s, conf = _scores(model, r.images, cls)
     return ClassImages("class_model", np.array(cls), _names(model, cls), r.images.cpu().numpy(), s,
                        conf, np.full(len(cls), r.steps),

@@ -87,7 +87,12 @@ def test_a_1000_class_network_gets_a_few_class_models_of_its_most_predicted_clas
 
 @pytest.mark.parametrize("seconds", [20.0, 30.0])
 def test_section_plans_fit_budget_seconds_on_a_model_that_would_overrun(tmp_path, seconds):
-    from convlens.report import attribution_section, dissect_section, gallery_section, inverse_section
+    from convlens.report import (
+        attribution_section,
+        dissect_section,
+        gallery_section,
+        inverse_section,
+    )
 
     m = _heavy()
     ds = _images(400, 64, labels=[i % 4 for i in range(400)], classes=("a", "b", "c", "d"))

@@ -109,8 +109,8 @@ def count_macs(model) -> int:
         else:
             total[0] += n
 
-    net, run = (model.net, lambda: model(model.example_input(1))) if hasattr(model, "spec") else \
-        (model[0], lambda: model[0](model[1]))
+    net, run = (model[0], lambda: model[0](model[1])) if isinstance(model, tuple) else \
+        (model.net, lambda: model(model.example_input(1)))
     leaves = [m for m in net.modules() if not list(m.children())]
     if isinstance(net, torch.jit.ScriptModule):
         leaves = []

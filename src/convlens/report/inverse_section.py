@@ -65,9 +65,10 @@ def _choose(model, x, opts) -> tuple[str, list[tuple[float, float]], str, tuple[
     return unit, ranges, second, (float(f"{np.quantile(w, 0.2):.3g}"), float(f"{np.quantile(w, 0.9):.3g}"))
 
 
-# Seconds of Python and autograd bookkeeping per optimization step, whatever the network: on a
-# LeNet it is most of a step (measured 2-5 ms per step of a batch of 10 codes, 1 thread).
-STEP_OVERHEAD_S = 4e-3
+# Seconds of Python, autograd and optimizer bookkeeping per step, whatever the network: on a
+# LeNet it is the whole step (measured 13 ms of CPU per inverse-set step of 10 codes through the
+# decoder and LeNet, one thread, on the shared 2-core machine).
+STEP_OVERHEAD_S = 13e-3
 SETS = 4  # two ranges, the second neuron, the intersection (plus DGN-AM)
 
 

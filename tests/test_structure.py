@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "report": 7,
     "cli": 8,
     "convlens": 9,  # the package's own __init__ re-exports the public API
+    "__main__": 9,  # python -m convlens: the command line
 }
 MAX_FUNCTION_LINES = 60
 # Functions still over the limit, to be split (issue 21). The list may only shrink: a new long

@@ -28,6 +28,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from convlens.files import read_json, write_json
+from convlens.progress import Callback, notify
 from convlens.report._budget import Budget, fit_budget
 from convlens.report._config import ReportConfig, load_config, parse_config
 from convlens.report._html import STATIC, copy_static, csv_table, render_page, safe_render
@@ -52,7 +53,7 @@ class Context:
     out: Path
     seed: int = 0
     config: dict = field(default_factory=dict)  # per-section options: config[section_name]
-    progress: Callable[[str, float, float], None] | None = None
+    progress: Callback | None = None
     budget: Budget = field(default_factory=Budget)  # the report-wide budget
     budgets: dict = field(default_factory=dict)  # per-section budget overrides
     layers: list[dict] = field(default_factory=list)  # LayerInfo dicts, in model order
@@ -213,7 +214,7 @@ def build_report(
     config: dict | str | Path | ReportConfig | None = None,
     seed: int | None = None,
     budget: Budget | dict | None = None,
-    progress: Callable[[str, float, float], None] | None = None,
+    progress: Callback | None = None,
 ) -> Path:
     """Compute the chosen sections that have no up-to-date saved result, then write
     ``index.html``, one page per layer and each section's pages. Returns the index path.
@@ -236,10 +237,11 @@ def build_report(
     budget
         Report-wide budget overrides; the defaults are fitted to the model and the data.
     progress
-        Called with ``(what, done, total)`` before and after each chosen section, and before the
-        pages are written: ``done`` and ``total`` are planned seconds (each section counts its
-        ``budget.seconds``; one reused from saved results counts as done at once), so a bar
-        over them has a known total and a meaningful time remaining.
+        A :data:`convlens.progress.Callback`: a :class:`~convlens.progress.Progress` event before
+        and after each chosen section and before the pages are written, ``done`` of ``total``
+        planned seconds (each section counts its ``budget.seconds``; one reused from saved
+        results counts as done at once), so a bar over them has a known total and a meaningful
+        time remaining; ``info["section"]`` names what runs.
 
     Raises
     ------
@@ -270,17 +272,14 @@ def build_report(
     planned = {s.name: ctx.budget_for(s.name).seconds for s in chosen}
     total, spent = sum(planned.values()) + RENDER_SECONDS, 0.0
     for s in chosen:
-        if progress:
-            progress(s.title, spent, total)
+        notify(progress, "report", spent, total, section=s.title)
         msg = _compute(ctx, s, _section_key(ctx, s, ident), s.name in force)
         if msg:
             failures[s.name] = msg
         spent += planned[s.name]
-    if progress:
-        progress("writing the pages", spent, total)
+    notify(progress, "report", spent, total, section="writing the pages")
     index = _render_all(ctx, failures)
-    if progress:
-        progress("done", total, total)
+    notify(progress, "report", total, total, section="done")
     from convlens.report._check import check_report
 
     check = check_report(out)

@@ -41,7 +41,7 @@ def fit_readout(model, dataset, layer: str, *, seed: int = 0, held_out: float = 
     ``dataset`` must be conformed to the model and labelled with at least two classes."""
     from sklearn.linear_model import LogisticRegression
 
-    from convlens.embed._extract import extract_features
+    from convlens.embed import extract_features
     from convlens.model import Model
 
     feats = extract_features(model, dataset, layer, pooling="avg", batch_size=32)

@@ -14,6 +14,7 @@ import torch
 from convlens.files import load_result, save_result
 from convlens.optimize import BlurEvery, objectives, render
 from convlens.optimize.objectives import OUTPUT
+from convlens.progress import Callback, notify
 from convlens.visualize._common import image_size, make_param, make_transforms, model_info
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,11 @@ def class_model(
     transforms: str | None = "standard",
     tv: float = 0.0,
     seed: int = 0,
-    callback: Callable[[int, int], None] | None = None,
+    callback: Callback | None = None,
 ) -> ClassImages:
     """Simonyan et al.'s class model: ``argmax_I S_c(I) - lambda ||I||^2`` for each class,
-    all classes in one batch (``callback(steps_done, steps)`` after each step).
+    all classes in one batch (a :class:`convlens.progress.Progress` event to ``callback`` after
+    each step).
 
     ``S_c`` is the class score before softmax; ``l2`` is ``lambda`` per pixel (the penalty is
     ``l2 / (H W) * sum (I - 0.5)^2``, about mid-grey since images live in ``[0, 1]``). ``param``
@@ -131,7 +133,8 @@ def class_model(
         obj = obj + tv / (h * w) * objectives.total_variation()
     r = render(model, obj, p, steps=steps, lr=lr, project=proj, seed=seed,
                transforms=make_transforms(transforms, (h, w)),
-               callback=(lambda step, loss, state: callback(step + 1, steps)) if callback else None)
+               callback=(lambda step, loss, state: notify(callback, "class models", step + 1, steps, loss=loss) and None)
+               if callback else None)
     s, conf = _scores(model, r.images, cls)
     return ClassImages("class_model", np.array(cls), _names(model, cls), r.images.cpu().numpy(), s,
                        conf, np.full(len(cls), r.steps),

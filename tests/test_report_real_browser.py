@@ -21,7 +21,8 @@ pytestmark = pytest.mark.browser
 
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "report-real"
 SECTIONS = ["data", "training", "attribution"]  # the gallery's cap has its own test
-CONFIG = {"sections": SECTIONS, "budget": {"seconds": 8}}
+CONFIG = {"sections": SECTIONS, "budget": {"seconds": 8},
+          "attribution": {"grid_layers": ["features.12"]}}  # one grid: this test is about LIME and DeconvNet
 _BOXES = """(sel) => [...document.querySelectorAll(sel)].filter(e => e.offsetParent !== null).map(e => {
   const r = e.getBoundingClientRect(); return [e.textContent.slice(0, 40), r.left, r.top, r.right, r.bottom];
 })"""
@@ -115,19 +116,21 @@ def test_photo_titles_are_short_and_do_not_overlap():
     """The figure that once printed absolute paths over each other: its titles are the file
     stems, and their drawn extents are disjoint."""
     import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from convlens.attribute import plot_projections, saliency
-    from convlens.attribute._plot import _plt
+    from convlens.inputspec import InputSpec
+    from convlens.model import Model
 
-    m = _squeezenet()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 3))
+    m = Model(net, InputSpec(channels=3, size=(32, 32)), name="tiny")
     photos = sorted(p for p in shared_path("data", "photos").iterdir() if p.suffix in (".jpg", ".png"))[:6]
-    x = torch.rand(len(photos), 3, *m.spec.size)
-    sal = saliency(m, x)
-    fig = plot_projections({"saliency": sal}, x.numpy(), [str(p) for p in photos])
-    fig.canvas.draw()
+    x = torch.rand(len(photos), 3, 32, 32)
+    fig = plot_projections({"saliency": saliency(m, x)}, x.numpy(), [str(p) for p in photos])
+    FigureCanvasAgg(fig).draw()
     renderer = fig.canvas.get_renderer()
     titles = [ax.title for ax in fig.axes if ax.get_title()]
     assert [t.get_text() for t in titles] == [p.stem[:13] + "…" if len(p.stem) > 14 else p.stem for p in photos]
     boxes = [t.get_window_extent(renderer) for t in titles]
     assert not any(a.overlaps(b) for a, b in combinations(boxes, 2))
-    _plt().close(fig)

@@ -13,7 +13,7 @@ figure answers "why did the model say *zebra*" and the other "why is this a *hor
 says which is which.
 
 Options (``attribution: {...}``): ``layers`` for top images (default: the deepest convolution
-with spatial extent), ``grid_layers`` (default: up to six block outputs), ``lime_samples``
+with spatial extent), ``grid_layers`` (default: up to four block outputs), ``lime_samples``
 (at most this many, default 300), ``k`` top images (default 6), ``readout`` (default true).
 Every count (sample images, LIME samples, images scanned for top images, projected units,
 read-out images) is planned from the model's counted multiply-adds to fit the section's
@@ -30,7 +30,8 @@ from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
 
 NAME = "attribution"
-MAX_GRIDS = 6
+MAX_GRIDS = 4  # a 64-panel grid figure takes seconds to draw: the block outputs that matter
+GRID_CHANNELS = 32
 DELETION_STEPS = 20
 
 
@@ -200,7 +201,7 @@ def _compute(ctx: Context) -> None:
     g = activation_grid(m, ds.image(idx[0]), opts.get("grid_layers") or block_outputs(m) or None)
     g.save(out / "grid")
     for ly in g.layers:
-        save_figure(plot_activation_grid(g, ly), out / f"grid-{slug(ly)}.png")
+        save_figure(plot_activation_grid(g, ly, max_channels=GRID_CHANNELS), out / f"grid-{slug(ly)}.png")
         result["grid"].append(ly)
     scan = ds.sample(p["scan_images"], seed=ctx.seed)
     for ly in layers:

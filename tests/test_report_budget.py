@@ -134,7 +134,8 @@ def test_budget_seconds_holds_on_a_real_section(tmp_path):
     m = _heavy(size=32, width=64)
     ds = _images(120, 32, labels=[i % 3 for i in range(120)], classes=("a", "b", "c"))
     t = time.process_time()
-    build_report(m, ds, tmp_path, only=["attribution"], config={"budget": {"seconds": 3}})
+    build_report(m, ds, tmp_path, only=["attribution"],
+                 config={"budget": {"seconds": 3}, "attribution": {"grid_layers": ["5"]}})
     cpu = time.process_time() - t
     p = read_json(tmp_path / "attribution" / "result.json")["plan"]
     assert p["planned_seconds"] <= 3 * 1.25 and p["fits"]

@@ -189,7 +189,7 @@ def test_budget_fits_the_model_cost_and_the_data():
     small = fit_budget(_Model(), list(range(10_000)), seconds=20.0)
     assert small.images == 5000 and small.units == 16  # capped
     assert fit_budget(_Model(), list(range(30)), seconds=20.0).images == 30  # all the data
-    big = _Model(width=300)  # ~130 M multiply-adds per image: 26 ms at the nominal speed
+    big = _Model(width=300)  # ~130 M multiply-adds per image: 13 ms at the nominal speed
     macs = count_macs(big)
     b = fit_budget(big, list(range(10_000)), seconds=20.0)
     assert b.images == min(5000, int(20.0 / (macs / NOMINAL_MACS_PER_SECOND)))

@@ -1,5 +1,6 @@
-"""``python -m convlens``: the command line."""
+"""``python -m convlens``: the same as the ``convlens`` command."""
 
 from convlens.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

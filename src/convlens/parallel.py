@@ -84,8 +84,14 @@ def get_client(workers: int | None = None, scheduler: str | None = None, *,
     with warnings.catch_warnings(), dask.config.set(LOCAL_WORKER_CONFIG):
         # the scheduler's small HTTP server (health checks) moves off a busy port 8787 by itself
         warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                               dashboard_address=None, memory_limit=memory_limit)
+        # Dask's INFO logs (scheduler and every worker process) only when the caller's logging
+        # asks for them (the CLI's --verbose): the workers take the level from this config
+        level = max(logging.getLogger("distributed").getEffectiveLevel(), logging.INFO)
+        import dask
+
+        with dask.config.set({"logging.distributed": logging.getLevelName(level).lower()}):
+            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                                   dashboard_address=None, memory_limit=memory_limit, silence_logs=level)
     try:
         client = Client(cluster)
         try:

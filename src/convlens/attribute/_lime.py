@@ -11,6 +11,8 @@ every superpixel (weighted ridge, as the package does with ``num_features`` >= s
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,23 +27,70 @@ from convlens.files import load_result, save_result
 
 SEGMENTERS = ("slic", "quickshift")
 
+log = logging.getLogger(__name__)
+
+
+class NothingToExplainWarning(UserWarning):
+    """LIME found nothing to explain: the image is one flat colour, or hiding its superpixels
+    does not change the model's output."""
+
+
+def _is_grey(img: np.ndarray) -> bool:
+    """True for one channel, or three equal ones (grey data converted to RGB)."""
+    return img.shape[2] == 1 or bool(np.abs(img - img[..., :1]).max() < 1e-6)
+
+
+def grid_segments(shape: tuple[int, int], n_segments: int) -> np.ndarray:
+    """Rectangular superpixels ``(H, W)``: a grid of about ``n_segments`` cells, as square as the
+    image allows (the fallback when SLIC cannot cut the image)."""
+    h, w = shape
+    rows = max(1, min(h, round(np.sqrt(n_segments * h / w))))
+    cols = max(1, min(w, round(n_segments / rows)))
+    r = np.minimum(np.arange(h) * rows // h, rows - 1)
+    c = np.minimum(np.arange(w) * cols // w, cols - 1)
+    return (r[:, None] * cols + c[None, :]).astype(np.int64)
+
+
+# Compactness factors tried in turn when SLIC returns too few segments: a higher compactness
+# weighs distance in the image more against colour, which keeps SLIC from collapsing on
+# high-contrast textures (at 10, scikit-image's textures give 1-2 segments).
+COMPACTNESS_STEPS = (1, 3, 10, 30, 100)
+MIN_SEGMENT_FRACTION = 0.5
+
 
 def superpixels(image, method: str = "slic", *, n_segments: int = 50, compactness: float = 10.0,
-                kernel_size: float = 4, max_dist: float = 200, ratio: float = 0.2, seed: int = 0) -> np.ndarray:
+                kernel_size: float = 4, max_dist: float = 200, ratio: float = 0.2, seed: int = 0,
+                min_fraction: float = MIN_SEGMENT_FRACTION) -> np.ndarray:
     """Superpixel labels ``(H, W)`` numbered 0..S-1 for a display-space image ``(C, H, W)``.
 
-    ``slic`` uses ``n_segments`` and ``compactness``; ``quickshift`` (the ``lime`` package's
-    default) uses ``kernel_size``, ``max_dist`` and ``ratio``."""
+    ``slic`` uses ``n_segments`` and ``compactness``; it returns at least ``min_fraction`` of
+    ``n_segments`` on any image: when SLIC gives fewer, the compactness is raised step by step
+    (:data:`COMPACTNESS_STEPS`), and if that does not help the image is cut into a grid
+    (:func:`grid_segments`, with a logged warning). Grey images (one channel, or three equal
+    ones) are segmented on their grey channel. ``quickshift`` (the ``lime`` package's default)
+    uses ``kernel_size``, ``max_dist`` and ``ratio`` and is returned as it comes."""
     from skimage.segmentation import quickshift, slic
 
     img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float64)
     img = img.transpose(1, 2, 0)
     if method == "slic":
-        if img.shape[2] == 1:
-            seg = slic(img[..., 0], n_segments=n_segments, compactness=compactness / 10, channel_axis=None,
-                       start_label=0)
-        else:
-            seg = slic(img, n_segments=n_segments, compactness=compactness, start_label=0)
+        grey = _is_grey(img)
+        need = max(1, int(np.ceil(min_fraction * n_segments)))
+        seg, got = None, 0
+        for f in COMPACTNESS_STEPS:
+            if grey:
+                seg = slic(img[..., 0], n_segments=n_segments, compactness=compactness * f / 10,
+                           channel_axis=None, start_label=0)
+            else:
+                seg = slic(img, n_segments=n_segments, compactness=compactness * f, start_label=0)
+            got = len(np.unique(seg))
+            if got >= need:
+                break
+        if got < need:
+            log.warning("SLIC found only %d of %d requested superpixels even at compactness %g; "
+                        "using a grid of rectangles instead", got, n_segments,
+                        compactness * COMPACTNESS_STEPS[-1])
+            seg = grid_segments(img.shape[:2], n_segments)
     elif method == "quickshift":
         rgb = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
         seg = quickshift(rgb, kernel_size=kernel_size, max_dist=max_dist, ratio=ratio, rng=seed)
@@ -272,6 +321,10 @@ def lime(
         chosen = np.argsort(-probs[0], kind="stable")[:top_labels].tolist()
     w = _kernel_weights(z, kernel_width)
     fits = [fit_local_model(z, probs[:, c], w, num_features) for c in chosen]
+    warning = _nothing_to_explain(x, probs[:, chosen])
+    if warning:
+        log.warning("LIME: %s", warning)
+        warnings.warn(warning, NothingToExplainWarning, stacklevel=2)
     return LimeResult(
         image=x.cpu().numpy(), segments=seg, labels=[int(c) for c in chosen],
         coefs=np.stack([f[0] for f in fits]), intercepts=np.array([f[1] for f in fits]),
@@ -279,5 +332,18 @@ def lime(
         meta={"num_samples": num_samples, "segments": n_seg, "method": method if segments is None else "given",
               "samples": "drawn" if samples is None else "given",
               "hide": hide, "kernel_width": kernel_width, "num_features": num_features, "seed": seed,
-              "precision": precision, "dtype": str(dtype).removeprefix("torch.")},
+              "precision": precision, "dtype": str(dtype).removeprefix("torch."),
+              **({"warning": warning} if warning else {})},
     )
+
+
+def _nothing_to_explain(x: torch.Tensor, probs: np.ndarray) -> str | None:
+    """Why LIME's weights mean nothing here (None when they do): a flat image, or class
+    probabilities that did not move when superpixels were hidden."""
+    if float(x.amax() - x.amin()) < 1e-6:
+        return ("the image is one flat colour: hiding its superpixels does not change it, so LIME "
+                "has nothing to explain (check that the image loaded correctly)")
+    if float(np.ptp(probs, axis=0).max()) < 1e-7:
+        return ("hiding superpixels never changed the explained classes' probabilities, so every "
+                "weight is zero (the model ignores these regions, or its output is saturated)")
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 from convlens.figures import subplots
@@ -13,10 +15,19 @@ def hwc(img: np.ndarray) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
-def projection_image(p: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+def is_grey(images: np.ndarray) -> bool:
+    """True when images ``(..., C, H, W)`` are grey: one channel, or three equal ones."""
+    images = np.asarray(images)
+    return images.shape[-3] == 1 or bool(np.abs(images - images[..., :1, :, :]).max() < 1e-6)
+
+
+def projection_image(p: np.ndarray, percentile: float = 99.5, grey: bool = False) -> np.ndarray:
     """A projection ``(C, H, W)`` shown as Zeiler & Fergus do: zero at grey, scaled so that
     the ``percentile`` of absolute values reaches black/white (a few extreme pixels would
-    otherwise leave large images almost uniformly grey); 100 scales by the maximum."""
+    otherwise leave large images almost uniformly grey); 100 scales by the maximum. ``grey``
+    (for grey data) draws the channels' sum, since colour there is an artefact of the RGB input."""
+    if grey:
+        p = np.asarray(p).sum(0, keepdims=True)
     a = np.abs(p)
     m = float(np.percentile(a[a > 0], percentile)) if (a > 0).any() else 0.0
     return hwc(0.5 + p / (2 * m) if m > 0 else np.full_like(p, 0.5))
@@ -37,17 +48,21 @@ def _show(ax, img, title=None, cmap="gray"):
 
 
 def plot_projections(projs: dict, images: np.ndarray, titles: list[str] | None = None):
-    """Rows of images, then one row per method (``{name: Projection}``)."""
+    """Rows of images, then one row per method (``{name: Projection}``); ``titles`` are image
+    ids, shown short (:func:`convlens.data.short_id`). Projections of grey images are grey."""
+    from convlens.data import short_id
+
     n = len(images)
+    grey = is_grey(images)
     fig, axes = subplots(1 + len(projs), n, figsize=(1.6 * n, 1.7 * (1 + len(projs))), squeeze=False)
     for j in range(n):
-        _show(axes[0, j], hwc(images[j]), titles[j] if titles else None)
+        _show(axes[0, j], hwc(images[j]), short_id(titles[j], 14) if titles else None)
         for i, (name, p) in enumerate(projs.items(), start=1):
             if name.startswith("saliency"):
                 s = p.saliency()[j]
                 _show(axes[i, j], s / s.max() if s.max() > 0 else s, cmap="hot")
             else:
-                _show(axes[i, j], projection_image(p.maps[j]))
+                _show(axes[i, j], projection_image(p.maps[j], grey=grey))
             if j == 0:
                 axes[i, j].set_ylabel(name, fontsize=7)
     fig.tight_layout()
@@ -61,11 +76,12 @@ def plot_top_images(top, units=None, *, max_units: int = 16):
         raise ValueError("these top images have no projections: run top_images(..., project=True)")
     rows = [top.row(u) for u in (units if units is not None else top.units[:max_units])]
     k = top.indices.shape[1]
+    grey = top.images is not None and is_grey(top.images)
     fig, axes = subplots(len(rows), 2 * k, figsize=(0.8 * 2 * k, 0.85 * len(rows) + 0.3), squeeze=False)
     for i, r in enumerate(rows):
         for j in range(k):
             box = top.boxes[r, j]
-            _show(axes[i, j], projection_image(_crop(top.projections[r, j], box)))
+            _show(axes[i, j], projection_image(_crop(top.projections[r, j], box), grey=grey))
             _show(axes[i, k + j], hwc(_crop(top.images[r, j], box)))
         axes[i, 0].set_ylabel(f"{int(top.units[r])}", fontsize=7, rotation=0, labelpad=8)
     fig.suptitle(f"{top.layer}: top {k} images per unit — projections | patches (receptive field)", fontsize=8)
@@ -130,13 +146,25 @@ def plot_lime(r, labels=None, *, k: int = 5, k_both: int = 10, min_weight: float
     positive superpixels alone, the same with the rest of the image, the top ``k_both`` positive
     (green) and negative (red) ones, and those whose weight reaches ``min_weight`` (default: a
     tenth of the largest weight; Lees used 0.1)."""
+    from convlens.data import short_name
+
+    if r.meta.get("warning"):  # nothing to explain: say so beside the image, not five empty panels
+        fig, ax = subplots(1, 1, figsize=(6, 2.4))
+        ax.imshow(hwc(r.image), cmap="gray" if r.image.shape[0] == 1 else None, vmin=0, vmax=1,
+                  extent=(0, 1, 0, 1))
+        ax.set_xlim(0, 2.6)
+        ax.text(1.08, 0.5, "LIME: " + textwrap.fill(r.meta["warning"], 44), va="center", fontsize=8,
+                color="#a00")
+        ax.axis("off")
+        fig.tight_layout()
+        return fig
     labels = list(labels) if labels is not None else r.labels
     fig, axes = subplots(len(labels), 5, figsize=(10, 2.2 * len(labels)), squeeze=False)
     for i, label in enumerate(labels):
         w = np.abs(r.weights(label))
         mw = min_weight if min_weight is not None else 0.1 * float(w.max())
         row = r.labels[r._row(label)]
-        name = r.class_names[row] if row < len(r.class_names) else str(row)
+        name = short_name(r.class_names[row]) if row < len(r.class_names) else str(row)
         for j, (title, img) in enumerate(_lime_panels(r, label, k, k_both, mw)):
             _show(axes[i, j], img, title)
         axes[i, 0].set_ylabel(f"{name}\np={r.probs[row]:.3f}", fontsize=7)

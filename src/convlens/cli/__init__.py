@@ -13,6 +13,16 @@ app = typer.Typer(
     help="Extract knowledge from convolutional neural networks.",
 )
 
+@app.callback()
+def _global_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show INFO logs, also those of Dask, numba and the other libraries."),
+) -> None:
+    from convlens.cli import _common
+
+    _common.VERBOSE = verbose
+
+
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = [
     "convlens.cli.core",

@@ -104,9 +104,21 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ImportError, KeyError, 
                PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+# Libraries that log at INFO (Dask's scheduler and workers, numba's compiler, ...): quiet
+# unless --verbose.
+THIRD_PARTY_LOGGERS = ("distributed", "dask", "tornado", "bokeh", "numba", "fsspec", "asyncio",
+                       "matplotlib", "PIL", "h5py", "zarr", "umap", "pynndescent", "kmapper",
+                       "openTSNE", "gudhi", "ripser", "urllib3")
+VERBOSE = False  # set by the global --verbose option
+
+
+def setup_logging(verbose: bool | None = None) -> None:
+    verbose = VERBOSE if verbose is None else verbose
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 def error_line(e: BaseException) -> str:

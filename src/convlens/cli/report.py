@@ -22,7 +22,7 @@ from convlens.cli._common import (
     command,
     console,
     open_data,
-    progress_bar,
+    progress_events,
 )
 
 ConfigOpt = Annotated[Path | None, typer.Option(
@@ -78,11 +78,9 @@ def run_report(model, dataset, out: Path, **kwargs) -> Path:
     """``build_report`` with a progress bar; failed sections end the command with status 1."""
     from convlens.report import ReportError, build_report
 
-    with progress_bar("report", total=None) as update:
+    with progress_events("report (planned seconds)") as callback:
         try:
-            index = build_report(
-                model, dataset, out, **kwargs,
-                progress=lambda name, frac: update(info=f"{name} {'done' if frac >= 1 else '...'}"))
+            index = build_report(model, dataset, out, **kwargs, progress=callback)
         except ReportError as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(1) from None

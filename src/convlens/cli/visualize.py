@@ -17,6 +17,7 @@ from convlens.cli._common import (
     console,
     open_data,
     progress_bar,
+    progress_events,
 )
 from convlens.cli.attribute import PrecisionOpt
 
@@ -114,10 +115,9 @@ def class_model_cmd(
 
     m = model_opts.open(model)
     chosen = target if target == "all" else [c.strip() for c in target.split(",")]
-    with progress_bar("class models") as update:
+    with progress_events("class models (steps)") as callback:
         r = class_model(m, chosen, size=size, steps=steps, lr=lr, l2=l2, tv=tv, param=param,
-                        transforms=transforms, seed=seed)
-        update(completed=1, total=1)
+                        transforms=transforms, seed=seed, callback=callback)
     r.save(out)
     for k, name in enumerate(r.names):
         save_png(r.images[k], out / f"class_{int(r.classes[k]):04d}.png")

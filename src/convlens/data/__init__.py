@@ -1,7 +1,7 @@
 """Datasets (folders, manifests, arrays, built-ins) and the transforms of Kitahara & Holm."""
 
 from convlens.data._builtin import BUILTIN_DATASETS, digits, grating, gratings, textures
-from convlens.data._dataset import ImageDataset, stack_images
+from convlens.data._dataset import ImageDataset, short_id, short_name, stack_images
 from convlens.data._io import IMAGE_SUFFIXES, UnreadableImageError, array_to_tensor, read_image
 from convlens.data._sources import (
     UnreadableImagesError,
@@ -19,7 +19,8 @@ from convlens.data._transforms import CLAHE, Resize, ToChannels, parse_size, til
 __all__ = [
     "IMAGE_SUFFIXES",
     "BUILTIN_DATASETS", "CLAHE", "ImageDataset", "Resize", "ToChannels", "UnreadableImageError",
-    "UnreadableImagesError", "array_to_tensor", "conform", "digits", "from_folder", "from_image", "from_manifest",
-    "from_npz", "grating", "label_mapping", "gratings", "load_dataset", "parse_size", "read_image", "stack_images",
+    "UnreadableImagesError", "array_to_tensor", "conform", "digits", "from_folder", "from_image",
+    "from_manifest", "from_npz", "grating", "gratings", "label_mapping", "load_dataset", "parse_size",
+    "read_image", "short_id", "short_name", "stack_images",
     "textures", "tile_grid", "tiled",
 ]

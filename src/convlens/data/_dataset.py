@@ -138,3 +138,24 @@ def stack_images(xs: list[torch.Tensor], ids: list[str]) -> torch.Tensor:
             "--resize H[xW] (resize=... in Python) or tile them (--tile)"
         )
     return torch.stack(xs)
+
+
+def short_id(image_id: str, max_chars: int = 18) -> str:
+    """A short title for an image id: the file's stem (``/data/photos/zebra.jpg`` -> ``zebra``),
+    ``#i`` for an array's image (``cifar10-small/17`` -> ``#17``), with a tile's ``#r..c..``
+    kept; cut to ``max_chars`` with an ellipsis so titles of neighbouring panels never overlap."""
+    from pathlib import PurePath
+
+    base, _, tile = str(image_id).partition("#")
+    stem = PurePath(base).stem if base else base
+    if stem.isdigit():
+        stem = f"#{stem}"
+    text = f"{stem}#{tile}" if tile else stem
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def short_name(class_name: str, max_chars: int = 16) -> str:
+    """A class name short enough for a panel title: its first synonym (``"great white shark,
+    white shark, ..."`` -> ``"great white shark"``), cut to ``max_chars`` with an ellipsis."""
+    text = str(class_name).split(",")[0].strip()
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"

@@ -58,11 +58,17 @@ def _file_dataset(paths, labels, classes, name, strict, fp_extra="") -> ImageDat
 
 
 def from_folder(root: str | Path, strict: bool = False) -> ImageDataset:
-    """One subfolder per class (sorted names are the classes); loose images get no label."""
+    """One subfolder per class (sorted names are the classes); a folder whose subfolders hold no
+    images (``photos/`` with a ``licenses/`` folder) is one unlabelled set of its own images."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+    def has_images(d: Path) -> bool:
+        return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in d.rglob("*"))
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and has_images(d))
     paths, labels = [], []
     for label, c in enumerate(classes):
         for p in sorted((root / c).rglob("*")):

@@ -7,7 +7,10 @@ every image while VGG16 at 224 px gets a sample.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, replace
+
+log = logging.getLogger(__name__)
 
 BUDGET_KEYS = ("images", "units", "steps", "samples", "seconds")
 
@@ -40,6 +43,11 @@ class Budget:
     seconds: float = 20.0
     forward_ms: float = 0.0
 
+    @property
+    def forward_s(self) -> float:
+        """Planned seconds of one forward pass on one image (a backward pass: twice that)."""
+        return max(self.forward_ms, 1e-3) / 1000
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -67,15 +75,18 @@ def _clamp(v: float, lo: int, hi: int) -> int:
     return int(max(lo, min(hi, v)))
 
 
-# Multiply-adds per second assumed for one CPU core on small batches; measured on this project's
-# 2-core machine with 1 torch thread: LeNet ~6e9, SqueezeNet 1.1 ~7e9, VGG16 ~4e10 (big layers
-# run faster). The low end keeps budgets safe for small networks.
-NOMINAL_MACS_PER_SECOND = 5e9
+# Multiply-adds per second assumed for one CPU core on small batches. Measured with one torch
+# thread (process CPU time, float32): SqueezeNet 1.1 at 227 px 1.1-1.4e10 forward (28-35 ms per
+# image for 391 M multiply-adds), forward + backward 2.6-2.8x the forward; LeNet ~6e9, VGG16
+# ~4e10 (big layers run faster). Plans from it are honest for ImageNet-sized networks and
+# pessimistic for tiny ones, whose budgets the clamps below decide anyway.
+NOMINAL_MACS_PER_SECOND = 1e10
 
 
 def count_macs(model) -> int:
     """Multiply-adds of one forward pass on one image of the model's input size: convolutions
     and linear layers exactly, every other leaf module one operation per output value.
+    ``model`` may also be a pair ``(module, example input of batch 1)`` (a decoder and a code).
     Deterministic, unlike a timing, so budgets (and the caches keyed on them) do not change
     with the machine's load."""
     import torch
@@ -98,12 +109,37 @@ def count_macs(model) -> int:
         else:
             total[0] += n
 
-    leaves = [m for m in model.net.modules() if not list(m.children())]
-    if isinstance(model.net, torch.jit.ScriptModule):
+    net, run = (model[0], lambda: model[0](model[1])) if isinstance(model, tuple) else \
+        (model.net, lambda: model(model.example_input(1)))
+    leaves = [m for m in net.modules() if not list(m.children())]
+    if isinstance(net, torch.jit.ScriptModule):
         leaves = []
-    with frozen(model.net), hooks((m, "forward", rec) for m in leaves), torch.no_grad():
-        model(model.example_input(1))
+    with frozen(net), hooks((m, "forward", rec) for m in leaves), torch.no_grad():
+        run()
     return int(total[0])
+
+
+def fit_count(seconds: float, cost: float, wanted: int, minimum: int = 1) -> int:
+    """How many items costing ``cost`` seconds each fit in ``seconds``: at most ``wanted``, at
+    least ``minimum`` (never more than ``wanted``). The planning step every section uses to scale
+    images, units, steps or classes to its share of ``budget.seconds``."""
+    fit = int(seconds / max(cost, 1e-12))
+    return int(max(min(minimum, wanted), min(wanted, fit)))
+
+
+PLAN_SLACK = 1.25  # a plan may overrun budget.seconds by this factor before it warns
+
+
+def checked_plan(section: str, plan: dict, seconds: float, warn: bool = True) -> dict:
+    """``plan`` with ``fits`` added: False, with a logged warning, when even its smallest useful
+    sizes (the minimums of :func:`fit_count`) are planned to take more than
+    :data:`PLAN_SLACK` x ``seconds``."""
+    fits = plan["planned_seconds"] <= PLAN_SLACK * seconds
+    if not fits and warn:
+        log.warning("%s: the smallest useful plan takes about %.0f s at the nominal speed, more than "
+                    "its budget of %.0f s; raise budget.seconds (report config: %s: {budget: {seconds: %d}})",
+                    section, plan["planned_seconds"], seconds, section, int(plan["planned_seconds"] + 1))
+    return {**plan, "fits": bool(fits)}
 
 
 def fit_budget(model, dataset, seconds: float = 20.0) -> Budget:
@@ -121,4 +157,4 @@ def fit_budget(model, dataset, seconds: float = 20.0) -> Budget:
                   forward_ms=round(fwd * 1000, 4))
 
 
-__all__ = ["BUDGET_KEYS", "NOMINAL_MACS_PER_SECOND", "Budget", "count_macs", "fit_budget"]
+__all__ = ["BUDGET_KEYS", "NOMINAL_MACS_PER_SECOND", "Budget", "checked_plan", "count_macs", "fit_budget", "fit_count"]

@@ -29,12 +29,16 @@ from pathlib import Path
 from markupsafe import Markup
 
 from convlens.files import read_json, write_json
+from convlens.progress import Callback, notify
 from convlens.report._budget import Budget, fit_budget
 from convlens.report._config import ReportConfig, load_config, parse_config, section_names
 from convlens.report._html import STATIC, copy_static, csv_table, render_page, safe_render
 from convlens.report._layers import layer_page_name, layers_table, write_layer_pages
 
 log = logging.getLogger(__name__)
+
+
+RENDER_SECONDS = 10.0  # what writing the pages counts for in the progress total
 
 
 class ReportError(RuntimeError):
@@ -50,7 +54,7 @@ class Context:
     out: Path
     seed: int = 0
     config: dict = field(default_factory=dict)  # per-section options: config[section_name]
-    progress: Callable[[str, float], None] | None = None
+    progress: Callback | None = None
     budget: Budget = field(default_factory=Budget)  # the report-wide budget
     budgets: dict = field(default_factory=dict)  # per-section budget overrides
     layers: list[dict] = field(default_factory=list)  # LayerInfo dicts, in model order
@@ -186,8 +190,6 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
             pass
         log.info("section %s: model, data or options changed; recomputing", s.name)
     done.unlink(missing_ok=True)
-    if ctx.progress:
-        ctx.progress(s.title, 0.0)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         s.compute(ctx)
@@ -201,8 +203,6 @@ def _compute(ctx: Context, s: Section, key: str, forced: bool) -> str | None:
                {"key": key, "seconds": round(time.perf_counter() - t0, 3),
                 "cpu_seconds": round(time.process_time() - c0, 3), "seed": ctx.seed,
                 "finished": round(time.time(), 6)})
-    if ctx.progress:
-        ctx.progress(s.title, 1.0)
     return None
 
 
@@ -234,7 +234,7 @@ def build_report(
     config: dict | str | Path | ReportConfig | None = None,
     seed: int | None = None,
     budget: Budget | dict | None = None,
-    progress: Callable[[str, float], None] | None = None,
+    progress: Callback | None = None,
 ) -> Path:
     """Compute the chosen sections that have no up-to-date saved result, then write
     ``index.html``, one page per layer and each section's pages. Returns the index path.
@@ -260,7 +260,11 @@ def build_report(
         The memory budget of every run of the network (bytes or ``"2GB"``; default: the
         configuration's ``memory``, else the current one, :mod:`convlens.runner`).
     progress
-        Called with ``(section title, fraction done)``.
+        A :data:`convlens.progress.Callback`: a :class:`~convlens.progress.Progress` event before
+        and after each chosen section and before the pages are written, ``done`` of ``total``
+        planned seconds (each section counts its ``budget.seconds``; one reused from saved
+        results counts as done at once), so a bar over them has a known total and a meaningful
+        time remaining; ``info["section"]`` names what runs.
 
     Raises
     ------
@@ -287,11 +291,17 @@ def build_report(
                   budgets=cfg.budgets, layers=_layer_infos(model))
     copy_static(STATIC, out / "static")
     failures: dict[str, str] = {}
+    planned = {s.name: ctx.budget_for(s.name).seconds for s in chosen}
+    total, spent = sum(planned.values()) + RENDER_SECONDS, 0.0
     for s in chosen:
+        notify(progress, "report", spent, total, section=s.title)
         msg = _compute(ctx, s, _section_key(ctx, s, ident), s.name in force)
         if msg:
             failures[s.name] = msg
+        spent += planned[s.name]
+    notify(progress, "report", spent, total, section="writing the pages")
     index = _render_all(ctx, failures)
+    notify(progress, "report", total, total, section="done")
     from convlens.report._check import check_report
 
     check = check_report(out)

@@ -45,47 +45,71 @@ def _summary_render(ctx: Context) -> Markup:
 
 
 def _training_compute(ctx: Context) -> None:
+    from convlens.report._budget import fit_count
+    from convlens.report._labels import most_predicted, predictions
     from convlens.training import evaluate, plot_training_curve
 
     m, ds = ctx.model, ctx.dataset
+    b = ctx.budget_for("training")
     train_info = m.meta.get("train") or {}
     history = train_info.get("history") or []
     cfg = train_info.get("config") or {}
     out = ctx.dir("training")
     result: dict = {"history": history, "config": cfg}
-    from convlens.data import conform, label_mapping
+    from convlens.data import ImageDataset, conform, label_mapping
 
     mapping, mismatch = label_mapping(ds, m)
     if mismatch:
         result["mismatch"] = mismatch
-    elif ds.has_labels:
-        if not np.array_equal(mapping, np.arange(len(mapping))):  # the model's names, another order
-            from convlens.data import ImageDataset
-
-            ds = ImageDataset(ds.ids, ds.image, mapping[ds.labels], m.class_names, ds.name,
-                              source_fingerprint=ds.fingerprint + "|labels-mapped")
-            result["names"] = list(m.class_names)
-        data = conform(ds, m)
+    elif ds.has_labels and not np.array_equal(mapping, np.arange(len(mapping))):
+        # the model's names, in another order
+        ds = ImageDataset(ds.ids, ds.image, mapping[ds.labels], m.class_names, ds.name,
+                          source_fingerprint=ds.fingerprint + "|labels-mapped")
+        result["names"] = list(m.class_names)
+    data = conform(ds, m)
+    # one forward pass per image: as many images as the budget's seconds allow
+    n = fit_count(b.seconds, b.forward_s, len(data), minimum=min(len(data), 32))
+    if n < len(data):
+        result["sampled"] = [n, len(data)]
+    if ds.has_labels and not mismatch:
         held_out = None
         if cfg.get("val_fraction") and train_info.get("dataset") == ds.name:
             _, held_out = data.split(cfg["val_fraction"], cfg.get("seed", 0))
-        ev_all = evaluate(m, data)
+            held_out = held_out.sample(n, seed=ctx.seed)
+        sample = data.sample(n, seed=ctx.seed)
+        ev_all = evaluate(m, sample, batch_size=32)
         result["accuracy_all"] = ev_all["accuracy"]
+        result["evaluated"] = len(sample)
         if held_out is not None:
-            ev = evaluate(m, held_out)
+            ev = evaluate(m, held_out, batch_size=32)
             result["held_out_accuracy"] = ev["accuracy"]
             result["held_out_images"] = len(held_out)
             preds, labels = ev["predictions"], held_out.labels
         else:
-            preds, labels = ev_all["predictions"], data.labels
+            preds, labels = ev_all["predictions"], sample.labels
         k = max(len(ds.class_names), int(labels.max()) + 1, int(preds.max()) + 1)
         cm = np.zeros((k, k), dtype=int)
         np.add.at(cm, (labels, preds), 1)
         result["confusion"] = cm.tolist()
+    else:
+        # the data's labels are not the model's classes: no accuracy, but what it predicts
+        sample = data.sample(n, seed=ctx.seed)
+        preds = predictions(m, sample)
+        names = m.class_names
+        counts = np.bincount(preds)
+        result["labels_differ"] = bool(ds.has_labels)
+        result["evaluated"] = len(sample)
+        result["predicted"] = [[int(c), names[c] if c < len(names) else str(c), int(counts[c])]
+                               for c in most_predicted(preds, 10)]
     if history:
         plot_training_curve(history, out / "curve.png")
         result["curve"] = "training/curve.png"
     write_json(out / "result.json", result)
+
+
+def _sampled(r: dict) -> str:
+    s = r.get("sampled")
+    return f" (a seeded sample of {s[0]} of the {s[1]} images, as the time budget allows)" if s else ""
 
 
 def _training_render(ctx: Context) -> Markup:
@@ -96,8 +120,17 @@ def _training_render(ctx: Context) -> Markup:
                             "(the split used in training); {:.2%} on all images.</p>").format(
             r["held_out_accuracy"], r["held_out_images"], r["accuracy_all"]))
     elif "accuracy_all" in r:
-        parts.append(Markup("<p>Accuracy on these images <span class=metric>{:.2%}</span>.</p>").format(
-            r["accuracy_all"]))
+        parts.append(Markup("<p>Accuracy on these images <span class=metric>{:.2%}</span>{}.</p>").format(
+            r["accuracy_all"], _sampled(r)))
+    if "predicted" in r:
+        nd, nm = len(ctx.dataset.class_names), len(ctx.model.class_names)
+        why = (f"The data's labels are not this model's classes (the data has its own {nd} classes, the "
+               f"model {nm} outputs), so there is no accuracy or confusion matrix to report. "
+               if r.get("labels_differ") else "")
+        parts.append(Markup("<p>{}The classes the model predicts most on {} images{}:</p>").format(
+            why, r["evaluated"], _sampled(r)))
+        parts.append(csv_table(ctx.out / "training", "predicted", ["class", "name", "images"], r["predicted"],
+                               "Most predicted classes"))
     if r.get("curve"):
         parts.append(figure(r["curve"], "Training curve: batch loss, held-out loss and accuracy."))
     cfg = r.get("config") or {}

@@ -2,7 +2,8 @@
 the same dissection of a randomly initialised copy beside it, and Net2Vec on the last layer.
 
 Options (``dissect:`` in the report config): ``layers`` (default: up to four Conv2d layers spread
-over the network), ``images`` (default: the budget's images, at most 300), ``size`` (48 px),
+over the network), ``images`` (default: as many as fit the section's ``budget.seconds``, planned from the counted
+multiply-adds, at most the budget's images and 300), ``size`` (48 px),
 ``compare_random`` (true), ``net2vec`` (true), ``epochs`` (5).
 """
 
@@ -14,6 +15,7 @@ import logging
 from markupsafe import Markup
 
 from convlens.files import read_json, save_figure, write_json
+from convlens.report._budget import checked_plan, fit_count
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
 
@@ -47,6 +49,17 @@ def random_copy(model, seed: int = 0):
     return Model(net, model.spec, name=f"{model.name} (random init)")
 
 
+def plan(ctx: Context, opts: dict) -> dict:
+    """Concept images that fit the section's seconds: dissection makes two passes over them (the
+    thresholds, then the IoUs), one forward pass per image each at the model's input size, for the
+    trained model and again for its random copy; Net2Vec gets a fifth of the time."""
+    b = ctx.budget_for(NAME)
+    passes = 2 * (2 if opts.get("compare_random", True) else 1)
+    share = 0.8 if opts.get("net2vec", True) else 1.0
+    n = fit_count(share * b.seconds, passes * b.forward_s, min(b.images, 300), minimum=40)
+    return checked_plan(NAME, {"images": n, "planned_seconds": round(n * passes * b.forward_s / share, 1)}, b.seconds)
+
+
 def _compute(ctx: Context) -> None:
     from convlens.dissect import (
         dissect,
@@ -62,7 +75,7 @@ def _compute(ctx: Context) -> None:
     if not layers:
         write_json(out / "result.json", {"layers": [], "note": "the model has no convolutional layer"})
         return
-    n = int(opts.get("images") or min(ctx.budget_for(NAME).images, 300))
+    n = int(opts.get("images") or plan(ctx, opts)["images"])
     cs = make_concepts(n, int(opts.get("size", 48)), seed=ctx.seed)
     d = dissect(ctx.model, cs, layers)
     d.save(out / "trained")

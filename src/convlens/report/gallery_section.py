@@ -4,8 +4,11 @@ unit beside the dataset image that excites it most) and a class model per class.
 Options (``gallery: {...}`` in the report config): ``layers`` (default: the first and last
 ``Conv2d``), ``param``/``objective``/``transforms`` (default: free pixels, the centre neuron and
 no transforms for inputs up to 64 px, where they reach the dataset maximum; Fourier, channel
-mean and the standard transforms above), ``class_models`` (default true). Units per layer and
-steps come from the section's budget.
+mean and the standard transforms above), ``class_models`` (default true: class models of at most
+:data:`MAX_CLASS_MODELS` classes -- the data's own when its labels are the model's classes, else
+those the model predicts most on the data; a number caps them, a list names them). Units per
+layer, steps, reference images and the number of class models are planned from the model's
+counted multiply-adds to fit the section's ``budget.seconds`` (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from convlens.files import read_json, slug, write_json
+from convlens.report._budget import checked_plan, fit_count
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
 
@@ -34,32 +38,76 @@ def _defaults(model) -> dict:
             "transforms": None if small else "standard"}
 
 
+MAX_CLASS_MODELS = 10  # never all of an ImageNet model's 1 000: a few, chosen from the data
+
+
+def _chosen_classes(ctx: Context, data, cap: int) -> tuple[list[int], str]:
+    """Up to ``cap`` classes for class models and why: the data's own classes when its labels
+    are the model's, else the classes the model predicts most on the data (read from the
+    training section when it ran, else predicted here on a small sample)."""
+    from pathlib import Path
+
+    from convlens.report._labels import labels_match, most_predicted, predictions
+
+    m = ctx.model
+    if labels_match(m, ctx.dataset):
+        return sorted({int(c) for c in data.labels if c >= 0})[:cap], "the data's classes"
+    saved = Path(ctx.out) / "training" / "result.json"
+    if saved.is_file() and read_json(saved).get("predicted"):
+        return [c for c, _, _ in read_json(saved)["predicted"]][:cap], "the classes predicted most on the data"
+    preds = predictions(m, data.sample(min(len(data), 64), seed=ctx.seed))
+    return most_predicted(preds, cap), "the classes predicted most on the data"
+
+
+def plan(ctx: Context, layers: list[str], n_images: int, class_models: bool) -> dict:
+    """Units, steps, reference images and class models that fit the section's seconds:
+    optimizing a batch of U images for T steps costs U x T forward-backward passes, the reference
+    pass one forward pass per image. Class models get a third of the time when asked for."""
+    b = ctx.budget_for(NAME)
+    fb = 3 * b.forward_s
+    am_share = b.seconds * (2 / 3 if class_models else 1.0) / max(1, len(layers))
+    refs = fit_count(0.2 * am_share, b.forward_s, min(n_images, b.images), minimum=min(n_images, 16))
+    steps = b.steps
+    units = fit_count(0.8 * am_share, steps * fb, b.units)
+    steps = max(8, min(steps, int(0.8 * am_share / (units * fb))))
+    classes = fit_count(b.seconds / 3, steps * fb, MAX_CLASS_MODELS) if class_models else 0
+    return checked_plan(NAME, {"units": units, "steps": steps, "reference_images": refs, "classes": classes,
+            "planned_seconds": round(len(layers) * (refs * b.forward_s + units * steps * fb)
+                                     + classes * steps * fb, 1)}, b.seconds)
+
+
 def _compute(ctx: Context) -> None:
     from convlens.data import conform
     from convlens.visualize import activation_maximization, class_gallery, class_model, unit_gallery
 
     m, out = ctx.model, ctx.dir(NAME)
-    b = ctx.budget_for(NAME)
     opts = {**_defaults(m), **ctx.options(NAME)}
     layers = opts.get("layers") or _conv_layers(m)
-    ref = conform(ctx.dataset, m)
-    if len(ref) > b.images:
-        ref = ref.sample(b.images, seed=ctx.seed)
-    summary = {"layers": [], "options": {k: opts[k] for k in ("param", "objective", "transforms")}}
+    data = conform(ctx.dataset, m)
+    want_classes = bool(opts.get("class_models", True)) and bool(m.class_names)
+    p = plan(ctx, layers, len(data), want_classes)
+    ref = data.sample(p["reference_images"], seed=ctx.seed)
+    summary = {"layers": [], "options": {k: opts[k] for k in ("param", "objective", "transforms")}, "plan": p}
     for layer in layers:
-        r = activation_maximization(m, layer, f"0-{_n_units(m, layer, b.units) - 1}",
-                                    steps=b.steps, param=opts["param"],
+        r = activation_maximization(m, layer, f"0-{_n_units(m, layer, p['units']) - 1}",
+                                    steps=p["steps"], param=opts["param"],
                                     objective=opts["objective"], transforms=opts["transforms"],
                                     reference=ref if len(ref) else None, seed=ctx.seed)
         folder = out / slug(layer)
         r.save(folder)
         unit_gallery(r, out / f"{slug(layer)}.png", cols=8)
         summary["layers"].append({"layer": layer, "file": slug(layer), **r.summary()})
-    if opts.get("class_models", True) and m.class_names:
-        c = class_model(m, "all", steps=b.steps, param=opts["param"], seed=ctx.seed)
+    if want_classes:
+        asked = opts.get("class_models")
+        if isinstance(asked, (list, str)) and not isinstance(asked, bool):
+            classes, why = asked, "the classes asked for"
+        else:
+            cap = min(int(asked) if type(asked) is int else MAX_CLASS_MODELS, p["classes"])
+            classes, why = _chosen_classes(ctx, data, max(1, cap))
+        c = class_model(m, classes, steps=p["steps"], param=opts["param"], seed=ctx.seed)
         c.save(out / "class_models")
         class_gallery(c, out / "class_models.png")
-        summary["class_models"] = c.summary()
+        summary["class_models"] = {**c.summary(), "chosen": why, "of": len(m.class_names)}
     write_json(out / "result.json", summary)
 
 
@@ -99,9 +147,18 @@ def _render(ctx: Context) -> Markup:
         o["param"], o["objective"], o["transforms"] or "none")]
     parts += [_layer_html(ctx, e) for e in s["layers"]]
     if "class_models" in s:
+        cm = s["class_models"]
+        which = (f" for {cm['chosen']} ({cm['classes']} of {cm['of']})"
+                 if cm.get("chosen") else "")
         parts.append(Markup("<h3>Class models</h3>") + figure(
             f"{NAME}/class_models.png", "L2-regularised images maximizing each class score "
-            "(Simonyan et al.), with the softmax confidence the network gives them"))
+            f"(Simonyan et al.){which}, with the softmax confidence the network gives them"))
+    if s.get("plan"):
+        p = s["plan"]
+        parts.append(Markup("<p class=note>Planned from the counted multiply-adds to fit the time budget: "
+                            "{} units per layer, {} steps, {} reference images, {} class models "
+                            "(about {} s at the nominal speed).</p>").format(
+            p["units"], p["steps"], p["reference_images"], p["classes"], p["planned_seconds"]))
     return Markup("").join(parts)
 
 

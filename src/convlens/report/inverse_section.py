@@ -7,8 +7,9 @@ Options (``inverse: {...}`` in the report config): ``unit`` (default: the unit o
 layer whose activation varies most over the images), ``second`` (default: the channel of the last
 convolution that varies most among the images inside the first neuron's upper range), ``n``
 (samples per set, default 30), ``epochs`` (decoder, default 3), ``mu0`` (the augmented
-Lagrangian's first penalty, default 100 rather than the paper's 10, to save two rounds). Images for the decoder come from
-the section's budget.
+Lagrangian's first penalty, default 100 rather than the paper's 10, to save two rounds). Decoder
+images, seeding rounds and steps, sampling steps and DGN-AM steps are planned from the counted
+multiply-adds to fit the section's ``budget.seconds`` (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from markupsafe import Markup
 
 from convlens.files import read_json, write_json
+from convlens.report._budget import PLAN_SLACK, checked_plan, count_macs, fit_count
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
 
@@ -63,6 +65,54 @@ def _choose(model, x, opts) -> tuple[str, list[tuple[float, float]], str, tuple[
     return unit, ranges, second, (float(f"{np.quantile(w, 0.2):.3g}"), float(f"{np.quantile(w, 0.9):.3g}"))
 
 
+# Seconds of Python, autograd and optimizer bookkeeping per step, whatever the network: on a
+# LeNet it is the whole step (measured 13 ms of CPU per inverse-set step of 10 codes through the
+# decoder and LeNet, one thread, on the shared 2-core machine).
+STEP_OVERHEAD_S = 13e-3
+SETS = 4  # two ranges, the second neuron, the intersection (plus DGN-AM)
+
+
+def plan(ctx: Context, n_images: int, opts: dict, decoder_macs: int | None = None) -> dict:
+    """Decoder images and epochs, then (given the trained decoder's counted multiply-adds; the
+    model's before it exists) which inverse sets fit, their seeding rounds and steps, sampling
+    steps, and DGN-AM's images and steps. A step over a batch of B codes costs B decoder and
+    model forward-backward passes plus :data:`STEP_OVERHEAD_S`; a decoder epoch a model forward
+    and a decoder forward-backward pass per image. A third of the time trains the decoder; the
+    rest goes to the four inverse sets and DGN-AM (seeding 60 %, sampling 40 % of a set's
+    share). When four sets at their smallest do not fit, two (the two ranges) are made; when two
+    do not, none, and the page says how many seconds they need."""
+    from convlens.report._budget import NOMINAL_MACS_PER_SECOND
+
+    b = ctx.budget_for(NAME)
+    fwd, fb = b.forward_s, 3 * b.forward_s
+    dec_fb = 3 * (decoder_macs / NOMINAL_MACS_PER_SECOND if decoder_macs else b.forward_s)
+    S = b.seconds
+    n = int(opts.get("n", 30))
+    k = 10
+    per_image_epoch = fwd + dec_fb + STEP_OVERHEAD_S / 32
+    least_images = min(n_images, 32)
+    epochs = fit_count(S / 3, least_images * per_image_epoch, int(opts.get("epochs", 3)))
+    images = fit_count(S / 3 / epochs, per_image_epoch, min(b.images, n_images), minimum=least_images)
+    decoder_s = epochs * images * per_image_epoch
+    left = max(S - decoder_s, 0.0)
+    step = STEP_OVERHEAD_S + k * (fb + dec_fb)
+    rounds, least = 4, 4 * 5 + 10  # smallest useful set: 4 rounds of 5 steps, 10 sampling steps
+    sets = next((c for c in (SETS, 2) if c * least * step <= PLAN_SLACK * left * c / (c + 1)), 0)
+    share = left / (sets + 1) if sets else left
+    inner = fit_count(0.6 * share / rounds, step, 100, minimum=5) if sets else 0
+    sample_steps = fit_count(0.4 * share, step, 20 * -(-(n - k) // k) + 50, minimum=10) if sets else 0
+    dgn_n = fit_count(share / 16, STEP_OVERHEAD_S / 16 + fb + dec_fb, min(n, 20), minimum=2)
+    dgn_steps = fit_count(share, STEP_OVERHEAD_S + dgn_n * (fb + dec_fb), max(b.steps, 64), minimum=8)
+    planned = (decoder_s + sets * (rounds * inner + sample_steps) * step
+               + dgn_steps * (STEP_OVERHEAD_S + dgn_n * (fb + dec_fb)))
+    needed = round(decoder_s + (SETS * least * step + 8 * (STEP_OVERHEAD_S + 2 * (fb + dec_fb))) * 1.25, 0)
+    return checked_plan(NAME, {
+        "n": n, "decoder_images": images, "epochs": epochs, "sets": sets, "rounds": rounds,
+        "inner_steps": inner, "sample_steps": sample_steps, "dgn_am_n": dgn_n, "dgn_am_steps": dgn_steps,
+        "planned_seconds": round(planned, 1), "all_sets_need_seconds": needed}, b.seconds,
+        warn=decoder_macs is not None)
+
+
 def _stats(r) -> dict:
     return {"constraints": [str(c) for c in r.constraints], "samples": len(r), "complete": r.complete,
             "seed_rounds": r.seed_rounds, "seed_steps": r.seed_steps, "sample_steps": r.sample_steps,
@@ -86,38 +136,47 @@ def _compute(ctx: Context) -> None:
         train_decoder,
     )
 
-    m, out, b = ctx.model, ctx.dir(NAME), ctx.budget_for(NAME)
+    m, out = ctx.model, ctx.dir(NAME)
     opts = ctx.options(NAME)
-    n = int(opts.get("n", 30))
-    fast = {"mu0": float(opts.get("mu0", 100.0)), "seed": ctx.seed}  # mu0 100, not 10: fewer rounds
     data = conform(ctx.dataset, m)
-    data = data.sample(min(b.images, len(data)), seed=ctx.seed)
+    p = plan(ctx, len(data), opts)  # the decoder's part; the rest once its size is known
+    n = p["n"]
+    fast = {"mu0": float(opts.get("mu0", 100.0)), "seed": ctx.seed}  # mu0 100, not 10: fewer rounds
+    data = data.sample(p["decoder_images"], seed=ctx.seed)
     layer = opts.get("code_layer") or default_code_layer(m)
-    dec = train_decoder(m, data, layer, epochs=int(opts.get("epochs", 3)), width=32, seed=ctx.seed)
+    dec = train_decoder(m, data, layer, epochs=p["epochs"], width=32, seed=ctx.seed, batch_size=32)
     dec.save(out / "decoder")
-    x, _ = data.sample(min(300, len(data)), seed=ctx.seed + 1).tensors()
+    # the neuron's ranges come from these images, captured in one batch: fewer when they are large
+    x, _ = data.sample(min(300 if max(m.spec.size) <= 64 else 64, len(data)), seed=ctx.seed + 1).tensors()
     reconstruction_figure(x[:8].cpu().numpy(), {f"up-conv {layer}": dec.reconstruct(m, x[:8]).cpu().numpy()},
                           out / "reconstructions.png")
+    code = torch.zeros(1, *dec.code_shape, device=next(dec.net.parameters()).device)
+    p = plan(ctx, len(data), opts, decoder_macs=count_macs((dec.net, code)))
+    fast.update(max_rounds=p["rounds"], inner_steps=max(p["inner_steps"], 1), max_steps=p["sample_steps"])
     unit, ranges, second, r2 = _choose(m, x, opts)
-    sets = [inverse_set(m, dec, (unit, z1, z2), n, **fast) for z1, z2 in ranges]
-    range_figure(sets, out / "ranges.png")
-    other = inverse_set(m, dec, (second, *r2), n, **fast)
-    joint = inverse_set(m, dec, [(unit, *ranges[1]), (second, *r2)], n, **fast)
-    intersection_figure([sets[1], other], joint, out / "intersection.png")
-    syn = dgn_am(m, dec, unit, n=min(n, 20), steps=max(b.steps, 64), seed=ctx.seed)
+    sets, other, joint = [], None, None
+    if p["sets"] >= 2:
+        sets = [inverse_set(m, dec, (unit, z1, z2), n, **fast) for z1, z2 in ranges]
+        range_figure(sets, out / "ranges.png")
+    if p["sets"] >= 4:
+        other = inverse_set(m, dec, (second, *r2), n, **fast)
+        joint = inverse_set(m, dec, [(unit, *ranges[1]), (second, *r2)], n, **fast)
+        intersection_figure([sets[1], other], joint, out / "intersection.png")
+    syn = dgn_am(m, dec, unit, n=p["dgn_am_n"], steps=p["dgn_am_steps"], seed=ctx.seed)
     sample_rows([(syn.images, syn.activations[:, None])], [f"DGN-AM\n{unit}"], out / "dgn-am.png")
     enc = Encoder(m, layer)
-    dist = {"dgn_am": mean_pairwise_distance(enc, torch.from_numpy(syn.images))}
-    for r, key in ((sets[1], "inverse_upper"), (sets[0], "inverse_lower")):
-        dist[key] = mean_pairwise_distance(enc, torch.from_numpy(r.images[: len(syn)])) if len(r) > 1 else None
+    dist = {"dgn_am": mean_pairwise_distance(enc, torch.from_numpy(syn.images)) if len(syn) > 1 else None}
+    for r, key in ((sets[1] if sets else None, "inverse_upper"), (sets[0] if sets else None, "inverse_lower")):
+        dist[key] = mean_pairwise_distance(enc, torch.from_numpy(r.images[: len(syn)])) \
+            if r is not None and len(r) > 1 else None
     write_json(out / "result.json", {
         "unit": unit, "second": second, "code_layer": layer, "n": n,
         "decoder": {"images": dec.info["images"], "epochs": dec.info["epochs"],
                     "loss": dec.history[-1]["loss"], "val_loss": dec.history[-1].get("val_loss")},
-        "sets": [_stats(r) for r in (*sets, other, joint)],
+        "sets": [_stats(r) for r in (*sets, other, joint) if r is not None],
         "dgn_am": {"n": len(syn), "activation_min": float(syn.activations.min()),
                    "activation_max": float(syn.activations.max())},
-        "distance": dist,
+        "distance": dist, "plan": p,
     })
 
 
@@ -137,18 +196,35 @@ def _render(ctx: Context) -> Markup:
     div = Markup("<p>Diversity, the mean pairwise distance in E ({}) over {} images: DGN-AM "
                  "(multi-start) <span class=metric>{:.3g}</span>, inverse set (upper range) "
                  "<span class=metric>{}</span>.</p>").format(
-        r["code_layer"], r["dgn_am"]["n"], d["dgn_am"],
+        r["code_layer"], r["dgn_am"]["n"], d["dgn_am"] if d.get("dgn_am") is not None else float("nan"),
         f"{d['inverse_upper']:.3g}" if d.get("inverse_upper") is not None else "n/a")
-    return (intro
-            + figure(f"{NAME}/ranges.png", f"Samples of the inverse set of {r['unit']} per activation range")
-            + figure(f"{NAME}/intersection.png", f"The inverse sets of {r['unit']} and {r['second']} "
-                     "and their intersection")
-            + figure(f"{NAME}/dgn-am.png", f"DGN-AM images of {r['unit']}, one per random start")
-            + div
-            + figure(f"{NAME}/reconstructions.png", "Images (top) rebuilt by the decoder from their features")
-            + csv_table(Path(ctx.out) / NAME, "sets", ["constraints", "samples", "seed rounds", "seed steps",
-                                                       "sampling steps", "seconds", "complete"], rows,
-                        "Inverse sets"))
+    parts = [intro]
+    p = r.get("plan") or {}
+    if p:
+        parts.append(Markup("<p class=note>Planned from the counted multiply-adds to fit the time budget: "
+                            "decoder on {} images for {} epochs; {} inverse sets, seeding at most {} rounds of "
+                            "{} steps, sampling at most {} steps each; DGN-AM {} images for {} steps (about {} s "
+                            "at the nominal speed). A set that did not fill in that many steps says so "
+                            "below.</p>").format(
+            p["decoder_images"], p["epochs"], p.get("sets", 4), p["rounds"], p["inner_steps"], p["sample_steps"],
+            p.get("dgn_am_n", r["dgn_am"]["n"]), p["dgn_am_steps"], p["planned_seconds"]))
+        if p.get("sets", 4) < 4:
+            parts.append(Markup("<p class=note>{} of the four inverse sets fit this section's time budget; all "
+                                "four need about {:g} s on this network: set <code>inverse: {{budget: "
+                                "{{seconds: {:g}}}}}</code> in the report configuration.</p>").format(
+                p["sets"], p["all_sets_need_seconds"], p["all_sets_need_seconds"]))
+    if (Path(ctx.out) / NAME / "ranges.png").is_file() and p.get("sets", 4) >= 2:
+        parts.append(figure(f"{NAME}/ranges.png", f"Samples of the inverse set of {r['unit']} per activation range"))
+    if p.get("sets", 4) >= 4:
+        parts.append(figure(f"{NAME}/intersection.png", f"The inverse sets of {r['unit']} and {r['second']} "
+                            "and their intersection"))
+    parts += [figure(f"{NAME}/dgn-am.png", f"DGN-AM images of {r['unit']}, one per random start"), div,
+              figure(f"{NAME}/reconstructions.png", "Images (top) rebuilt by the decoder from their features")]
+    if rows:
+        parts.append(csv_table(Path(ctx.out) / NAME, "sets", ["constraints", "samples", "seed rounds", "seed steps",
+                                                              "sampling steps", "seconds", "complete"], rows,
+                               "Inverse sets"))
+    return Markup("").join(parts)
 
 
 register_section(Section(NAME, "Inverse sets and generator-based images", _compute, _render, order=60))

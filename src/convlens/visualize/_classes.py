@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import BlurEvery, objectives, render_chunked
+from convlens.optimize import BlurEvery, images_per_render, objectives, render_chunked
 from convlens.optimize.objectives import OUTPUT
+from convlens.progress import Callback, notify
 from convlens.visualize._common import image_size, make_param, make_transforms, model_info
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,12 @@ def class_model(
     seed: int = 0,
     batch_size: int | None = None,
     memory: int | float | str | None = None,
+    callback: Callback | None = None,
 ) -> ClassImages:
     """Simonyan et al.'s class model: ``argmax_I S_c(I) - lambda ||I||^2`` for each class,
     as many classes per optimization as the memory budget ``memory`` allows (at most
     ``batch_size``); a chunked run gives the images one batch would (each image its own seed).
+    A :class:`convlens.progress.Progress` event goes to ``callback`` after each step.
 
     ``S_c`` is the class score before softmax; ``l2`` is ``lambda`` per pixel (the penalty is
     ``l2 / (H W) * sum (I - 0.5)^2``, about mid-grey since images live in ``[0, 1]``). ``param``
@@ -124,8 +127,17 @@ def class_model(
             obj = obj + tv / (h * w) * objectives.total_variation()
         return obj, p, proj
 
+    per = images_per_render(model, objectives.class_logit(cls[:1]), (c, h, w), memory=memory,
+                            limit=batch_size) if callback else 1
+    total, chunk = steps * -(-len(cls) // per), [-1]
+
+    def step_done(step, loss, state):
+        chunk[0] += step == 0
+        notify(callback, "class models", chunk[0] * steps + step + 1, total, loss=loss)
+
     r = render_chunked(model, len(cls), build, (c, h, w), limit=batch_size, memory=memory, steps=steps,
-                       lr=lr, seed=seed, transforms=make_transforms(transforms, (h, w)))
+                       lr=lr, seed=seed, transforms=make_transforms(transforms, (h, w)),
+                       callback=step_done if callback else None)
     s, conf = _scores(model, r.images, cls, memory)
     return ClassImages("class_model", np.array(cls), _names(model, cls), r.images.cpu().numpy(), s,
                        conf, np.full(len(cls), r.steps),

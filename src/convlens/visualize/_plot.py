@@ -70,14 +70,16 @@ def save_unit_pngs(result, folder: str | Path, scale: int = 1) -> list[Path]:
 
 
 def class_gallery(result, path: str | Path, *, cols: int = 5) -> Path:
-    """Class models or fooling images with their class, score and confidence."""
+    """Class models or fooling images with their class (short), score and confidence."""
+    from convlens.data import short_name
+
     fig, axes = _grid(len(result.classes), cols, cell=1.6)
     cols = axes.shape[1]
     for k in range(len(result.classes)):
         ax = axes[k // cols, k % cols]
         ax.axis("on")
         extra = f", step {result.steps[k]}" if result.kind == "fooling" else ""
-        _show(ax, result.images[k], f"{result.names[k]}\np={result.confidence[k]:.5f}{extra}")
+        _show(ax, result.images[k], f"{short_name(result.names[k])}\np={result.confidence[k]:.5f}{extra}")
     fig.suptitle("fooling images" if result.kind == "fooling" else "class models", fontsize=9)
     return save_figure(fig, path)
 

@@ -20,16 +20,18 @@ def labels_match(model, dataset) -> bool:
     return True
 
 
-def predictions(model, dataset, batch_size: int = 32) -> np.ndarray:
-    """The model's predicted class for every image of ``dataset`` (conformed to the model)."""
-    import torch
-
-    from convlens.probe import frozen
+def predictions(model, dataset, batch_size: int = 256) -> np.ndarray:
+    """The model's predicted class for every image of ``dataset`` (conformed to the model),
+    through :mod:`convlens.runner` (at most ``batch_size`` images a pass, fewer when the memory
+    budget allows fewer)."""
+    from convlens.runner import OUTPUT, Runner
 
     out = []
-    with frozen(model.net), torch.no_grad():
+    with Runner(model) as run:
+        if len(dataset):
+            batch_size = run.batch_size(tuple(dataset.image(0).shape), batch_size)
         for x, _, _ in dataset.batches(batch_size):
-            out.append(model(x.to(model.device)).argmax(1).cpu().numpy())
+            out.append(run.step(x)[OUTPUT].argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 

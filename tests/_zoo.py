@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import replace
 
 import torch
@@ -35,9 +36,12 @@ def randomize_norms(net: torch.nn.Module, seed: int = 0) -> None:
 def zoo_model(name: str, size: int = 32):
     """``load_model(name)`` with seeded random weights and a ``size`` px input spec."""
     from convlens import load_model
+    from convlens.model import UntrainedWarning
 
     torch.manual_seed(0)
-    m = load_model(name, input_spec=replace(PRESETS["imagenet"], size=(size, size)), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedWarning)  # random weights are the point here
+        m = load_model(name, input_spec=replace(PRESETS["imagenet"], size=(size, size)), device="cpu")
     randomize_norms(m.net)
     if name == "convnext_tiny":  # layer scale 1e-6 makes every block the identity: wake them up
         with torch.no_grad():

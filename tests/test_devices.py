@@ -81,12 +81,17 @@ def test_to_numpy_takes_bfloat16_and_grad_tensors():
 def _bare_numpy_calls(path: Path) -> list[int]:
     """Lines where ``.numpy()`` is called on something that is not ``.cpu()``: a tensor on a
     GPU would fail there."""
+    def calls_cpu(node) -> bool:  # .cpu() somewhere in the chain: x.cpu().double().numpy()
+        while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "cpu":
+                return True
+            node = node.func.value
+        return False
+
     bad = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "numpy":
-            recv = node.func.value
-            on_cpu = isinstance(recv, ast.Call) and isinstance(recv.func, ast.Attribute) and recv.func.attr == "cpu"
-            if not on_cpu:
+            if not calls_cpu(node.func.value):
                 bad.append(node.lineno)
     return bad
 

@@ -127,7 +127,7 @@ def compare(model, images, methods=COMPARE_METHODS, target=None, *, masks: np.nd
             r[6] = float(s.random_label[r[0]].mean())
     # NaN (a metric that does not apply) becomes None: an empty CSV cell, JSON null
     rows = [[r[0], *[None if np.isnan(v) else round(v, 4) for v in r[1:]]] for r in rows]
-    return Comparison(list(methods), rows, maps, x.cpu().numpy(), targets.numpy(), names,
+    return Comparison(list(methods), rows, maps, x.cpu().numpy(), targets.cpu().numpy(), names,
                       {"model": model.name, "steps": steps, "sanity_images": sanity_images, "seed": seed})
 
 

@@ -71,6 +71,6 @@ def concept_masks(concepts, concept: str | None = None, size: tuple[int, int] | 
         m = keep.any(0) if len(keep) else np.zeros(concepts.mask_size, dtype=bool)
         if size is not None and tuple(m.shape) != tuple(size):
             m = F.interpolate(torch.as_tensor(m, dtype=torch.float32)[None, None], size=tuple(size),
-                              mode="nearest")[0, 0].numpy() > 0.5
+                              mode="nearest")[0, 0].cpu().numpy() > 0.5
         out.append(m)
     return np.stack(out)

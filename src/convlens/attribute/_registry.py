@@ -145,7 +145,7 @@ def attribute(model, images, target=None, *, method: str = "gradcam", layer: str
         shown = np.array([str(targets)])
     else:
         targets = resolve_targets(model, x, target)
-        shown = targets.numpy()
+        shown = targets.cpu().numpy()
     if m.takes_layer:
         from convlens.attribute._cam import check_layer
 

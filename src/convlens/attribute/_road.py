@@ -153,4 +153,4 @@ def road(model, images, maps, targets, *, order: str = "morf", fractions=None, n
                 probs[i, j] = float(p[k, t[i]])
             if callback:
                 callback(min(s + b, len(rows)), len(rows))
-    return RoadCurve(order, fr, probs, t.numpy())
+    return RoadCurve(order, fr, probs, t.cpu().numpy())

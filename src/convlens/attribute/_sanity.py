@@ -60,7 +60,7 @@ def ssim(a: np.ndarray, b: np.ndarray, win: int = 7) -> np.ndarray:
     vxy = cov * (pool(x * y) - ux * uy)
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1).numpy()
+    return s.flatten(1).mean(1).cpu().numpy()
 
 
 def _unit_range(m: np.ndarray) -> np.ndarray:
@@ -215,7 +215,7 @@ def sanity_check(model, images, methods: list[str], target=None, *, mode: str = 
     if random_label:
         n_cls = int(model(x[:1]).shape[1])
         rng = np.random.default_rng(seed)
-        other = (targets.numpy() + rng.integers(1, n_cls, len(x))) % n_cls
+        other = (targets.cpu().numpy() + rng.integers(1, n_cls, len(x))) % n_cls
         rand = maps_of(model, torch.as_tensor(other))
         rl = {k: spearman(np.abs(ref[k]), np.abs(rand[k])) for k in methods}
     return SanityResult(mode, list(methods), groups, {k: np.stack(v) for k, v in sp.items()},

@@ -140,6 +140,12 @@ class Capture:
         """Module name -> times it runs in a forward pass, for the modules seen in a whole one."""
         return _CALLS.setdefault(self.net, {})
 
+    @property
+    def counted(self) -> bool:
+        """Whether a run can stop early already: every hooked module's calls are known (so a
+        run's cost is that of the stopped pass, not of the one whole pass that counts)."""
+        return not self.stop or all(m in self.calls for m in self._modules)
+
     def _needed(self, module: str, call: int | None) -> int | None:
         """Which call of ``module`` the request means, or None while that is unknown."""
         return call if call is not None else self.calls.get(module)

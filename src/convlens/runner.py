@@ -353,6 +353,8 @@ class Runner:
         x = x.to(self.device)
         if self.grad and x.is_floating_point() and not x.requires_grad:
             x = x.detach().requires_grad_(True)  # so the pass records what autograd keeps
+        if self._cap is not None and not self._cap.counted:
+            self.step(x[:1])  # the one whole pass that counts module calls is not a pass's cost
         with _Tally() as tally:
             acts = self.step(x)
             used = tally.bytes + x.numel() * x.element_size()

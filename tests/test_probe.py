@@ -37,8 +37,9 @@ class Recorder(nn.Module):
 def test_forward_stops_after_deepest_requested_layer():
     net = Recorder()
     out = capture(net, torch.rand(1, 1, 4, 4), ["a"])
-    # the first run on a network goes to the end, counting how often each module runs
-    assert net.ran == ["a", "b", "c"] and set(out) == {"a"}
+    # the first run on a network goes to the end, counting how often each module runs; any
+    # later pass (the runner's cost probes) stops after "a"
+    assert net.ran[:3] == ["a", "b", "c"] and set(net.ran[3:]) <= {"a"} and set(out) == {"a"}
     net.ran.clear()
     out = capture(net, torch.rand(1, 1, 4, 4), ["a"])
     assert net.ran == ["a"] and set(out) == {"a"}

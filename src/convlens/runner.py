@@ -335,9 +335,6 @@ class Runner:
         if key not in cache:
             with self._entered():
                 x = torch.full((3, *shape), 0.5, device=self.device)
-                # untallied first pass: a Capture's first pass on a network may run it whole
-                # (it learns how often each module runs), the later ones stop early
-                self.step(x[:1])
                 (_, b1, r1), (_, b2, r2) = self._tallied(x[:1]), self._tallied(x[1:])
             self._store(key, b1, b2, r1, r2)
         return cache[key]

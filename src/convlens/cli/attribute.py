@@ -283,7 +283,7 @@ def _image_set(spec: str, m, index, limit: int | None, resize: str | None, seed:
 
     from convlens.attribute import mask_pairs, read_mask
     from convlens.attribute._pointing import MASK_SUFFIX
-    from convlens.data._io import IMAGE_SUFFIXES
+    from convlens.data import IMAGE_SUFFIXES
 
     path = Path(spec)
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from convlens.data import ImageDataset, read_image
-from convlens.data._io import IMAGE_SUFFIXES
+from convlens.data import IMAGE_SUFFIXES
 from convlens.dissect._concepts import ConceptSet
 
 log = logging.getLogger(__name__)

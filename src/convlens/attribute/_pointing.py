@@ -35,7 +35,7 @@ MASK_SUFFIX = "_mask"
 def mask_pairs(folder: str | Path) -> dict[Path, Path]:
     """``{image: mask}`` for every ``NAME_mask.EXT`` beside a ``NAME.EXT`` image in ``folder``
     (the photos' ``bird_segmentation.bmp`` / ``bird_segmentation_mask.bmp``)."""
-    from convlens.data._io import IMAGE_SUFFIXES
+    from convlens.data import IMAGE_SUFFIXES
 
     folder = Path(folder)
     pairs = {}

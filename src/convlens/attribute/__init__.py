@@ -17,7 +17,16 @@ from convlens.attribute._backprop import (
     saliency,
 )
 from convlens.attribute._checks import check_images, resolve_class
-from convlens.attribute._compare import attribution_maps, compare_methods
+from convlens.attribute._compare import (
+    COLUMNS as COMPARE_COLUMNS,
+    COMPARE_METHODS,
+    Comparison,
+    attribution_maps,
+    compare,
+    compare_methods,
+    plot_comparison,
+    write_csv,
+)
 from convlens.attribute._faithful import (
     Curve,
     blurred,
@@ -46,7 +55,7 @@ from convlens.attribute._plot import (
     plot_top_images,
     projection_image,
 )
-from convlens.attribute._pointing import concept_masks, mask_pairs, pointing_game, read_mask
+from convlens.attribute._pointing import MASK_SUFFIX, concept_masks, mask_pairs, pointing_game, read_mask
 from convlens.attribute._registry import (
     METHODS,
     Attribution,
@@ -61,7 +70,8 @@ from convlens.attribute._sanity import SanityResult, plot_sanity, sanity_check, 
 from convlens.attribute._top import TopImages, project_top, top_images
 
 __all__ = [
-    "METHODS", "Attribution", "Method", "RoadCurve", "SanityResult", "attribute", "concept_masks",
+    "COMPARE_COLUMNS", "COMPARE_METHODS", "Comparison", "MASK_SUFFIX", "compare", "plot_comparison",
+    "write_csv", "METHODS", "Attribution", "Method", "RoadCurve", "SanityResult", "attribute", "concept_masks",
     "get_method", "impute", "mask_pairs", "method_names", "plot_sanity", "pointing_game", "read_mask",
     "register_method", "road", "sanity_check", "spearman", "ssim",
     "RULES", "ActivationGrid", "Curve", "LimeResult", "OcclusionResult", "Projection", "TopImages",

@@ -118,21 +118,21 @@ def _weighted(acts, w, size) -> torch.Tensor:
     return upsample(torch.relu((w[:, :, None, None] * acts).sum(1)), size).cpu()
 
 
-@register_method("gradcam", "cam", "Grad-CAM: feature maps weighted by their mean gradient "
+@register_method("gradcam", "cam", check_layer=check_layer, summary="Grad-CAM: feature maps weighted by their mean gradient "
                  "(Selvaraju et al. 2017)", units=True)
 def gradcam(model, x, targets, layer: str) -> torch.Tensor:
     a, g = activations_and_grads(model, x, targets, layer)
     return _weighted(a, g.mean((2, 3)), x.shape[-2:])
 
 
-@register_method("guided-gradcam", "cam", "Guided Grad-CAM: guided backpropagation times the "
+@register_method("guided-gradcam", "cam", check_layer=check_layer, summary="Guided Grad-CAM: guided backpropagation times the "
                  "upsampled Grad-CAM, |.| summed over channels (Selvaraju et al. 2017)", units=True)
 def guided_gradcam(model, x, targets, layer: str) -> torch.Tensor:
     cam = gradcam(model, x, targets, layer)
     return (_by_rule(model, x, targets, "guided") * cam[:, None]).abs().sum(1)
 
 
-@register_method("gradcam++", "cam", "Grad-CAM++: positive gradients weighted by higher-order "
+@register_method("gradcam++", "cam", check_layer=check_layer, summary="Grad-CAM++: positive gradients weighted by higher-order "
                  "terms (Chattopadhay et al. 2018)", units=True)
 def gradcam_pp(model, x, targets, layer: str) -> torch.Tensor:
     a, g = activations_and_grads(model, x, targets, layer)
@@ -142,7 +142,7 @@ def gradcam_pp(model, x, targets, layer: str) -> torch.Tensor:
     return _weighted(a, (torch.relu(g) * alpha).sum((2, 3)), x.shape[-2:])
 
 
-@register_method("scorecam", "cam", "Score-CAM: each feature map, as a mask on the image, weighted "
+@register_method("scorecam", "cam", check_layer=check_layer, summary="Score-CAM: each feature map, as a mask on the image, weighted "
                  "by the score it keeps (Wang et al. 2020)")
 def scorecam(model, x, targets, layer: str, channels: int | None = None) -> torch.Tensor:
     """``channels``: use only the most active channels of each image (default all)."""
@@ -172,7 +172,7 @@ def scorecam(model, x, targets, layer: str, channels: int | None = None) -> torc
     return _weighted(picked, w, size)
 
 
-@register_method("eigencam", "cam", "Eigen-CAM: the first principal component of the feature maps; "
+@register_method("eigencam", "cam", check_layer=check_layer, summary="Eigen-CAM: the first principal component of the feature maps; "
                  "class-independent (Muhammad & Yeasin 2020)")
 def eigencam(model, x, targets, layer: str) -> torch.Tensor:
     with frozen(model.net), torch.no_grad():

@@ -6,7 +6,8 @@ methods that take units) and returns maps ``(N, H, W)`` (float32 tensor, CPU): l
 important. :func:`attribute` is the public entry: it validates images, targets, layers and
 options once, at the boundary, and times the call. The CLI, ``convlens compare``, the sanity
 checks, the report and the tests all iterate over :data:`METHODS`, so a new method is one
-:func:`register_method` call.
+:func:`register_method` call (the built-in ones register when ``convlens.attribute`` imports
+their modules).
 """
 
 from __future__ import annotations
@@ -27,41 +28,44 @@ from convlens.probe import frozen
 class Method:
     """A registered attribution method.
 
-    ``kind`` is ``gradient``, ``cam`` (takes ``layer``), ``perturbation`` or ``baseline``
-    (model-independent references: random order, edge detector). ``units``: it explains units as
-    well as classes."""
+    ``kind`` is ``gradient``, ``cam``, ``perturbation`` or ``baseline`` (model-independent
+    references: random order, edge detector). ``units``: it explains units as well as classes.
+    ``check_layer(model, layer) -> layer`` (methods that take a ``layer``): the default layer, or
+    a ValueError saying why a layer will not do."""
 
     name: str
     fn: Callable
     kind: str
     summary: str
     units: bool = False
+    check_layer: Callable | None = None
 
     @property
     def takes_layer(self) -> bool:
-        return "layer" in inspect.signature(self.fn).parameters
+        return self.check_layer is not None
 
     def options(self) -> list[str]:
-        return [p for p in list(inspect.signature(self.fn).parameters)[3:]]
+        return [p for p in list(inspect.signature(self.fn).parameters)[3:] if p != "layer"]
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, kind: str, summary: str, *, units: bool = False) -> Callable:
-    """Decorator: add ``fn(model, x, targets, **options)`` to :data:`METHODS` under ``name``."""
+def register_method(name: str, kind: str, summary: str, *, units: bool = False,
+                    check_layer: Callable | None = None) -> Callable:
+    """Decorator: add ``fn(model, x, targets, **options)`` to :data:`METHODS` under ``name``
+    (with ``check_layer``, ``fn`` takes ``layer=``)."""
     if kind not in ("gradient", "cam", "perturbation", "baseline"):
         raise ValueError(f"kind must be gradient, cam, perturbation or baseline, got {kind!r}")
 
     def add(fn: Callable) -> Callable:
-        METHODS[name] = Method(name, fn, kind, summary, units)
+        METHODS[name] = Method(name, fn, kind, summary, units, check_layer)
         return fn
 
     return add
 
 
 def get_method(name: str) -> Method:
-    _load_builtins()
     if name in METHODS:
         return METHODS[name]
     import difflib
@@ -72,12 +76,7 @@ def get_method(name: str) -> Method:
 
 
 def method_names(kind: str | None = None) -> list[str]:
-    _load_builtins()
     return [n for n, m in METHODS.items() if kind is None or m.kind == kind]
-
-
-def _load_builtins() -> None:
-    from convlens.attribute import _cam, _gradients, _perturbation  # noqa: F401  (they register themselves)
 
 
 @dataclass
@@ -147,9 +146,7 @@ def attribute(model, images, target=None, *, method: str = "gradcam", layer: str
         targets = resolve_targets(model, x, target)
         shown = targets.cpu().numpy()
     if m.takes_layer:
-        from convlens.attribute._cam import check_layer
-
-        layer = check_layer(model, layer)
+        layer = m.check_layer(model, layer)
         options["layer"] = layer
     start = time.perf_counter()
     maps = m.fn(model, x, targets, **options)

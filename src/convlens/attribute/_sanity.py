@@ -199,18 +199,7 @@ def sanity_check(model, images, methods: list[str], target=None, *, mode: str = 
                 for name in methods}
 
     ref = maps_of(model, targets)
-    sp = {k: [np.ones(len(x))] for k in methods}
-    ss = {k: [np.ones(len(x))] for k in methods}
-    for i, g in enumerate(groups):
-        if mode == "independent":
-            work = copy_model(model)
-        randomize(work.net, g, seed + i)
-        now = maps_of(work, targets)
-        for k in methods:
-            sp[k].append(spearman(np.abs(ref[k]), np.abs(now[k])))
-            ss[k].append(ssim(_unit_range(ref[k]), _unit_range(now[k])))
-        if callback:
-            callback(i + 1, len(groups))
+    sp, ss = _randomized(model, work, groups, mode, seed, lambda m: maps_of(m, targets), ref, callback)
     rl = {}
     if random_label:
         n_cls = int(model(x[:1]).shape[1])
@@ -221,6 +210,25 @@ def sanity_check(model, images, methods: list[str], target=None, *, mode: str = 
     return SanityResult(mode, list(methods), groups, {k: np.stack(v) for k, v in sp.items()},
                         {k: np.stack(v) for k, v in ss.items()}, rl,
                         {"model": model.name, "images": len(x), "seed": seed, "margin": margin})
+
+
+def _randomized(model, work, groups, mode, seed, maps_of, ref, callback):
+    """Spearman and SSIM ``{method: [trained, after step 1, ...]}`` of the maps of ``work`` as
+    ``groups`` are randomized (cumulatively, or each on a fresh copy)."""
+    n = len(next(iter(ref.values())))
+    sp = {k: [np.ones(n)] for k in ref}
+    ss = {k: [np.ones(n)] for k in ref}
+    for i, g in enumerate(groups):
+        if mode == "independent":
+            work = copy_model(model)
+        randomize(work.net, g, seed + i)
+        now = maps_of(work)
+        for k in ref:
+            sp[k].append(spearman(np.abs(ref[k]), np.abs(now[k])))
+            ss[k].append(ssim(_unit_range(ref[k]), _unit_range(now[k])))
+        if callback:
+            callback(i + 1, len(groups))
+    return sp, ss
 
 
 def plot_sanity(result: SanityResult):

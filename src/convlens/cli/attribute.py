@@ -281,8 +281,7 @@ def _image_set(spec: str, m, index, limit: int | None, resize: str | None, seed:
     import numpy as np
     import torch
 
-    from convlens.attribute import mask_pairs, read_mask
-    from convlens.attribute._pointing import MASK_SUFFIX
+    from convlens.attribute import MASK_SUFFIX, mask_pairs, read_mask
     from convlens.data import IMAGE_SUFFIXES
 
     path = Path(spec)
@@ -323,8 +322,7 @@ def attribute_cmd(model: ModelArg, image: ImageArg, method: MethodOpt = None, in
                   out: OutOpt = Path("results/attribute"), model_opts: ModelOptions = ModelOptions(),
                   resize: ResizeOpt = None):
     """Attribution maps of any registered method(s) (default Grad-CAM): NPZ + a figure."""
-    from convlens.attribute import attribute
-    from convlens.attribute._compare import Comparison, plot_comparison
+    from convlens.attribute import Comparison, attribute, plot_comparison
     from convlens.files import save_result
 
     m = model_opts.open(model)
@@ -357,8 +355,7 @@ def sanity_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None,
                out: OutOpt = Path("results/sanity"), model_opts: ModelOptions = ModelOptions(), resize: ResizeOpt = None):
     """Adebayo et al.'s model-randomization sanity check: Spearman and SSIM between each method's
     map and the map after each randomization step (their Fig. 2), and for a random label."""
-    from convlens.attribute import plot_sanity, sanity_check
-    from convlens.attribute._compare import write_csv
+    from convlens.attribute import plot_sanity, sanity_check, write_csv
 
     m = model_opts.open(model)
     x, names, _ = _image_set(data, m, None, limit, resize, seed)
@@ -390,7 +387,7 @@ def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index:
     per image, as a table (CSV) and the maps side by side."""
     import numpy as np
 
-    from convlens.attribute._compare import COMPARE_METHODS, compare, plot_comparison
+    from convlens.attribute import COMPARE_METHODS, compare, plot_comparison
     from convlens.files import write_json
 
     if road_steps < 1:

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convlens.data import ImageDataset, read_image
-from convlens.data import IMAGE_SUFFIXES
+from convlens.data import IMAGE_SUFFIXES, ImageDataset, read_image
 from convlens.dissect._concepts import ConceptSet
 
 log = logging.getLogger(__name__)

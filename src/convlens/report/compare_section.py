@@ -23,8 +23,13 @@ QUICK = ["saliency", "integrated-gradients", "gradcam", "gradcam++", "eigencam",
 def _compute(ctx: Context) -> None:
     import torch
 
-    from convlens.attribute import plot_sanity, sanity_check
-    from convlens.attribute._compare import COLUMNS, compare, plot_comparison
+    from convlens.attribute import (
+        COMPARE_COLUMNS,
+        compare,
+        plot_comparison,
+        plot_sanity,
+        sanity_check,
+    )
     from convlens.data import conform
     from convlens.report.attribution_section import _samples
 
@@ -43,7 +48,7 @@ def _compute(ctx: Context) -> None:
         r[5], r[6] = round(float(s.spearman[r[0]][-1].mean()), 4), round(float(s.random_label[r[0]].mean()), 4)
     save_figure(plot_comparison(c), out / "maps.png")
     save_figure(plot_sanity(s), out / "sanity.png")
-    write_json(out / "result.json", {"columns": list(COLUMNS), "rows": c.rows, "images": c.names,
+    write_json(out / "result.json", {"columns": list(COMPARE_COLUMNS), "rows": c.rows, "images": c.names,
                                      "layers": s.layers})
 
 

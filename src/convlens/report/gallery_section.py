@@ -4,8 +4,9 @@ unit beside the dataset image that excites it most) and a class model per class.
 Options (``gallery: {...}`` in the report config): ``layers`` (default: the first and last
 ``Conv2d``), ``param``/``objective``/``transforms`` (default: free pixels, the centre neuron and
 no transforms for inputs up to 64 px, where they reach the dataset maximum; Fourier, channel
-mean and the standard transforms above), ``class_models`` (default true). Units per layer and
-steps come from the section's budget.
+mean and the standard transforms up to 127 px; MaCo -- fixed magnitude, the mean spectrum of the
+report's own data, optimized phase -- from 128 px), ``class_models`` (default true; Fourier when
+the units use MaCo). Units per layer and steps come from the section's budget.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def _conv_layers(model) -> list[str]:
 
 def _defaults(model) -> dict:
     small = max(model.spec.size) <= 64
+    if min(model.spec.size) >= 128:
+        return {"param": "maco", "objective": "channel", "transforms": "auto"}
     return {"param": "pixel" if small else "fourier", "objective": "unit" if small else "channel",
             "transforms": None if small else "standard"}
 
@@ -46,9 +49,15 @@ def _compute(ctx: Context) -> None:
     if len(ref) > b.images:
         ref = ref.sample(b.images, seed=ctx.seed)
     summary = {"layers": [], "options": {k: opts[k] for k in ("param", "objective", "transforms")}}
+    spectrum = None
+    if opts["param"] == "maco":  # the magnitude of the report's own data (its native size)
+        from convlens.optimize import data_spectrum
+
+        spectrum = data_spectrum(ctx.dataset, tuple(m.spec.size), max_images=b.images, seed=ctx.seed)
+        summary["options"]["spectrum"] = spectrum.describe()
     for layer in layers:
         r = activation_maximization(m, layer, f"0-{_n_units(m, layer, b.units) - 1}",
-                                    steps=b.steps, param=opts["param"],
+                                    steps=b.steps, param=opts["param"], spectrum=spectrum,
                                     objective=opts["objective"], transforms=opts["transforms"],
                                     reference=ref if len(ref) else None, seed=ctx.seed)
         folder = out / slug(layer)
@@ -56,7 +65,8 @@ def _compute(ctx: Context) -> None:
         unit_gallery(r, out / f"{slug(layer)}.png", cols=8)
         summary["layers"].append({"layer": layer, "file": slug(layer), **r.summary()})
     if opts.get("class_models", True) and m.class_names:
-        c = class_model(m, "all", steps=b.steps, param=opts["param"], seed=ctx.seed)
+        c = class_model(m, "all", steps=b.steps, seed=ctx.seed,
+                        param="fourier" if opts["param"] == "maco" else opts["param"])
         c.save(out / "class_models")
         class_gallery(c, out / "class_models.png")
         summary["class_models"] = c.summary()
@@ -95,8 +105,9 @@ def _render(ctx: Context) -> Markup:
     s = read_json(Path(ctx.out) / NAME / "result.json")
     o = s["options"]
     parts = [Markup("<p class=note>Activation maximization with one batch per layer: {} "
-                    "parametrization, {} objective, transforms {}.</p>").format(
-        o["param"], o["objective"], o["transforms"] or "none")]
+                    "parametrization, {} objective, transforms {}{}.</p>").format(
+        o["param"], o["objective"], o["transforms"] or "none",
+        f"; MaCo magnitude: {o['spectrum']}" if o.get("spectrum") else "")]
     parts += [_layer_html(ctx, e) for e in s["layers"]]
     if "class_models" in s:
         parts.append(Markup("<h3>Class models</h3>") + figure(

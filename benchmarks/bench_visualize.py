@@ -1,8 +1,16 @@
-"""Activation maximization: 64 units of one layer optimized together (one batch) against one
-after another with the same steps, and against Lucent on the same units with its defaults.
+"""Activation maximization: a batched step against the bare forward+backward of the same
+network at the same batch (the limit); 64 units of one layer optimized together (one batch)
+against one after another with the same steps; and against Lucent on the same units with its
+defaults.
 
     python benchmarks/bench_visualize.py [--steps 32] [--sequential 8] [--lucent 2] [--size 128]
-        [--precisions float32,bfloat16] [--settings vgg4,squeezenet,squeezenet7,lenet] [--repeats 3]
+        [--precisions float32,bfloat16] [--settings limit,vgg4,squeezenet,squeezenet7,lenet]
+        [--repeats 3] [--limit-batch 16]
+
+``limit``: for LeNet (conv2, 28 px, 64 images) and the SqueezeNet (features.12 at 128 and 227
+px, ``--limit-batch`` images), Fourier and MaCo: the engine's step time per unit (the median
+interval between steps of ``render``) against plain PyTorch's forward to the same layer and
+backward to the input at the same batch, float32; the ratio limit / step (target >= 0.8).
 
 Settings: Lees' VGG4 (CIFAR-10 size, 32 px; random weights -- the time does not depend on them),
 layer ``conv3`` (64 channels); the SqueezeNet in ../shared/models when present (else the same
@@ -57,6 +65,12 @@ def load():
         return load_model("squeezenet1_1", weights=str(w), input_spec="caffe"), "trained"
     torch.manual_seed(0)
     return load_model("squeezenet1_1", input_spec="caffe"), "random weights"
+
+
+def _peak_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _uptime() -> str:
@@ -129,6 +143,96 @@ def lucent(model, layer: str, units: list[int], steps: int, repeats: int) -> flo
     return best
 
 
+class _Stop(Exception):
+    pass
+
+
+def bare_step(model, layer: str, batch: int, size: int, repeats: int = 5) -> float:
+    """Seconds of the bare forward (up to ``layer``, where the engine stops too) and backward
+    to the input of the same network at the same batch, in plain PyTorch with the engine's
+    memory layout (channels-last weights and input, :func:`convlens.fast.fast`): the limit of
+    a step. Without the layout, plain NCHW PyTorch is slower than the engine's whole step."""
+    from convlens.fast import fast
+    from convlens.probe import get_layer
+
+    net = model.net.eval()
+    grads = [p.requires_grad for p in net.parameters()]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    held = {}
+
+    def hook(_m, _i, out):
+        held["out"] = out
+        raise _Stop
+
+    h = get_layer(net, layer).register_forward_hook(hook)
+    x = torch.rand(batch, model.spec.channels, size, size).contiguous(
+        memory_format=torch.channels_last).requires_grad_(True)
+    idx = torch.arange(batch) % 16
+    times = []
+    try:
+        with fast(net, "float32", grad=True, autocast=False):
+            times = _bare_loop(net, x, idx, held, repeats)
+    finally:
+        h.remove()
+        for p, g in zip(net.parameters(), grads):
+            p.requires_grad_(g)
+    return float(np.median([t for t, _ in times[1:]])), float(np.median([c for _, c in times[1:]]))
+
+
+def _bare_loop(net, x, idx, held, repeats):
+    times = []
+    batch = x.shape[0]
+    for _ in range(repeats + 1):
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            net(x)
+        except _Stop:
+            pass
+        out = held.pop("out")
+        out.mean(dim=(2, 3))[torch.arange(batch), idx].sum().backward()
+        x.grad = None
+        times.append((time.perf_counter() - t, time.process_time() - c))
+    return times
+
+
+def am_step(model, layer: str, batch: int, size: int, param: str, steps: int = 6) -> float:
+    """Seconds of one activation-maximization step of ``batch`` units (the engine's own loop:
+    parametrization, transforms, forward, backward, update), the median interval between steps."""
+    from convlens.optimize import objectives as O
+    from convlens.optimize import render
+    from convlens.visualize._common import make_param, make_transforms
+
+    p, proj = make_param(param, batch, model.spec.channels, (size, size), 0)
+    tf = make_transforms("auto", (size, size), steps, param)
+    stamps = []
+    render(model, O.channel(layer, [u % 16 for u in range(batch)]), p, steps=steps, transforms=tf,
+           project=proj, lr=0.05,
+           callback=lambda *_: stamps.append((time.perf_counter(), time.process_time())))
+    d = np.diff(np.array(stamps), axis=0)
+    return float(np.median(d[:, 0])), float(np.median(d[:, 1]))
+
+
+def step_vs_limit(settings: list[tuple], repeats: int) -> None:
+    """The table of the note: per setting and parametrization, a batched step's time per unit
+    and the bare forward+backward's (the limit), and their ratio (target >= 0.8), in wall and
+    in CPU seconds (one thread: CPU time is what a shared machine does not inflate)."""
+    print("| model, layer, size | batch | param | AM step / unit (wall, CPU) | limit / unit (wall, CPU) "
+          "| limit / step (wall) | limit / step (CPU) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, model, layer, size, batch in settings:
+        for param in ("fourier", "maco"):
+            s = np.full(2, np.inf)
+            lim = np.full(2, np.inf)
+            for _ in range(repeats):  # interleaved, best of: the machine is shared
+                s = np.minimum(s, am_step(model, layer, batch, size, param))
+                lim = np.minimum(lim, bare_step(model, layer, batch, size))
+            s, lim = 1e3 * s / batch, 1e3 * lim / batch
+            print(f"| {label}, {layer}, {size} px | {batch} | {param} | {s[0]:.2f}, {s[1]:.2f} ms "
+                  f"| {lim[0]:.2f}, {lim[1]:.2f} ms | {lim[0] / s[0]:.2f} | **{lim[1] / s[1]:.2f}** |",
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=32)
@@ -138,7 +242,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precisions", default="float32,bfloat16")
-    ap.add_argument("--settings", default="vgg4,squeezenet,squeezenet7,lenet")
+    ap.add_argument("--settings", default="limit,vgg4,squeezenet,squeezenet7,lenet")
+    ap.add_argument("--limit-batch", type=int, default=16, help="units per step for the limit table")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from convlens import load_model
@@ -147,6 +252,14 @@ def main() -> None:
     settings = a.settings.split(",")
     print(f"{a.steps} steps, {a.threads} thread(s), best of {a.repeats} interleaved rounds; "
           f"{_uptime()}")
+    if "limit" in settings:
+        print(f"step vs limit, float32, best of {a.repeats}; {_uptime()}")
+        sq, kind = load()
+        lenet = load_model("lenet-digits")
+        step_vs_limit([("lenet-digits", lenet, "conv2", 28, 64),
+                       (f"squeezenet1_1 ({kind})", sq, "features.12", 128, a.limit_batch),
+                       (f"squeezenet1_1 ({kind})", sq, "features.12", 227, a.limit_batch)], a.repeats)
+        print(f"peak RSS {_peak_mib():.0f} MiB; {_uptime()}")
     if "vgg4" in settings:
         torch.manual_seed(0)
         print(f"vgg4 (Lees' CIFAR-10 net, random weights), layer conv3, 32 px; {_uptime()}")

@@ -24,8 +24,28 @@ from convlens.cli.attribute import PrecisionOpt
 StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
 SizeOpt = Annotated[int | None, typer.Option("--size", help="Image size in px (default: the model's).")]
+SpectrumOpt = Annotated[str | None, typer.Option(
+    "--spectrum", help="Data set whose mean Fourier magnitude MaCo keeps (grey data: grey images); "
+                       "default: the built-in natural-image spectrum.")]
+GreyOpt = Annotated[bool | None, typer.Option(
+    "--grey/--colour", help="Optimize one grey channel fed replicated (default: when the "
+                            "spectrum data or the model's input is grey).")]
 ImageArg = Annotated[str, typer.Argument(
     help="An image file, or DATA:INDEX (e.g. digits:0) for an image of a dataset.")]
+
+
+def open_spectrum(data: str, size: tuple[int, int], param: str):
+    """The mean spectrum of ``data`` (loaded at its own size) on the grid of ``size`` images;
+    prints where it was resampled."""
+    from convlens.optimize import data_spectrum
+
+    if param != "maco":
+        raise ValueError(f"--spectrum sets the fixed magnitude of --param maco; it does nothing with "
+                         f"--param {param} (add --param maco)")
+    s = data_spectrum(open_data(data), size)
+    if s.resampled_from is not None:
+        console.print(f"note: {s.describe()}")
+    return s
 
 
 def read_input(spec: str, model):
@@ -56,15 +76,22 @@ def visualize(
     reference: Annotated[str | None, typer.Option(
         "--reference", help="Dataset: show each unit beside the image that excites it most.")] = None,
     objective: Annotated[str, typer.Option(help="channel (map mean) or unit (centre neuron).")] = "channel",
-    param: Annotated[str, typer.Option(help="fourier (decorrelated colour) or pixel.")] = "fourier",
-    transforms: Annotated[str, typer.Option(help="standard (jitter, scale, rotation) or none.")] = "standard",
+    param: Annotated[str, typer.Option(
+        help="fourier (decorrelated colour), pixel, or maco (fixed natural-image magnitude, "
+             "optimized phase; Fel et al. 2023).")] = "fourier",
+    spectrum: SpectrumOpt = None,
+    grey: GreyOpt = None,
+    transforms: Annotated[str, typer.Option(
+        help="auto (noise for maco, else standard), standard (jitter, scale, rotation), crops "
+             "(MaCo's random crops of decaying size), noise (MaCo's pixel noise) or none.")] = "auto",
     tv: Annotated[float, typer.Option(help="Total-variation weight (per pixel).")] = 0.0,
     l2: Annotated[float, typer.Option(help="L2-decay weight (per pixel).")] = 0.0,
     normalize_grad: Annotated[bool, typer.Option(help="Divide gradients by their RMS (Lees).")] = False,
     batch_size: Annotated[int, typer.Option(help="Units optimized together.")] = 64,
     precision: PrecisionOpt = "float32",
     steps: StepsOpt = 256,
-    lr: LrOpt = 0.05,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate (default 0.05; 0.5 "
+                                                           "for maco).")] = None,
     size: SizeOpt = None,
     seed: SeedOpt = 0,
     out: OutOpt = Path("results/visualize"),
@@ -75,12 +102,14 @@ def visualize(
 
     m = model_opts.open(model)
     ref = open_data(reference, m) if reference else None
+    spec = (open_spectrum(spectrum, (size, size) if size else tuple(m.spec.size), param)
+            if spectrum else None)
     with progress_bar(f"{layer} units") as update:
         r = activation_maximization(
             m, layer, units, size=size, steps=steps, lr=lr, param=param, objective=objective,
-            transforms=transforms, tv=tv, l2=l2, normalize_grad=normalize_grad, batch_size=batch_size,
-            reference=ref, seed=seed, precision=precision,
-            callback=lambda done, total: update(completed=done, total=total))
+            transforms=transforms, spectrum=spec, grey=grey, tv=tv, l2=l2,
+            normalize_grad=normalize_grad, batch_size=batch_size, reference=ref, seed=seed,
+            precision=precision, callback=lambda done, total: update(completed=done, total=total))
     folder = out / layer
     r.save(folder)
     save_unit_pngs(r, folder / "units", scale=max(1, 128 // max(r.images.shape[-2:])))
@@ -91,7 +120,43 @@ def visualize(
     if s.get("median_ratio") is not None:
         console.print(f"median activation reached / dataset maximum: {s['median_ratio']:.3f}; "
                       f"{s['fraction_at_least_dataset_max']:.0%} of live units reach the dataset maximum")
+    if "spectrum" in r.params:
+        console.print(f"MaCo magnitude: {r.params['spectrum']}"
+                      f"{'; grey images (one channel, replicated)' if r.params.get('grey') else ''}")
     console.print(f"{len(r.order)} unit images in {folder / 'units'}; gallery {gallery}")
+
+
+@command(app, "accentuate")
+def accentuate_cmd(
+    model: ModelArg,
+    image: ImageArg,
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (`convlens layers MODEL`).")],
+    units: Annotated[str, typer.Option("--units", "-u", help="all, 0-63 or 1,5,9-12.")] = "0-7",
+    penalty: Annotated[float, typer.Option(
+        help="Weight of the mean squared distance to the image (larger: closer).")] = 10.0,
+    objective: Annotated[str, typer.Option(help="channel (map mean) or unit (centre neuron).")] = "channel",
+    grey: GreyOpt = None,
+    steps: StepsOpt = 128,
+    lr: LrOpt = 0.05,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("results/accentuate"),
+    model_opts: ModelOptions = ModelOptions(),
+):
+    """Feature accentuation (Hamblin et al. 2024): push units in a real image while staying
+    close to it; one image per unit, activation before and after, distance to the image."""
+    from convlens.visualize import accentuation_figure, feature_accentuation
+
+    m = model_opts.open(model)
+    x = read_input(image, m)
+    with progress_bar("accentuating") as update:
+        r = feature_accentuation(m, layer, units, x, steps=steps, lr=lr, penalty=penalty,
+                                 objective=objective, grey=grey, seed=seed)
+        update(completed=1, total=1)
+    r.save(out)
+    for k, u in enumerate(r.units):
+        console.print(f"unit {int(u)}: {r.before[k]:.4g} -> {r.after[k]:.4g} "
+                      f"(RMS distance to the image {r.distance[k]:.3f})")
+    console.print(f"figure {accentuation_figure(r, out / 'accentuation.png')}")
 
 
 @command(app, "class-model")

@@ -6,7 +6,10 @@ the same loop over four exchangeable parts:
 
 - a **parametrization** -- the tensors the optimizer moves and a function that makes the image
   from them (:class:`PixelImage`, :class:`FourierImage` with decorrelated colour,
-  :class:`Perturbation` ``x0 + delta``, :class:`FunctionParam` for anything else);
+  :class:`MacoImage` -- MaCo's fixed magnitude and optimized phase, with a
+  :class:`Spectrum` from natural photos or the user's data --, :class:`Perturbation`
+  ``x0 + delta``, :class:`Replicated` for a grey image through a colour input,
+  :class:`FunctionParam` for anything else);
 - **transforms** -- random jitter/scale/rotation before each forward pass, callables
   ``(x, generator) -> x`` that draw only from the ``torch.Generator`` they are given;
 - an **objective** -- a loss per image to *minimize*, composed with ``+``, ``-``, ``*``
@@ -70,12 +73,14 @@ True
 """
 
 from convlens.optimize import objectives
+from convlens.optimize._maco import MacoImage, RandomCrops
 from convlens.optimize._param import (
     FourierImage,
     FunctionParam,
     Parametrization,
     Perturbation,
     PixelImage,
+    Replicated,
     decorrelate_color,
     image_seeds,
 )
@@ -98,6 +103,7 @@ from convlens.optimize._render import (
     render,
     render_chunked,
 )
+from convlens.optimize._spectrum import Spectrum, data_spectrum, natural_spectrum, spectrum_match
 from convlens.optimize._transforms import (
     Compose,
     Jitter,
@@ -111,10 +117,11 @@ from convlens.optimize.objectives import Objective, ObjectiveContext
 
 __all__ = [
     "BlurEvery", "ClampPixels", "ClipSmallContribution", "ClipSmallNorm", "Compose",
-    "FourierImage", "FunctionParam", "Jitter", "JitterScaleRotate", "L2Ball", "LinfBall", "Objective",
-    "ObjectiveContext", "Parametrization", "Perturbation", "PixelImage", "RandomAffine",
-    "RenderResult", "RenderState", "decorrelate_color", "evaluate", "extra_bytes", "gaussian_blur",
-    "image_seeds", "images_per_render", "objectives", "random_rotate", "random_scale", "redirected_relu",
-    "redirected_relus", "render", "render_chunked",
+    "FourierImage", "FunctionParam", "Jitter", "JitterScaleRotate", "L2Ball", "LinfBall",
+    "MacoImage", "Objective", "ObjectiveContext", "Parametrization", "Perturbation", "PixelImage",
+    "RandomAffine", "RandomCrops", "RenderResult", "RenderState", "Replicated", "Spectrum",
+    "data_spectrum", "decorrelate_color", "evaluate", "extra_bytes", "gaussian_blur", "image_seeds",
+    "images_per_render", "natural_spectrum", "objectives", "random_rotate", "random_scale",
+    "redirected_relu", "redirected_relus", "render", "render_chunked", "spectrum_match",
     "standard_transforms",
 ]

@@ -198,11 +198,19 @@ class FourierImage(Parametrization):
     decay_power : how strongly high frequencies are damped
     decorrelate : decorrelate colour (3 channels)
     seed : an int or a ``torch.Generator``, or one seed per image (:func:`image_seeds`)
+    init : starting images ``(N, C, H, W)`` in ``[0, 1]`` instead of noise (feature
+        accentuation): the spectrum that makes them, by inverting the sigmoid (pixels clamped
+        to ``[1e-3, 1 - 1e-3]``), the colour mix and the scaled FFT
     """
 
     def __init__(self, n: int = 1, channels: int = 3, size: int | tuple[int, int] = 224, *,
                  sd: float = 0.01, decay_power: float = 1.0, decorrelate: bool = True,
-                 seed: int | torch.Generator | Sequence[int] | None = 0, device: str | torch.device = "cpu"):
+                 seed: int | torch.Generator | Sequence[int] | None = 0, device: str | torch.device = "cpu",
+                 init: torch.Tensor | None = None):
+        if init is not None:
+            if not isinstance(init, torch.Tensor) or init.ndim != 4:
+                raise ValueError("init must be a tensor (N, C, H, W) in [0, 1]")
+            n, channels, size = init.shape[0], init.shape[1], tuple(init.shape[2:])
         n, channels, h, w = _check_shape(n, channels, size)
         self.batch_size, self.size = n, (h, w)
         self.decorrelate = decorrelate and channels == 3
@@ -210,7 +218,13 @@ class FourierImage(Parametrization):
         scale = 1.0 / np.maximum(freqs, 1.0 / max(h, w)) ** decay_power
         scale = scale / 4.0  # Lucent's "magic" 4, folded in (a power of two: the same values)
         self._scale = torch.tensor(scale, dtype=torch.float32, device=device)[None, None, ..., None]
-        spectrum = sd * _noise(lambda k, g: torch.randn(k, channels, *freqs.shape, 2, generator=g), n, seed)
+        if init is None:
+            spectrum = sd * _noise(lambda k, g: torch.randn(k, channels, *freqs.shape, 2, generator=g), n, seed)
+        else:
+            x = torch.logit(init.detach().float().clamp(1e-3, 1 - 1e-3))
+            if self.decorrelate:
+                x = torch.einsum("nchw,dc->ndhw", x, torch.linalg.inv(_COLOR_SQRT_NORMALIZED))
+            spectrum = torch.view_as_real(torch.fft.rfft2(x, norm="ortho")) / self._scale.cpu()
         self.spectrum = spectrum.to(device).requires_grad_(True)
 
     def parameters(self) -> list[torch.Tensor]:
@@ -222,6 +236,28 @@ class FourierImage(Parametrization):
         if self.decorrelate:
             x = decorrelate_color(x)
         return torch.sigmoid(x)
+
+
+class Replicated(Parametrization):
+    """A one-channel parametrization fed to a network as ``channels`` identical channels (grey
+    visualization through a colour input: the optimizer moves one channel, the image stays
+    grey like the data)."""
+
+    def __init__(self, inner: Parametrization, channels: int = 3):
+        if not isinstance(inner, Parametrization):
+            raise TypeError(f"inner must be a Parametrization, got {type(inner).__name__}")
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        self.inner, self.channels, self.batch_size = inner, channels, inner.batch_size
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self.inner.parameters()
+
+    def image(self) -> torch.Tensor:
+        x = self.inner.image()
+        if x.shape[1] != 1:
+            raise ValueError(f"Replicated needs a one-channel parametrization, got {x.shape[1]} channels")
+        return x.expand(-1, self.channels, -1, -1).contiguous()
 
 
 class Perturbation(Parametrization):

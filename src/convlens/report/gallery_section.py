@@ -4,11 +4,13 @@ unit beside the dataset image that excites it most) and a class model per class.
 Options (``gallery: {...}`` in the report config): ``layers`` (default: the first and last
 ``Conv2d``), ``param``/``objective``/``transforms`` (default: free pixels, the centre neuron and
 no transforms for inputs up to 64 px, where they reach the dataset maximum; Fourier, channel
-mean and the standard transforms above), ``class_models`` (default true: class models of at most
-:data:`MAX_CLASS_MODELS` classes -- the data's own when its labels are the model's classes, else
-those the model predicts most on the data; a number caps them, a list names them). Units per
-layer, steps, reference images and the number of class models are planned from the model's
-counted multiply-adds to fit the section's ``budget.seconds`` (:func:`plan`).
+mean and the standard transforms up to 127 px; MaCo -- fixed magnitude, the mean spectrum of the
+report's own data, optimized phase -- from 128 px), ``class_models`` (default true: class models
+of at most :data:`MAX_CLASS_MODELS` classes -- the data's own when its labels are the model's
+classes, else those the model predicts most on the data; a number caps them, a list names them;
+Fourier when the units use MaCo). Units per layer, steps, reference images and the number of
+class models are planned from the model's counted multiply-adds to fit the section's
+``budget.seconds`` (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def _conv_layers(model) -> list[str]:
 
 def _defaults(model) -> dict:
     small = max(model.spec.size) <= 64
+    if min(model.spec.size) >= 128:
+        return {"param": "maco", "objective": "channel", "transforms": "auto"}
     return {"param": "pixel" if small else "fourier", "objective": "unit" if small else "channel",
             "transforms": None if small else "standard"}
 
@@ -88,9 +92,16 @@ def _compute(ctx: Context) -> None:
     p = plan(ctx, layers, len(data), want_classes)
     ref = data.sample(p["reference_images"], seed=ctx.seed)
     summary = {"layers": [], "options": {k: opts[k] for k in ("param", "objective", "transforms")}, "plan": p}
+    spectrum = None
+    if opts["param"] == "maco":  # the magnitude of the report's own data (its native size)
+        from convlens.optimize import data_spectrum
+
+        spectrum = data_spectrum(ctx.dataset, tuple(m.spec.size), max_images=max(32, p["reference_images"]),
+                                 seed=ctx.seed)
+        summary["options"]["spectrum"] = spectrum.describe()
     for layer in layers:
         r = activation_maximization(m, layer, f"0-{_n_units(m, layer, p['units']) - 1}",
-                                    steps=p["steps"], param=opts["param"],
+                                    steps=p["steps"], param=opts["param"], spectrum=spectrum,
                                     objective=opts["objective"], transforms=opts["transforms"],
                                     reference=ref if len(ref) else None, seed=ctx.seed)
         folder = out / slug(layer)
@@ -104,7 +115,8 @@ def _compute(ctx: Context) -> None:
         else:
             cap = min(int(asked) if type(asked) is int else MAX_CLASS_MODELS, p["classes"])
             classes, why = _chosen_classes(ctx, data, max(1, cap))
-        c = class_model(m, classes, steps=p["steps"], param=opts["param"], seed=ctx.seed)
+        c = class_model(m, classes, steps=p["steps"], seed=ctx.seed,
+                        param="fourier" if opts["param"] == "maco" else opts["param"])
         c.save(out / "class_models")
         class_gallery(c, out / "class_models.png")
         summary["class_models"] = {**c.summary(), "chosen": why, "of": len(m.class_names)}
@@ -143,8 +155,9 @@ def _render(ctx: Context) -> Markup:
     s = read_json(Path(ctx.out) / NAME / "result.json")
     o = s["options"]
     parts = [Markup("<p class=note>Activation maximization with one batch per layer: {} "
-                    "parametrization, {} objective, transforms {}.</p>").format(
-        o["param"], o["objective"], o["transforms"] or "none")]
+                    "parametrization, {} objective, transforms {}{}.</p>").format(
+        o["param"], o["objective"], o["transforms"] or "none",
+        f"; MaCo magnitude: {o['spectrum']}" if o.get("spectrum") else "")]
     parts += [_layer_html(ctx, e) for e in s["layers"]]
     if "class_models" in s:
         cm = s["class_models"]

@@ -15,6 +15,7 @@ Examples
 ['dead', 'fraction_at_least_dataset_max', 'layer', 'median_ratio', 'units']
 """
 
+from convlens.visualize._accentuate import Accentuation, feature_accentuation
 from convlens.visualize._am import UnitVisualization, activation_maximization
 from convlens.visualize._classes import ClassImages, class_model, fooling_images, resolve_classes
 from convlens.visualize._invert import (
@@ -25,7 +26,9 @@ from convlens.visualize._invert import (
     perturb_features,
 )
 from convlens.visualize._plot import (
+    accentuation_figure,
     class_gallery,
+    comparison_figure,
     inversion_figure,
     save_png,
     save_unit_pngs,
@@ -35,8 +38,9 @@ from convlens.visualize._plot import (
 from convlens.visualize._style import StyleTransfer, style_transfer
 
 __all__ = [
-    "PERTURBATIONS", "ClassImages", "Inversion", "StyleTransfer", "UnitVisualization",
-    "activation_maximization", "class_gallery", "class_model", "fooling_images", "invert",
+    "PERTURBATIONS", "Accentuation", "ClassImages", "Inversion", "StyleTransfer",
+    "UnitVisualization", "accentuation_figure", "activation_maximization", "class_gallery",
+    "class_model", "comparison_figure", "feature_accentuation", "fooling_images", "invert",
     "inversion_figure", "invertible_layers", "perturb_features", "resolve_classes", "save_png",
     "save_unit_pngs", "style_figure", "style_transfer", "unit_gallery",
 ]

@@ -13,11 +13,18 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import objectives, render_chunked
+from convlens.optimize import natural_spectrum, objectives, render_chunked
 from convlens.probe import get_layer
 from convlens.runner import capture
 from convlens.units import parse_unit_list
-from convlens.visualize._common import image_size, make_param, make_transforms, model_info
+from convlens.visualize._common import (
+    DEFAULT_LR,
+    image_size,
+    make_param,
+    make_transforms,
+    model_info,
+    transparency_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,8 @@ class UnitVisualization:
     skipped (no gradient, or stuck at or below zero); ``reference_max (U,)`` and
     ``reference_images (U, C, H, W)``: the highest activation any image of the reference data
     gives the unit, and that image (when a dataset was given). ``order``: the live units, highest
-    activation first.
+    activation first. ``transparency (U, H, W)``: with ``param="maco"``, the accumulated
+    ``|d loss / d image|`` of each image (summed over channels): where the unit looks.
     """
 
     layer: str
@@ -43,6 +51,7 @@ class UnitVisualization:
     reference_images: np.ndarray | None = None
     reference_ids: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    transparency: np.ndarray | None = None
 
     @property
     def live(self) -> np.ndarray:
@@ -74,7 +83,8 @@ class UnitVisualization:
 
     def save(self, folder: str | Path) -> Path:
         arrays = {"units": self.units, "images": self.images.astype(np.float32), "reached": self.reached,
-                  "reference_max": self.reference_max, "reference_images": self.reference_images}
+                  "reference_max": self.reference_max, "reference_images": self.reference_images,
+                  "transparency": self.transparency}
         return save_result(folder, "units", arrays, {"layer": self.layer, "dead": self.dead,
                                                      "reference_ids": self.reference_ids,
                                                      "params": self.params, "summary": self.summary()})
@@ -84,7 +94,17 @@ class UnitVisualization:
         a, info = load_result(folder, "units")
         return cls(info["layer"], a["units"], a["images"], a["reached"], info["dead"],
                    a.get("reference_max"), a.get("reference_images"), info["reference_ids"],
-                   info["params"])
+                   info["params"], a.get("transparency"))
+
+
+def select_units(units, n: int, layer: str) -> list[int]:
+    """``"all"``, ``"0-63"``, ``"1,5,9-12"`` or a list of indices, each checked against the
+    ``n`` units of ``layer``."""
+    sel = parse_unit_list(units, n) if units is None or isinstance(units, str) else [int(u) for u in units]
+    for u in sel:
+        if not 0 <= u < n:
+            raise ValueError(f"unit {u} is out of range: layer {layer!r} has {n} units (0-{n - 1})")
+    return sel
 
 
 def _map_max(acts: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -121,10 +141,12 @@ def activation_maximization(
     *,
     size: int | tuple[int, int] | None = None,
     steps: int = 256,
-    lr: float = 0.05,
+    lr: float | None = None,
     param: str = "fourier",
     objective: str = "channel",
-    transforms: str | None = "standard",
+    transforms: str | None = "auto",
+    spectrum=None,
+    grey: bool | None = None,
     tv: float = 0.0,
     l2: float = 0.0,
     normalize_grad: bool = False,
@@ -145,11 +167,19 @@ def activation_maximization(
     layer : layer name (``convlens layers MODEL`` lists them)
     units : ``"all"``, ``"0-63"``, ``"1,5,9-12"`` or a list of indices
     size : image size (default: the model's input size)
-    steps, lr : optimizer steps and Adam's learning rate
-    param : ``"fourier"`` (decorrelated colour, default) or ``"pixel"`` (clamped to [0, 1])
+    steps, lr : optimizer steps and Adam's learning rate (default: 0.05, or 0.5 for MaCo)
+    param : ``"fourier"`` (decorrelated colour, default), ``"pixel"`` (clamped to [0, 1]) or
+        ``"maco"`` (Fel et al.: fixed Fourier magnitude ``spectrum``, optimized phase; use a
+        larger ``lr``, default 0.5, since the parameters are angles)
     objective : ``"channel"`` -- the map's mean (Lees, Yosinski) -- or ``"unit"`` -- the centre
         neuron (or a dense layer's unit)
-    transforms : ``"standard"`` (jitter, scale, rotation) or ``None``
+    transforms : ``"auto"`` (MaCo's random crops for ``param="maco"``, else ``"standard"``),
+        ``"standard"`` (jitter, scale, rotation), ``"crops"`` or ``None``
+    spectrum : for ``param="maco"``: a :class:`~convlens.optimize.Spectrum`
+        (:func:`~convlens.optimize.data_spectrum` of the user's data), default the built-in
+        natural spectrum; resampled (and logged) when computed at another size
+    grey : optimize one grey channel, fed replicated to the model's channels; default: when
+        the spectrum is grey (a grey data set), or the model's input has one channel
     tv, l2 : weights of the total-variation and L2-decay priors (per pixel)
     normalize_grad : divide gradients by their RMS (Lees' Keras recipe)
     redirect_relu : redirected ReLU gradients (Lucid), so that units off everywhere on the
@@ -168,26 +198,33 @@ def activation_maximization(
     UnitVisualization
     """
     get_layer(model.net, layer)
+    if param not in DEFAULT_LR:
+        raise ValueError(f"param must be 'fourier', 'pixel' or 'maco', got {param!r}")
+    lr = DEFAULT_LR[param] if lr is None else lr
     h, w = image_size(model, size)
     c = model.spec.channels
     probe = capture(model, torch.full((1, c, h, w), 0.5, device=model.device), [layer])[layer]
-    sel = (parse_unit_list(units, probe.shape[1]) if units is None or isinstance(units, str)
-           else [int(u) for u in units])
-    for u in sel:
-        if not 0 <= u < probe.shape[1]:
-            raise ValueError(f"unit {u} is out of range: layer {layer!r} has {probe.shape[1]} units "
-                             f"(0-{probe.shape[1] - 1})")
+    sel = select_units(units, probe.shape[1], layer)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     _objective(objective, layer, sel[:1], probe.ndim)  # validate before any work
-    tf = make_transforms(transforms, (h, w))
+    if grey is None:
+        grey = c == 1 or (param == "maco" and spectrum is not None and spectrum.grey)
+    if param == "maco" and spectrum is not None:
+        spectrum = spectrum.to_size((h, w))  # resampled (and logged) when computed at another size
+    tf = make_transforms(transforms, (h, w), steps, param)
     moved = torch.zeros(len(sel), dtype=torch.bool, device=model.device)
 
     span = [0, 0]  # the rows of the chunk being optimized
+    current = {}  # the chunk's parametrization (its transparency map)
 
     def build(a, b):
         span[:] = [a, b]
-        p, proj = make_param(param, b - a, c, (h, w), seed, first=a)
+        p, proj = make_param(param, b - a, c, (h, w), seed, first=a, spectrum=spectrum,
+                             grey=bool(grey))
+        current["param"] = p
+        if hasattr(tf, "reset"):  # crops count their steps: each chunk starts at step 0
+            tf.reset()
         obj = _objective(objective, layer, sel[a:b], probe.ndim)
         if tv:
             obj = obj + tv / (h * w) * objectives.total_variation()
@@ -200,10 +237,13 @@ def activation_maximization(
             if t.grad is not None:
                 moved[span[0]:span[1]] |= t.grad.flatten(1).abs().amax(1) > 0
 
-    values = []
+    values, transparency = [], []
 
     def chunk_done(a, b, r):  # each chunk's own units, measured while its maps are small
         values.append(_map_max(capture(model, r.images, [layer], memory=memory)[layer], torch.as_tensor(sel[a:b])))
+        t = transparency_of(current["param"])
+        if t is not None:
+            transparency.append(t.cpu().numpy())
         if callback:
             callback(b, len(sel))
 
@@ -219,7 +259,12 @@ def activation_maximization(
                             dead, params=dict(size=[h, w], steps=steps, lr=lr, param=param,
                                               objective=objective, transforms=transforms, tv=tv, l2=l2,
                                               normalize_grad=normalize_grad, redirect_relu=redirect_relu,
-                                              batch_size=batch_size, seed=seed, **model_info(model)))
+                                              batch_size=batch_size, seed=seed, grey=bool(grey),
+                                              **model_info(model)),
+                            transparency=np.concatenate(transparency) if transparency else None)
+    if param == "maco":
+        out.params["spectrum"] = (spectrum.describe() if spectrum is not None
+                                  else natural_spectrum((h, w), 1 if grey else 3).describe())
     if reference is not None:
         out.reference_max, out.reference_images, out.reference_ids = _reference(
             model, reference, layer, out.units, 128)

@@ -112,3 +112,51 @@ def style_figure(result, path: str | Path) -> Path:
     for ax in axes.flat:
         ax.axis("on")
     return save_figure(fig, path)
+
+
+def _overlay(img: np.ndarray, transparency: np.ndarray) -> np.ndarray:
+    """The image over white, opaque where the accumulated gradient is large (MaCo's display)."""
+    t = np.asarray(transparency, dtype=np.float32)
+    hi = float(np.percentile(t, 99)) or 1.0
+    alpha = np.clip(t / hi, 0, 1)[None]
+    return np.asarray(img, dtype=np.float32) * alpha + (1 - alpha)
+
+
+def comparison_figure(results: dict, path: str | Path, *, max_units: int = 16) -> Path:
+    """Several :class:`UnitVisualization` of the same units side by side, one row per result
+    (``{"Fourier": r1, "MaCo": r2}``), each image titled with its activation; a result with a
+    transparency map gets a second row showing the image through it."""
+    names = list(results)
+    units = list(results[names[0]].units[:max_units])
+    rows = sum(2 if results[k].transparency is not None else 1 for k in names)
+    fig, axes = _grid(len(units) * rows, len(units), cell=1.1)
+    r = 0
+    for name in names:
+        res = results[name]
+        for c, u in enumerate(units):
+            i = int(np.flatnonzero(res.units == u)[0])
+            axes[r, c].axis("on")
+            _show(axes[r, c], res.images[i], f"{name} {u}: {res.reached[i]:.3g}", 6)
+            if res.transparency is not None:
+                axes[r + 1, c].axis("on")
+                _show(axes[r + 1, c], _overlay(res.images[i], res.transparency[i]),
+                      f"{name} {u} transparency", 6)
+        r += 2 if res.transparency is not None else 1
+    fig.suptitle(f"{results[names[0]].layer}: {' vs '.join(names)} (map maximum reached)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def accentuation_figure(result, path: str | Path, *, cols: int = 8) -> Path:
+    """The seed, then each unit's accentuated image with its activation before -> after."""
+    n = len(result.units) + 1
+    fig, axes = _grid(n, cols, cell=1.4)
+    cols = axes.shape[1]
+    axes[0, 0].axis("on")
+    _show(axes[0, 0], result.seed_image, "seed")
+    for k in range(len(result.units)):
+        ax = axes[(k + 1) // cols, (k + 1) % cols]
+        ax.axis("on")
+        _show(ax, result.images[k], f"{result.units[k]}: {result.before[k]:.3g}->{result.after[k]:.3g}\n"
+                                    f"rms {result.distance[k]:.2f}", 6)
+    fig.suptitle(f"{result.layer}: feature accentuation", fontsize=9)
+    return save_figure(fig, path)

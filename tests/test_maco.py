@@ -1,0 +1,254 @@
+"""MaCo (fixed magnitude, optimized phase), spectra from data, grey visualization, feature
+accentuation; the numerics against closed forms and independent recomputations."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from convlens.optimize import (
+    FourierImage,
+    MacoImage,
+    RandomCrops,
+    Replicated,
+    natural_spectrum,
+    objectives,
+    render,
+)
+from convlens.optimize._spectrum import Spectrum, resample_magnitude, spectrum_of_images
+
+F32 = torch.finfo(torch.float32).eps
+
+
+def _tiny_net(channels=3, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.ReLU())
+
+
+def _random_magnitude(c, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(c, h, w // 2 + 1, generator=g) + 0.1
+
+
+@pytest.mark.parametrize("size", [(12, 12), (11, 14), (9, 7)])
+def test_phase_only_parametrization_keeps_the_magnitude_exactly(size):
+    h, w = size
+    mag = _random_magnitude(3, h, w)
+    p = MacoImage(2, mag, size, seed=1)
+    net = _tiny_net()
+    # the magnitude before and after the phase has moved (Adam steps through the engine)
+    for _ in range(2):
+        x = p.spatial().detach()
+        got = torch.fft.rfft2(x, norm="ortho").abs()
+        tol = 16 * F32 * float(p.magnitude.max()) * np.sqrt(h * w)
+        assert torch.allclose(got, p.magnitude.expand_as(got), atol=tol, rtol=0)
+        before = p.phase.detach().clone()
+        render(net, objectives.channel("2", [0, 1]), p, steps=3, lr=0.3)
+        assert (p.phase.detach() - before).abs().max() > 0.01  # the phase did move
+    # the fixed magnitude is the requested one up to one scale (unit RMS) away from the DC
+    # term and the self-conjugate columns, where it is symmetrized
+    inner = slice(1, (w + 1) // 2)  # rfft columns without a conjugate partner in the same column
+    ratio = p.magnitude[:, :, inner] / mag[:, :, inner]
+    assert torch.allclose(ratio, ratio.mean().expand_as(ratio), rtol=1e-5)
+    # unit RMS whatever the phase (Parseval): the standardization MaCo does at every step
+    rms = p.spatial().detach().pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(rms, torch.ones(2), atol=1e-5)
+
+
+def test_transparency_is_the_sum_of_the_absolute_image_gradients():
+    net = _tiny_net()
+    mag = _random_magnitude(3, 10, 10, seed=3)
+    p = MacoImage(3, mag, (10, 10), seed=0)
+    obj = objectives.channel("2", [0, 1, 2])
+    phases = []
+    render(net, obj, p, steps=5, lr=0.2, callback=lambda s, loss, st: phases.append(st.param.phase.detach().clone()))
+    # independent recomputation: the image from each step's phase by hand, its gradient by autograd
+    ref = MacoImage(3, mag, (10, 10), seed=0, transparency=False)
+    want = torch.zeros(3, 3, 10, 10)
+    for ph in phases:
+        with torch.no_grad():
+            ref.phase.copy_(ph)
+        x = ref.image().detach().requires_grad_(True)
+        loss = -net[:3](x)[torch.arange(3), torch.arange(3)].mean(dim=(1, 2)).sum()  # layer "2"
+        (g,) = torch.autograd.grad(loss, x)
+        want += g.abs()
+    assert len(phases) == 5
+    assert torch.allclose(p.transparency, want, rtol=1e-4, atol=1e-7 * float(want.abs().max()))
+
+
+def test_random_crops_decay_and_keep_the_size():
+    c = RandomCrops(5, box=(1.0, 0.5), noise=0.0)
+    assert [c.box_size(k) for k in range(5)] == pytest.approx([1.0, 0.875, 0.75, 0.625, 0.5])
+    x = torch.rand(4, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    outs = [c(x, g) for _ in range(5)]
+    assert all(o.shape == x.shape for o in outs) and c.calls == 5
+    # a crop of half the side, centred, is the middle of the image enlarged twice
+    half = RandomCrops(1, box=(0.5, 0.5), spread=0.0, noise=0.0)
+    ramp = torch.arange(16.0).view(1, 1, 1, 16).expand(1, 1, 16, 16).contiguous()
+    y = half(ramp, g)
+    assert torch.allclose(y[0, 0, 0], 3.75 + 0.5 * torch.arange(16.0), atol=1e-4)
+
+
+def test_grey_mode_produces_identical_channels():
+    from convlens.visualize._common import make_param
+
+    net = _tiny_net(3)
+    for kind in ("maco", "fourier", "pixel"):
+        spec = natural_spectrum((16, 16), 1) if kind == "maco" else None
+        p, proj = make_param(kind, 2, 3, (16, 16), 0, spectrum=spec, grey=True)
+        assert isinstance(p, Replicated) and p.inner.image().shape[1] == 1
+        r = render(net, objectives.channel("2", [0, 1]), p, steps=3, lr=0.1, project=proj)
+        assert r.images.shape == (2, 3, 16, 16)
+        assert torch.equal(r.images[:, 0], r.images[:, 1]) and torch.equal(r.images[:, 0], r.images[:, 2])
+
+
+def test_data_spectrum_recovers_a_planted_magnitude():
+    # grey images made with a known magnitude and random phases: their mean amplitude is it
+    h, w = 16, 16
+    mag = torch.zeros(1, h, w // 2 + 1)
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
+    mag[0] = 1.0 / torch.sqrt(fx ** 2 + fy ** 2).clamp_min(1 / 16)
+    mag[0, 0, 0] = 0
+    ims = []
+    for k in range(6):
+        p = MacoImage(1, mag, (h, w), seed=k, transparency=False)
+        ims.append((0.5 + 0.1 * p.spatial()[0]).detach())
+    s = spectrum_of_images(ims, "planted", periodic=False)
+    assert s.grey and s.images == 6 and s.resampled_from is None
+    want = 0.1 * p.magnitude[0]
+    assert torch.allclose(s.magnitude[0], want, atol=1e-5)
+
+
+def test_periodic_component_removes_the_border_cross():
+    from convlens.optimize._spectrum import amplitude
+
+    y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    ramp = (0.2 + 0.04 * x + 0.01 * y)[None, None]  # jumps by 0.6 from the right border to the left
+    plain, periodic = amplitude(ramp, periodic=False), amplitude(ramp)
+    axis = (slice(None), slice(None), 0, slice(1, None))  # the kx axis, where the jump shows
+    assert float(periodic[axis].sum()) < 0.1 * float(plain[axis].sum())
+
+
+def test_resampling_follows_frequency_in_cycles_per_pixel():
+    # 1/f sampled at 16 px, resampled to 32 px, against 1/f sampled at 32 px (a closed form)
+    def one_over_f(h, w):
+        f = torch.sqrt(torch.fft.rfftfreq(w)[None, :] ** 2 + torch.fft.fftfreq(h)[:, None] ** 2)
+        return (1.0 / f.clamp_min(1 / 8))[None]
+
+    got = resample_magnitude(one_over_f(16, 16), (16, 16), (32, 32))
+    want = one_over_f(32, 32)
+    assert got.shape == want.shape
+    # bilinear between samples 1/16 cycle apart: a few percent where 1/f bends, exact on grid points
+    assert torch.allclose(got[:, ::2, ::2], want[:, ::2, ::2], rtol=1e-5)
+    assert float(((got - want).abs() / want).max()) < 0.1
+
+
+def test_spectrum_of_another_size_is_resampled_and_says_so(caplog):
+    from convlens.optimize import data_spectrum
+
+    class DS:  # the duck type data_spectrum reads: len, image, name, sample
+        name = "small"
+
+        def __len__(self):
+            return 4
+
+        def image(self, i):
+            return torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i))
+
+        def sample(self, n, seed=0):
+            return self
+
+    with caplog.at_level("INFO"):
+        s = data_spectrum(DS(), (24, 24))
+    assert s.size == (24, 24) and s.magnitude.shape == (3, 24, 13)
+    assert s.resampled_from == (16, 16) and "resampled to 24x24" in s.describe()
+    assert "computed at 16x16" in caplog.text
+    assert not s.grey
+
+
+def test_empty_spectrum_data_is_an_error():
+    with pytest.raises(ValueError, match="has no images"):
+        spectrum_of_images([], "empty")
+
+
+def test_fourier_image_starts_at_a_given_image():
+    x = torch.rand(2, 3, 10, 13) * 0.9 + 0.05
+    assert torch.allclose(FourierImage(init=x).image(), x, atol=1e-5)
+    g = torch.rand(1, 1, 9, 8) * 0.9 + 0.05
+    assert torch.allclose(FourierImage(init=g).image(), g, atol=1e-5)
+
+
+def test_maco_activation_maximization_keeps_a_transparency_map(lenet, tmp_path):
+    from convlens.visualize import UnitVisualization, activation_maximization
+
+    r = activation_maximization(lenet, "conv2", "0-3", steps=8, param="maco", lr=0.2, batch_size=4)
+    assert r.images.shape == (4, 1, 28, 28) and r.transparency.shape == (4, 28, 28)
+    assert (r.transparency >= 0).all() and r.transparency.sum() > 0
+    assert r.params["grey"] and "natural photos" in r.params["spectrum"]
+    assert all(r.reached[i] > 0 for i in r.order)
+    back = UnitVisualization.load(r.save(tmp_path / "r"))
+    assert np.array_equal(back.transparency, r.transparency)
+
+
+def test_feature_accentuation_raises_the_unit_and_stays_close(lenet, digits):
+    from convlens.data import conform
+    from convlens.visualize import feature_accentuation
+
+    x = conform(digits, lenet).image(0)
+    near = feature_accentuation(lenet, "conv2", [0, 3], x, steps=24, penalty=50.0)
+    far = feature_accentuation(lenet, "conv2", [0, 3], x, steps=24, penalty=0.0)
+    assert (near.after > near.before).all()
+    assert (near.distance < far.distance).all() and near.distance.max() < 0.25
+    with pytest.raises(ValueError, match="out of range"):
+        feature_accentuation(lenet, "conv2", [16], x, steps=1)
+
+
+def _npz(path, n, size):
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 255, (n, size, size), dtype=np.uint8),
+             y_train=np.zeros(n, dtype=np.int64))
+    return str(path)
+
+
+def test_cli_maco_spectrum_resampled_said_and_bad_input(tmp_path):
+    from convlens.cli import app
+
+    runner = CliRunner()
+    base = ["visualize", "lenet-digits", "--layer", "conv2", "--steps", "2", "--param", "maco",
+            "--lr", "0.2"]
+    small = _npz(tmp_path / "small.npz", 8, 16)
+    r = runner.invoke(app, [*base, "--units", "0-1", "--spectrum", small, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "computed at 16x16 and resampled to 28x28" in " ".join(r.output.split())
+    assert (tmp_path / "a" / "conv2" / "units.npz").is_file()
+
+    r = runner.invoke(app, [*base, "--units", "0-1", "--spectrum", _npz(tmp_path / "e.npz", 0, 16),
+                            "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "empty" in r.output and "Traceback" not in r.output, r.output
+
+    r = runner.invoke(app, [*base, "--units", "15-16", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "unit 16 is out of range" in " ".join(r.output.split()), r.output
+
+    r = runner.invoke(app, ["visualize", "lenet-digits", "--layer", "conv2", "--spectrum", small])
+    assert r.exit_code == 2 and "--param maco" in " ".join(r.output.split()), r.output
+
+
+def test_spectrum_dataclass_channels():
+    s = Spectrum(torch.ones(1, 8, 5), (8, 8), "x", 1)
+    assert s.with_channels(3).magnitude.shape == (3, 8, 5)
+    assert s.with_channels(3).with_channels(1).grey
+
+
+def test_report_gallery_uses_maco_from_128_px():
+    from types import SimpleNamespace
+
+    from convlens.report.gallery_section import _defaults
+
+    def model(size):
+        return SimpleNamespace(spec=SimpleNamespace(size=(size, size)))
+
+    assert _defaults(model(128))["param"] == "maco" and _defaults(model(227))["param"] == "maco"
+    assert _defaults(model(64))["param"] == "pixel" and _defaults(model(96))["param"] == "fourier"

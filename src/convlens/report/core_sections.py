@@ -46,8 +46,7 @@ def _summary_render(ctx: Context) -> Markup:
 
 def _training_compute(ctx: Context) -> None:
     from convlens.report._budget import fit_count
-    from convlens.report._labels import most_predicted, predictions
-    from convlens.training import evaluate, plot_training_curve
+    from convlens.training import plot_training_curve
 
     m, ds = ctx.model, ctx.dataset
     b = ctx.budget_for("training")
@@ -56,55 +55,79 @@ def _training_compute(ctx: Context) -> None:
     cfg = train_info.get("config") or {}
     out = ctx.dir("training")
     result: dict = {"history": history, "config": cfg}
-    from convlens.data import ImageDataset, conform, label_mapping
+    ds, mismatch = _in_model_names(ds, m, result)
+    from convlens.data import conform
 
-    mapping, mismatch = label_mapping(ds, m)
-    if mismatch:
-        result["mismatch"] = mismatch
-    elif ds.has_labels and not np.array_equal(mapping, np.arange(len(mapping))):
-        # the model's names, in another order
-        ds = ImageDataset(ds.ids, ds.image, mapping[ds.labels], m.class_names, ds.name,
-                          source_fingerprint=ds.fingerprint + "|labels-mapped")
-        result["names"] = list(m.class_names)
     data = conform(ds, m)
     # one forward pass per image: as many images as the budget's seconds allow
     n = fit_count(b.seconds, b.forward_s, len(data), minimum=min(len(data), 32))
     if n < len(data):
         result["sampled"] = [n, len(data)]
     if ds.has_labels and not mismatch:
-        held_out = None
-        if cfg.get("val_fraction") and train_info.get("dataset") == ds.name:
-            _, held_out = data.split(cfg["val_fraction"], cfg.get("seed", 0))
-            held_out = held_out.sample(n, seed=ctx.seed)
-        sample = data.sample(n, seed=ctx.seed)
-        ev_all = evaluate(m, sample, batch_size=32)
-        result["accuracy_all"] = ev_all["accuracy"]
-        result["evaluated"] = len(sample)
-        if held_out is not None:
-            ev = evaluate(m, held_out, batch_size=32)
-            result["held_out_accuracy"] = ev["accuracy"]
-            result["held_out_images"] = len(held_out)
-            preds, labels = ev["predictions"], held_out.labels
-        else:
-            preds, labels = ev_all["predictions"], sample.labels
-        k = max(len(ds.class_names), int(labels.max()) + 1, int(preds.max()) + 1)
-        cm = np.zeros((k, k), dtype=int)
-        np.add.at(cm, (labels, preds), 1)
-        result["confusion"] = cm.tolist()
+        _accuracy(ctx, data, n, train_info, cfg, result)
     else:
-        # the data's labels are not the model's classes: no accuracy, but what it predicts
-        sample = data.sample(n, seed=ctx.seed)
-        preds = predictions(m, sample)
-        names = m.class_names
-        counts = np.bincount(preds)
-        result["labels_differ"] = bool(ds.has_labels)
-        result["evaluated"] = len(sample)
-        result["predicted"] = [[int(c), names[c] if c < len(names) else str(c), int(counts[c])]
-                               for c in most_predicted(preds, 10)]
+        _predicted(ctx, data, n, result)
     if history:
         plot_training_curve(history, out / "curve.png")
         result["curve"] = "training/curve.png"
     write_json(out / "result.json", result)
+
+
+def _in_model_names(ds, m, result: dict):
+    """The data with its labels as the model's output indices (when its class names are the
+    model's, in another order), and the mismatch message when they are not the model's."""
+    from convlens.data import ImageDataset, label_mapping
+
+    mapping, mismatch = label_mapping(ds, m)
+    if mismatch:
+        result["mismatch"] = mismatch
+    elif ds.has_labels and not np.array_equal(mapping, np.arange(len(mapping))):
+        ds = ImageDataset(ds.ids, ds.image, mapping[ds.labels], m.class_names, ds.name,
+                          source_fingerprint=ds.fingerprint + "|labels-mapped")
+        result["names"] = list(m.class_names)
+    return ds, mismatch
+
+
+def _accuracy(ctx: Context, data, n: int, train_info: dict, cfg: dict, result: dict) -> None:
+    """Accuracy on a sample of ``n`` images (and on the training run's held-out split when this
+    is its data) and the confusion matrix."""
+    from convlens.training import evaluate
+
+    m = ctx.model
+    held_out = None
+    if cfg.get("val_fraction") and train_info.get("dataset") == data.name:
+        _, held_out = data.split(cfg["val_fraction"], cfg.get("seed", 0))
+        held_out = held_out.sample(n, seed=ctx.seed)
+    sample = data.sample(n, seed=ctx.seed)
+    ev_all = evaluate(m, sample)
+    result["accuracy_all"] = ev_all["accuracy"]
+    result["evaluated"] = len(sample)
+    if held_out is not None:
+        ev = evaluate(m, held_out)
+        result["held_out_accuracy"] = ev["accuracy"]
+        result["held_out_images"] = len(held_out)
+        preds, labels = ev["predictions"], held_out.labels
+    else:
+        preds, labels = ev_all["predictions"], sample.labels
+    k = max(len(data.class_names), int(labels.max()) + 1, int(preds.max()) + 1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (labels, preds), 1)
+    result["confusion"] = cm.tolist()
+
+
+def _predicted(ctx: Context, data, n: int, result: dict) -> None:
+    """The data's labels are not the model's classes: no accuracy, but what the model predicts."""
+    from convlens.report._labels import most_predicted, predictions
+
+    m = ctx.model
+    sample = data.sample(n, seed=ctx.seed)
+    preds = predictions(m, sample)
+    names = m.class_names
+    counts = np.bincount(preds)
+    result["labels_differ"] = bool(data.has_labels)
+    result["evaluated"] = len(sample)
+    result["predicted"] = [[int(c), names[c] if c < len(names) else str(c), int(counts[c])]
+                           for c in most_predicted(preds, 10)]
 
 
 def _sampled(r: dict) -> str:

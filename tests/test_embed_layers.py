@@ -181,12 +181,15 @@ def test_layer_auto_picks_the_planted_layer_without_labels():
              "planted": (centres[y] + rng.normal(size=(n, 12))).astype(np.float32),
              "noise2": rng.standard_t(3, size=(n, 30)).astype(np.float32)}
     for whiten in (False, True):
-        lt = run_layers(feats, None, k, seeds=2, pipelines=["PCA/k-means", "PCA/t-SNE/k-means"],
+        lt = run_layers(feats, None, k, seeds=3, pipelines=["PCA/k-means", "PCA/t-SNE/k-means"],
                         n_iter=250, perplexity=20, whiten=whiten)
         assert not lt.labelled
         for p in lt.pipelines:
-            for crit in ("silhouette", "stability"):
-                assert lt.pick(p, crit) == "planted", (p, crit, lt.scores(p, crit))
+            assert lt.pick(p, "silhouette") == "planted", (p, lt.scores(p, "silhouette"))
+        # stability only where the seeds change the clustering: the t-SNE map is deterministic,
+        # so k-means on it can agree with itself on noise too (measured: a tie at 1.0)
+        p = lt.pipelines[0]
+        assert lt.pick(p, "stability") == "planted", (p, lt.scores(p, "stability"))
         assert "planted is chosen" in lt.explain(lt.pipelines[-1])
     scored = run_layers(feats, y, k, seeds=2, pipelines=["PCA/k-means"])
     assert scored.best("PCA/k-means") == "planted"

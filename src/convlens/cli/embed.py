@@ -115,29 +115,27 @@ def embed(
     import torch
 
     from convlens.embed import (
+        check_criterion,
+        check_n_init,
+        choose_layer,
         cluster_map,
+        describe_features,
         perplexity_sweep,
+        resolve_layers,
         run_layers,
         run_pipelines,
         save_map_outputs,
         scree,
     )
-    from convlens.embed._cluster import check_n_init
-    from convlens.embed._layerpick import (
-        _check_criterion,
-        choose_layer,
-        describe_features,
-        resolve_layers,
-    )
     from convlens.files import write_json
 
     torch.manual_seed(seed)
     check_n_init(n_init)
-    _check_criterion(criterion)
+    check_criterion(criterion)
     m = model_opts.open(model)
     layers, how = resolve_layers(m, layer)
     if tile:
-        from convlens.embed._tiles import check_tile
+        from convlens.embed import check_tile
 
         raw = open_data(data, None, strict=strict, limit=limit, seed=seed)
         for i in range(len(raw)):  # every image must hold one tile

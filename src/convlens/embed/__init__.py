@@ -27,6 +27,7 @@ training (Lees).
 from convlens.embed._cluster import (
     Scores,
     best_matching,
+    check_n_init,
     cluster_scores,
     confusion_matrix,
     kmeans,
@@ -44,7 +45,14 @@ from convlens.embed._extract import (
     pool,
 )
 from convlens.embed._interactive import scatter_fragment, write_scatter_page, write_thumbnails
-from convlens.embed._layerpick import LayerTable, run_layers
+from convlens.embed._layerpick import (
+    LayerTable,
+    check_criterion,
+    choose_layer,
+    describe_features,
+    resolve_layers,
+    run_layers,
+)
 from convlens.embed._layers import (
     Block,
     block_outputs,
@@ -58,6 +66,7 @@ from convlens.embed._pipeline import (
     ClusterMap,
     PipelineTable,
     cluster_map,
+    format_score,
     run_pipelines,
 )
 from convlens.embed._plots import (
@@ -69,10 +78,12 @@ from convlens.embed._plots import (
     save_training_gif,
 )
 from convlens.embed._reduce import TSNE, Scree, Sweep, UMAPMap, pca_reduce, perplexity_sweep, scree
-from convlens.embed._tiles import TileVotes, parse_tile_id, plot_tile_map, tile_votes
+from convlens.embed._tiles import TileVotes, check_tile, parse_tile_id, plot_tile_map, tile_votes
 from convlens.embed._training import TrainingMaps, tsne_over_training
 
 __all__ = [
+    "check_criterion", "check_n_init", "check_tile", "choose_layer", "describe_features",
+    "format_score", "resolve_layers",
     "PIPELINES", "POOLINGS", "TSNE", "Block", "ClusterMap", "Features", "LayerTable",
     "PipelineTable", "Scores", "Scree", "Sweep", "TrainingMaps", "UMAPMap", "best_matching",
     "block_outputs", "cache_key", "candidate_layers", "cluster_map", "cluster_scores",

@@ -37,7 +37,7 @@ from convlens.files import read_json, write_json, write_text
 DEFAULT_CRITERION = "silhouette"
 
 
-def _check_criterion(criterion: str) -> str:
+def check_criterion(criterion: str) -> str:
     if criterion not in CRITERIA:
         raise ValueError(f"unknown layer criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
     return criterion
@@ -87,7 +87,7 @@ class LayerTable:
 
     def pick(self, pipeline: str, criterion: str | None = None) -> str:
         """The layer the label-free criterion prefers (the first in network order on ties)."""
-        crit = self.scores(pipeline, _check_criterion(criterion or self.criterion))
+        crit = self.scores(pipeline, check_criterion(criterion or self.criterion))
         ok = {k: v for k, v in crit.items() if not math.isnan(v)}
         if not ok:
             raise ValueError(f"no layer has a {criterion or self.criterion} score (one seed gives no "
@@ -157,7 +157,7 @@ def run_layers(features: Mapping[str, object], labels=None, n_clusters: int | No
     """:func:`run_pipelines` on every layer of ``features`` (``{layer: Features or array}``,
     from :func:`extract_layers`: one pass over the images), the same seeds and clusters for
     each. ``callback(done, total)`` after each run, over all layers."""
-    _check_criterion(criterion)
+    check_criterion(criterion)
     if len(features) < 1:
         raise ValueError("give the features of at least one layer")
     seed_n = seeds if isinstance(seeds, int) else len(list(seeds))

@@ -229,12 +229,12 @@ def markdown_header(labelled: bool) -> str:
     return "| pipeline | silhouette | stability | seconds |\n|---|---|---|---|"
 
 
-def _num(v) -> str:
+def format_score(v) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
 def markdown_row(r: dict, labelled: bool) -> str:
-    crit = f"| {_num(r.get('silhouette'))} | {_num(r.get('stability'))} "
+    crit = f"| {format_score(r.get('silhouette'))} | {format_score(r.get('stability'))} "
     if not labelled:
         return f"| {r['pipeline']} {crit}| {r['seconds_mean']:.2f} |"
     return (f"| {r['pipeline']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "

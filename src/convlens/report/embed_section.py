@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from markupsafe import Markup
 
-from convlens.embed._pipeline import _num
+from convlens.embed import format_score
 from convlens.files import read_json, save_figure, write_json
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
@@ -41,8 +41,7 @@ def _compute(ctx: Context) -> None:
 
 
 def _layers(ctx: Context, opt: dict) -> tuple[list[str], str]:
-    from convlens.embed import block_outputs
-    from convlens.embed._layerpick import resolve_layers
+    from convlens.embed import block_outputs, resolve_layers
 
     # "all": with labels the map goes on the best layer; the label-free pick missed it by 14
     # points on CIFAR through SqueezeNet (docs/notes/issue-17.md), so it is not the default
@@ -57,7 +56,9 @@ def _layers(ctx: Context, opt: dict) -> tuple[list[str], str]:
 def _compute_sized(ctx: Context) -> None:
     from convlens.data import conform
     from convlens.embed import (
+        choose_layer,
         cluster_map,
+        describe_features,
         extract_layers,
         plot_confusion,
         plot_map,
@@ -65,7 +66,6 @@ def _compute_sized(ctx: Context) -> None:
         run_pipelines,
         write_thumbnails,
     )
-    from convlens.embed._layerpick import choose_layer, describe_features
 
     opt = ctx.options(NAME)
     out = ctx.dir(NAME)
@@ -155,7 +155,7 @@ def _render(ctx: Context) -> Markup:
                 "silhouette", "stability"]
         rows = [[t["layer"], t["features"], t["pipeline"].split("/", 1)[1] if "/" in t["pipeline"]
                  else t["pipeline"], _pct(t, "accuracy"), _pct(t, "accuracy_m2o"),
-                 _num(t.get("silhouette")), _num(t.get("stability"))]
+                 format_score(t.get("silhouette")), format_score(t.get("stability"))]
                 for t in r["layer_table"]]
         parts.append(csv_table(out, "layers_table", cols, rows,
                                "Table 1 on every block output (one pass over the images); silhouette "

@@ -41,7 +41,7 @@ STILL_LONG = {
     "convlens.attribute._top.top_images", "convlens.cli.embed.embed",
     "convlens.cli.generative.train_decoder_cmd", "convlens.cli.generative.inverse_set_cmd",
     "convlens.dissect._concepts.load_broden", "convlens.dissect._net2vec.net2vec",
-    "convlens.embed._extract.extract_features", "convlens.embed._interactive.scatter_fragment",
+    "convlens.embed._interactive.scatter_fragment",
     "convlens.embed._training.tsne_over_training", "convlens.generative._decoder.train_decoders",
     "convlens.generative._inverse_set.inverse_set", "convlens.optimize._render.render",
     "convlens.report._build.build_report", "convlens.training.train",

@@ -320,10 +320,40 @@ def extract_layers(
     return {k: result[k] for k in layers}
 
 
-def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets, cache_dir, client,
-                     callback, memory) -> dict[str, Features]:
+def _allocate(layers, widths: dict, n: int, rows: int, workdirs: dict) -> tuple[dict, dict]:
+    """Each layer's ``(n, width)`` array of NaNs: in memory, or a Zarr array in its workdir
+    chunked by ``rows``. Returns ``(arrays, stores)``."""
     import zarr
 
+    arrays, stores = {}, {}
+    for k in layers:
+        if not workdirs:  # in memory: a plain array
+            arrays[k] = np.full((n, widths[k]), np.nan, dtype=np.float32)
+        else:
+            stores[k] = str(workdirs[k] / "features.zarr")
+            arrays[k] = zarr.create_array(stores[k], shape=(n, widths[k]), dtype="float32",
+                                          chunks=(rows, widths[k]), fill_value=np.nan)
+    return arrays, stores
+
+
+def _finish(feats: Features, workdirs: dict, target: Path | None) -> Features:
+    """In memory as it is; else its metadata written and the workdir renamed onto the cache
+    folder (or read back into memory when there is no cache: Dask without ``cache_dir``)."""
+    k = feats.layer
+    if not workdirs:
+        return feats
+    write_json(workdirs[k] / "meta.json", feats._meta())
+    if target is None:
+        feats.array, feats.path = feats.values, None
+        return feats
+    if target.exists():
+        shutil.rmtree(target)
+    workdirs.pop(k).rename(target)
+    return Features.load(target)
+
+
+def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets, cache_dir, client,
+                     callback, memory) -> dict[str, Features]:
     from convlens.runner import batch_size as fitting
     from convlens.runner import memory_budget
 
@@ -346,14 +376,7 @@ def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets,
 
             per_worker = -(-n // batch_size) // max(1, worker_count(client))
             rows = min(rows, batch_size * max(1, per_worker))
-        arrays, stores = {}, {}
-        for k in layers:
-            if not workdirs:  # in memory: a plain array
-                arrays[k] = np.full((n, widths[k]), np.nan, dtype=np.float32)
-            else:
-                stores[k] = str(workdirs[k] / "features.zarr")
-                arrays[k] = zarr.create_array(stores[k], shape=(n, widths[k]), dtype="float32",
-                                              chunks=(rows, widths[k]), fill_value=np.nan)
+        arrays, stores = _allocate(layers, widths, n, rows, workdirs)
         shards = None
         if client is None:
             done = [0]
@@ -369,26 +392,12 @@ def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets,
         else:
             shards = _extract_dask(client, model, dataset, layers, pooling, stores, n, batch_size,
                                    rows, ref_shape, callback)
-        out = {}
-        for k in layers:
-            meta = {**base_meta, "width": widths[k]}
-            if shards is not None:
-                meta["shards"] = shards
-            feats = Features(arrays[k], list(dataset.ids), np.asarray(dataset.labels),
-                             tuple(dataset.class_names), k, pooling, keys[k], meta)
-            if not workdirs:
-                out[k] = feats
-                continue
-            write_json(workdirs[k] / "meta.json", feats._meta())
-            if targets[k] is None:  # Dask without a cache: read back into memory
-                feats.array, feats.path = feats.values, None
-                out[k] = feats
-                continue
-            if targets[k].exists():
-                shutil.rmtree(targets[k])
-            workdirs.pop(k).rename(targets[k])
-            out[k] = Features.load(targets[k])
-        return out
+        return {k: _finish(Features(arrays[k], list(dataset.ids), np.asarray(dataset.labels),
+                                    tuple(dataset.class_names), k, pooling, keys[k],
+                                    {**base_meta, "width": widths[k],
+                                     **({"shards": shards} if shards is not None else {})}),
+                           workdirs, targets[k])
+                for k in layers}
     finally:
         for w in workdirs.values():
             if w.exists():

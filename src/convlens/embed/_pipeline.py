@@ -286,18 +286,7 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
         raise ValueError("the pipelines are scored against labels, and these images have none: "
                          "give the number of clusters to run them unscored")
     k = _n_clusters(n_clusters, y, x.shape[0])
-    if y is not None:
-        check_clusters_for_classes(k, y)
-    check_n_init(n_init)
-    unknown = [p for p in pipelines if p not in PIPELINES]
-    if unknown:
-        raise ValueError(f"unknown pipelines {unknown}: choose from {', '.join(PIPELINES)}")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("give at least one seed")
-    if "k-means" in pipelines and _on_disk(x):
-        raise ValueError(f"the {x.shape} features do not fit in memory: k-means on them "
-                         "directly is not possible; run the PCA pipelines only")
+    seed_list = _check_runs(x, y, k, n_init, pipelines, seeds)
     spaces, shared = _spaces(x, pipelines, n_components, whiten, perplexity, n_iter, seed_list[0])
     runs, total = [], len(seed_list) * len(pipelines)
     found: dict[str, list[np.ndarray]] = {p: [] for p in pipelines}
@@ -324,6 +313,23 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
                                        "perplexity": perplexity, "n_iter": n_iter, "images": x.shape[0],
                                        "dims": int(x.shape[1]), "whiten": whiten, "n_init": n_init},
                          criteria)
+
+
+def _check_runs(x, y, k: int, n_init: int, pipelines, seeds) -> list[int]:
+    """Validate the request before any work; returns the seeds as a list."""
+    if y is not None:
+        check_clusters_for_classes(k, y)
+    check_n_init(n_init)
+    unknown = [p for p in pipelines if p not in PIPELINES]
+    if unknown:
+        raise ValueError(f"unknown pipelines {unknown}: choose from {', '.join(PIPELINES)}")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("give at least one seed")
+    if "k-means" in pipelines and _on_disk(x):
+        raise ValueError(f"the {x.shape} features do not fit in memory: k-means on them "
+                         "directly is not possible; run the PCA pipelines only")
+    return seed_list
 
 
 def _spaces(x, pipelines, n_components, whiten, perplexity, n_iter, seed):

@@ -53,16 +53,34 @@ def _layers(ctx: Context, opt: dict) -> tuple[list[str], str]:
     return resolve_layers(ctx.model, spec)
 
 
+def _pick_layer(all_feats, layers, how, k, opt, words, info, out, *, seeds, whiten, n_init, comps,
+                perplexity) -> str:
+    """The one layer, or, for several, the per-layer table (saved, and its rows in ``info``) and
+    the layer it picks (with the reason in ``info["choice"]``)."""
+    from convlens.embed import choose_layer, run_layers
+
+    if len(layers) == 1:
+        return layers[0]
+    lt = run_layers(all_feats, None, k, seeds=max(2, seeds), whiten=whiten, n_init=n_init,
+                    n_components=comps, perplexity=perplexity,
+                    criterion=opt.get("criterion", "silhouette"), descriptions=words)
+    lt.save(out)
+    layer, why = choose_layer(lt, how, whiten)
+    info["choice"] = why
+    info["layer_table"] = [
+        {"layer": lay, "features": words[lay], **row} for p in lt.pipelines for lay in lt.layers
+        for row in lt.tables[lay].summary() if row["pipeline"] == f"{lay}/{p}"]
+    return layer
+
+
 def _compute_sized(ctx: Context) -> None:
     from convlens.data import conform
     from convlens.embed import (
-        choose_layer,
         cluster_map,
         describe_features,
         extract_layers,
         plot_confusion,
         plot_map,
-        run_layers,
         run_pipelines,
         write_thumbnails,
     )
@@ -83,18 +101,8 @@ def _compute_sized(ctx: Context) -> None:
     seeds, comps = int(opt.get("seeds", 2)), int(opt.get("components", 50))
     words = describe_features(ctx.model, all_feats, pooling)
     info: dict = {"whiten": whiten, "layers": layers}
-    if len(layers) > 1:
-        lt = run_layers(all_feats, None, k, seeds=max(2, seeds), whiten=whiten, n_init=n_init,
-                        n_components=comps, perplexity=perplexity,
-                        criterion=opt.get("criterion", "silhouette"), descriptions=words)
-        lt.save(out)
-        layer, why = choose_layer(lt, how, whiten)
-        info["choice"] = why
-        info["layer_table"] = [
-            {"layer": lay, "features": words[lay], **row} for p in lt.pipelines for lay in lt.layers
-            for row in lt.tables[lay].summary() if row["pipeline"] == f"{lay}/{p}"]
-    else:
-        layer = layers[0]
+    layer = _pick_layer(all_feats, layers, how, k, opt, words, info, out,
+                        seeds=seeds, whiten=whiten, n_init=n_init, comps=comps, perplexity=perplexity)
     feats = all_feats[layer]
     result = cluster_map(feats, k, n_components=comps, perplexity=perplexity, seed=ctx.seed,
                          whiten=whiten, n_init=n_init)

@@ -41,7 +41,7 @@ def _budget(model, layers, shape, n: int, *, grad=False, output=None, extra=0, r
 def test_memory_setting_parses_and_nests():
     assert parse_memory("512MB") == 512 << 20 and parse_memory("2G") == 2 << 30
     assert parse_memory("1.5GiB") == 3 << 29 and parse_memory(4096) == 4096
-    assert 0 < default_memory() <= 4 << 30 and parse_memory("auto") == default_memory()
+    assert 0 < default_memory() <= 2 << 30 and parse_memory("auto") == default_memory()
     for bad in ("lots", "-1GB", 0, "2 parsecs", True):
         with pytest.raises(ValueError, match="memory"):
             parse_memory(bad)

@@ -68,6 +68,15 @@ def test_budget_counts_the_activations_of_the_layers_in_play():
     assert Runner(m, ["2"], memory=deep * 10 + 10**6).batch_size(shape) >= 10 - 1
 
 
+def test_a_first_request_is_measured_on_a_stopping_pass():
+    """A capture's first pass on a network runs it whole (to count each module's calls); the
+    measurement taken on a request's first inputs must not count that pass."""
+    m = _net()
+    capture(m, torch.rand(6, 3, 12, 12), ["0"])  # fresh network: measured on the request
+    per = Runner(m, ["0"]).cost((3, 12, 12))[0]  # the kept measurement
+    assert 8 * 12 * 12 * 4 <= per < (8 + 8 + 64) * 12 * 12 * 4  # conv 0 only, not the whole network
+
+
 def test_chunked_capture_and_outputs_equal_one_batch():
     m = _net()
     x = torch.rand(50, 3, 12, 12, generator=torch.Generator().manual_seed(0))

@@ -79,6 +79,7 @@ def case(kind: str, n: int, memory: str, size: int, steps: int) -> dict:
         out["all_1000_at_once"] = format_bytes(1000 * per + const)
         out["chunk"] = images_per_render(m, objectives.class_logit([0]), shape, memory=budget)
         n = n or 2 * out["chunk"]
+        out["case"] = f"classes {n}"
         base = _rss_now()
         t0, c0 = time.perf_counter(), time.process_time()
         c = class_model(m, list(range(n)), size=128, steps=steps, memory=budget)
@@ -91,7 +92,7 @@ def case(kind: str, n: int, memory: str, size: int, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--memory", default="1GB")
+    ap.add_argument("--memory", default="auto", help="the budget (default: convlens' default)")
     ap.add_argument("--size", type=int, default=227, help="image size for the extraction (px)")
     ap.add_argument("--steps", type=int, default=2, help="class-model steps (the memory is per step)")
     ap.add_argument("--cases", default="extract:2000,extract:10000,classes:2chunks")

@@ -41,7 +41,7 @@ def _budget(model, layers, shape, n: int, *, grad=False, output=None, extra=0, r
 def test_memory_setting_parses_and_nests():
     assert parse_memory("512MB") == 512 << 20 and parse_memory("2G") == 2 << 30
     assert parse_memory("1.5GiB") == 3 << 29 and parse_memory(4096) == 4096
-    assert 0 < default_memory() <= 4 << 30 and parse_memory("auto") == default_memory()
+    assert 0 < default_memory() <= 2 << 30 and parse_memory("auto") == default_memory()
     for bad in ("lots", "-1GB", 0, "2 parsecs", True):
         with pytest.raises(ValueError, match="memory"):
             parse_memory(bad)
@@ -66,6 +66,15 @@ def test_budget_counts_the_activations_of_the_layers_in_play():
     grad = Runner(m, ["2"], grad=True).cost(shape)[0]
     assert grad >= GRAD_FACTOR * (8 + 8 + 64) * 12 * 12 * 4
     assert Runner(m, ["2"], memory=deep * 10 + 10**6).batch_size(shape) >= 10 - 1
+
+
+def test_a_first_request_is_measured_on_a_stopping_pass():
+    """A capture's first pass on a network runs it whole (to count each module's calls); the
+    measurement taken on a request's first inputs must not count that pass."""
+    m = _net()
+    capture(m, torch.rand(6, 3, 12, 12), ["0"])  # fresh network: measured on the request
+    per = Runner(m, ["0"]).cost((3, 12, 12))[0]  # the kept measurement
+    assert 8 * 12 * 12 * 4 <= per < (8 + 8 + 64) * 12 * 12 * 4  # conv 0 only, not the whole network
 
 
 def test_chunked_capture_and_outputs_equal_one_batch():

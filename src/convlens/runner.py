@@ -17,7 +17,7 @@ A runner owns, for one model and the layers in play:
 
 The budget is one setting, ``memory``: bytes, or a string such as ``"512MB"`` / ``"2GB"``
 (powers of 1024), or ``None`` / ``"auto"`` for :func:`default_memory` (half the available RAM,
-at most 4 GiB). A call's ``memory=`` wins; otherwise the innermost :func:`memory_budget`
+at most 2 GiB). A call's ``memory=`` wins; otherwise the innermost :func:`memory_budget`
 block (the CLI's ``--memory`` and the report's ``memory:`` set one); otherwise the default. A
 budget too small for one input raises :class:`MemoryBudgetError` naming the need and the fix,
 before any work starts.
@@ -55,9 +55,11 @@ OUTPUT = "<output>"
 #: multiplier of the measured forward bytes when gradients flow (saved tensors, their gradients
 #: and the backward pass's temporaries)
 GRAD_FACTOR = 3
-#: the default budget: this share of the available memory, at most :data:`DEFAULT_CAP`
+#: the default budget: this share of the available memory, at most :data:`DEFAULT_CAP`. The
+#: budget covers the network's working memory; the process holds the rest besides (torch itself,
+#: ~0.3 GB, the model, the data, the results), so 2 GiB keeps a whole run near 4 GB at most.
 DEFAULT_SHARE = 0.5
-DEFAULT_CAP = 4 << 30
+DEFAULT_CAP = 2 << 30
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40,
@@ -100,7 +102,7 @@ def available_memory(device: torch.device | str | None = None) -> int:
 
 def default_memory(device: torch.device | str | None = None) -> int:
     """The default budget: :data:`DEFAULT_SHARE` of :func:`available_memory`, at most
-    :data:`DEFAULT_CAP` (4 GiB)."""
+    :data:`DEFAULT_CAP` (2 GiB)."""
     return int(min(DEFAULT_CAP, DEFAULT_SHARE * available_memory(device)))
 
 

@@ -45,7 +45,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 MemoryOpt = Annotated[str | None, typer.Option(
     "--memory", help="Memory budget for running the network, e.g. 512MB or 2GB (default: half the "
-                     "available RAM, at most 4 GiB): larger requests run in chunks that fit it.")]
+                     "available RAM, at most 2 GiB): larger requests run in chunks that fit it.")]
 
 
 

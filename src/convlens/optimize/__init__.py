@@ -21,6 +21,13 @@ the same loop over four exchangeable parts:
   (``ClampPixels``, ``LinfBall``, ``L2Ball``, ``BlurEvery``, ``ClipSmallNorm``,
   ``ClipSmallContribution``).
 
+The network runs through :class:`convlens.runner.Runner` (the input spec's normalisation,
+channels-last, precision, hooks); a batch must fit the memory budget (``memory=``, see
+:mod:`convlens.runner`) or :func:`render` says so before the first step. Larger requests
+(64 units, 1 000 classes) go through :func:`render_chunked`, which sizes chunks with
+:func:`images_per_render`; with per-image seeds (:func:`image_seeds`) the chunks give the
+images one batch would.
+
 :func:`render` runs the loop: optional gradient normalisation (each image's gradient divided
 by its RMS, Lees' recipe), optional redirected ReLU gradients (Lucid's escape from units that
 are off everywhere on the starting image), a callback ``(step, loss, state) -> stop?`` before each update (return

@@ -24,7 +24,7 @@ SHRINK = [
     (r"--n 2000", "--n 60"), (r"make_concepts\(2000\)", "make_concepts(60)"),
     (r"--limit 2000", "--limit 100"), (r"--networks 20 --steps 300 --snapshot-every 100",
                                        "--networks 2 --steps 4 --snapshot-every 2 --limit 64"),
-    (r"--k 50 --p 0.3", "--k 10 --p 0.3"), (r"-n 500", "-n 8"), (r"-n 200", "-n 8"), (r"\bn=500\b(?!, k)", "n=20"),
+    (r"--k 50 --p 0.3", "--k 10 --p 0.3"), (r"-n 500", "-n 12"), (r"-n 200", "-n 12"), (r"\bn=500\b(?!, k)", "n=20"),
     (r"--epochs 60", "--epochs 2"), (r"epochs=60", "epochs=2"), (r"--sweep 5,30,50 --seeds 5", "--sweep 5,10 --seeds 2"),
     (r"steps=128", "steps=8"), (r"snapshot_every=100", "snapshot_every=1"), (r"n=500, k=10", "n=20, k=10"),
 ]

@@ -146,7 +146,7 @@ def test_budget_seconds_holds_on_a_real_section(tmp_path):
 def test_readout_matches_an_independent_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
-    from convlens.probe import capture
+    from convlens.runner import capture
     from convlens.report._readout import fit_readout
 
     m = _imagenet_like(width=6)

@@ -187,11 +187,11 @@ def _compute(ctx: Context) -> None:
     result: dict = {"samples": [ds.ids[i] for i in idx], "layers": layers, "top": [], "grid": [], "plan": p}
     readout = None
     if want_readout:
+        from convlens.embed import default_layer
         from convlens.report._readout import fit_readout
-        from convlens.report.embed_section import default_layer
 
         rd = ds.sample(p["readout_images"], seed=ctx.seed)
-        readout, result["readout"] = fit_readout(m, rd, opts.get("readout_layer") or default_layer(m.net),
+        readout, result["readout"] = fit_readout(m, rd, opts.get("readout_layer") or default_layer(m),
                                                  seed=ctx.seed)
     if layers:
         result["deletion"] = _explain(ctx, m, ds, idx, layers[-1], p, out, readout)

@@ -25,13 +25,6 @@ from convlens.report._html import csv_table, figure
 NAME = "embed"
 
 
-def default_layer(net_or_model) -> str:
-    """The pooled feature vector before the classifier head (see :func:`convlens.embed.default_layer`)."""
-    from convlens.embed import default_layer as default
-
-    return default(net_or_model)
-
-
 def _compute(ctx: Context) -> None:
     from threadpoolctl import threadpool_limits
 

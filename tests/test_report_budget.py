@@ -146,8 +146,8 @@ def test_budget_seconds_holds_on_a_real_section(tmp_path):
 def test_readout_matches_an_independent_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
-    from convlens.runner import capture
     from convlens.report._readout import fit_readout
+    from convlens.runner import capture
 
     m = _imagenet_like(width=6)
     ds = _images(60, 16, labels=[i % 3 for i in range(60)], classes=("a", "b", "c"))

@@ -382,6 +382,23 @@ def test_cli_train_is_quiet_and_explains_bad_steps(tmp_path):
     assert "Traceback" not in r.output
 
 
+def test_cli_extends_a_study_in_its_own_out_folder(tmp_path):
+    """The CLI refuses a non-empty --out without --overwrite, except for commands that resume
+    from it: a second `topology train` with more --steps on the same folder extends the study."""
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    args = ["topology", "train", "M(4,0,8)", "digits", "-n", "1", "--snapshot-every", "2", "--limit", "64",
+            "--batch-size", "16", "--workers", "1", "-o", str(tmp_path)]
+    first = CliRunner().invoke(app, [*args, "--steps", "2"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, [*args, "--steps", "4"])
+    assert again.exit_code == 0, again.output
+    assert {p.name for p in (tmp_path / "net_000" / "snapshots").glob("step_*[0-9].pt")} >= {
+        "step_0000002.pt", "step_0000004.pt"}
+
+
 def test_mixed_architectures_in_one_folder_are_refused(tmp_path, digits):
     from convlens.training import TrainConfig, train
 

@@ -153,13 +153,15 @@ def _extra_options(has_out: bool, own_memory: bool) -> list[inspect.Parameter]:
     return extra
 
 
-def command(app: typer.Typer, *args, **kwargs) -> Callable:
+def command(app: typer.Typer, *args, resumes: bool = False, **kwargs) -> Callable:
     """``app.command`` whose user errors print one clear line and exit with status 2; parameters
     annotated with an option group (:class:`ModelOptions`) become that group's options.
 
     A command with an ``out`` folder also gets ``--overwrite``: the folder is checked before any
     work (not a file, writable, empty unless ``--overwrite``: see :mod:`convlens.cli._output`);
-    on a user error nothing new is left in it and a previous run's files are put back.
+    on a user error nothing new is left in it and a previous run's files are put back. A command
+    that continues from what an earlier run left in its folder says ``resumes=True`` (``report``,
+    ``demo``, ``topology train``); ``train --resume`` resumes when asked.
 
     Every command takes ``--memory`` (:data:`MemoryOpt`, declared here once): it runs inside
     :func:`convlens.runner.memory_budget`. A command that declares its own ``memory`` parameter
@@ -184,7 +186,7 @@ def command(app: typer.Typer, *args, **kwargs) -> Callable:
                 with stop_on_interrupt():
                     if has_out and kw.get("out") is not None:
                         folder = OutputFolder(Path(kw["out"]), overwrite=overwrite,
-                                              resumable=_resumable(fn.__name__, kw))
+                                              resumable=resumes or bool(kw.get("resume")))
                         folder.prepare()
                     result = _within_memory(fn, a, kw, memory)
                 if folder is not None:
@@ -229,11 +231,6 @@ def check_counts(kw: dict) -> None:
         if isinstance(v, int) and not isinstance(v, bool) and v < low:
             what = "at least 1" if low == 1 else "0 or more" + (" (0 skips it)" if name == "seeds" else "")
             raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {v}")
-
-
-def _resumable(name: str, kw: dict) -> bool:
-    """Commands that continue from what a previous run left in their folder."""
-    return name in ("report", "demo") or bool(kw.get("resume"))
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 - ``prepare()`` (before the command runs): the path must not be a file and its nearest existing
   folder must be writable; a non-empty folder is an error unless ``--overwrite`` (or the command
-  resumes from what is there: ``report``, ``demo``, ``train --resume``). With ``--overwrite`` the
+  resumes from what is there: ``report``, ``demo``, ``topology train``, ``train --resume``). With ``--overwrite`` the
   previous run's files move aside into ``.convlens-previous/`` inside the folder, so the new run
   never mixes with them (no old ``sweep.png`` beside new results).
 - ``commit()`` (success): the set-aside files are deleted and a ``.convlens`` marker is written.

@@ -102,7 +102,7 @@ def train_cmd(
     console.print(f"held-out accuracy {acc}; curve {out / 'curve.png'}; model card {out / 'model.json'}")
 
 
-@command(app, "demo")
+@command(app, "demo", resumes=True)
 def demo(out: OutOpt = Path("results/demo"), seed: SeedOpt = 0,
          only: Annotated[list[str] | None, typer.Option(help="Compute only this section (repeatable).")] = None,
          force: Annotated[list[str] | None, typer.Option(help="Recompute this section (repeatable).")] = None,

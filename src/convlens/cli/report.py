@@ -38,7 +38,7 @@ def _names(values: list[str] | None) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
-@command(app, "report")
+@command(app, "report", resumes=True)
 def report(
     model: ModelArg,
     data: DataArg,

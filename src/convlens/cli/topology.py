@@ -109,7 +109,7 @@ def _study_info(p: dict, steps: int) -> str:
     return f"{p['networks_done']}/{p['networks']} networks done" + (f"; {running}" if running else "")
 
 
-@command(topology_app, "train")
+@command(topology_app, "train", resumes=True)
 def train_cmd(
     arch: Annotated[str, typer.Argument(help="Architecture, e.g. 'M(64,0,64)' or 'C(64,32,64)'.")],
     data: DataArg,

@@ -45,7 +45,7 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-from convlens.fast import autocast_to, fast, resolve_precision
+from convlens.fast import autocast_to, fast, release_kept_memory, resident_memory, resolve_precision
 from convlens.probe import Capture, frozen, get_layer
 
 log = logging.getLogger(__name__)
@@ -256,6 +256,7 @@ class Runner:
             self.dtype = resolve_precision(precision, self.device)
         self.fuse = bool(fuse) and not self.layers
         self._stack: ExitStack | None = None
+        self._kept_above = 0
         self._cap: Capture | None = None
 
     def __repr__(self) -> str:
@@ -278,6 +279,7 @@ class Runner:
             stack.close()
             raise
         self._stack = stack
+        self._kept_above = resident_memory() + self.memory  # what the allocator may keep: see step()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -318,6 +320,8 @@ class Runner:
                 acts = {OUTPUT: forward(x)}
         if self.dtype != torch.float32:
             acts = {k: v.float() if v.is_floating_point() else v for k, v in acts.items()}
+        if self.device.type == "cpu":  # freed memory is kept for reuse, up to the budget
+            release_kept_memory(self._kept_above)
         return acts
 
     # -- the budget -----------------------------------------------------------------------------

@@ -120,21 +120,74 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-# -- result objects: arrays in NAME.npz beside their parameters in NAME.json ----------------------
-def save_result(folder: str | Path, name: str, arrays: dict, info: dict) -> Path:
+# -- the result store: arrays in NAME.npz beside their parameters in NAME.json -------------------
+# Every result class saves through save_result and loads through load_result: both files are
+# written atomically (a temporary name, then os.replace), the JSON last, and the JSON carries a
+# format record {"kind", "version", "arrays", "write"} under STORE_KEY. "write" is a random id
+# stored in the NPZ too, so a pair from two different runs (one interrupted between the files)
+# is refused instead of read as one result. A file without the record was written before the
+# store was versioned (format version 0) and loads as it always did.
+STORE_KEY = "_store"
+_WRITE_ID = "_write_id"
+
+
+class ResultFormatError(ValueError):
+    """A saved result this convlens cannot read (newer format, another kind, half-written)."""
+
+
+def save_result(folder: str | Path, name: str, arrays: dict, info: dict, *, kind: str | None = None,
+                version: int = 1) -> Path:
+    """Save one result as ``folder/name.npz`` (its arrays; none: no file) and ``folder/name.json``
+    (``info``, JSON-safe, plus the format record). ``kind`` names the result class (default
+    ``name``); ``version`` is that class's layout version, raised when the layout changes."""
+    import uuid
+
     folder = Path(folder)
     arrays = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
-    with atomic_path(folder / f"{name}.npz") as tmp, tmp.open("wb") as f:
-        np.savez_compressed(f, **arrays)
-    write_json(folder / f"{name}.json", info)
+    if STORE_KEY in info or _WRITE_ID in arrays:
+        raise ValueError(f"{STORE_KEY!r} and {_WRITE_ID!r} are reserved names in a saved result")
+    write = uuid.uuid4().hex
+    if arrays:
+        with atomic_path(folder / f"{name}.npz") as tmp, tmp.open("wb") as f:
+            np.savez_compressed(f, **arrays, **{_WRITE_ID: np.asarray(write)})
+    record = {"kind": kind or name, "version": int(version), "arrays": sorted(arrays), "write": write}
+    write_json(folder / f"{name}.json", {**info, STORE_KEY: record})
     return folder
 
 
-def load_result(folder: str | Path, name: str) -> tuple[dict, dict]:
-    """``(arrays, info)``; missing files fail naming what to run."""
+def load_result(folder: str | Path, name: str, *, kind: str | None = None,
+                version: int = 1) -> tuple[dict, dict]:
+    """``(arrays, info)`` of a result saved by :func:`save_result`; ``info["format_version"]`` is
+    the version it was written with (0: before the store was versioned). A missing, newer,
+    foreign or half-written result fails in one line that says what to do."""
     folder = Path(folder)
-    if not (folder / f"{name}.json").is_file():
-        raise FileNotFoundError(f"no saved {name} result in {folder} ({name}.json is missing)")
-    with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    return arrays, read_json(folder / f"{name}.json")
+    js, npz = folder / f"{name}.json", folder / f"{name}.npz"
+    if not js.is_file():
+        raise FileNotFoundError(f"no saved {kind or name} result in {folder} ({name}.json is missing)")
+    info = read_json(js)
+    record = info.pop(STORE_KEY, None)
+    if record is None:  # written before the store carried a format record
+        info["format_version"] = 0
+        if not npz.is_file():
+            return {}, info
+        with np.load(npz, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}, info
+    got = record.get("version", 0)
+    if record.get("kind") != (kind or name):
+        raise ResultFormatError(f"{js} holds a {record.get('kind')!r} result, not {kind or name!r}")
+    if got > version:
+        raise ResultFormatError(
+            f"{js} was written in {kind or name} format version {got}, newer than this convlens reads "
+            f"({version}): upgrade convlens, or rerun the command that wrote it")
+    arrays = {}
+    if record.get("arrays"):
+        if not npz.is_file():
+            raise ResultFormatError(f"{npz} is missing (its {name}.json is there): rerun the command "
+                                    "that wrote it")
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if str(arrays.pop(_WRITE_ID, "")) != record.get("write") or set(arrays) != set(record["arrays"]):
+            raise ResultFormatError(f"{npz} and {name}.json come from different runs (one was "
+                                    "interrupted): rerun the command that wrote them")
+    info["format_version"] = got
+    return arrays, info

@@ -16,6 +16,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -90,6 +91,20 @@ class Attribution:
     layer: str | None = None
     seconds: float = 0.0
     options: dict = field(default_factory=dict)
+
+    def save(self, folder: str | Path) -> Path:
+        from convlens.files import save_result
+
+        return save_result(folder, "attribution", {"maps": self.maps, "targets": self.targets},
+                           {"method": self.method, "layer": self.layer, "seconds": self.seconds,
+                            "options": self.options})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Attribution:
+        from convlens.files import load_result
+
+        a, i = load_result(folder, "attribution")
+        return cls(i["method"], a["maps"], a["targets"], i["layer"], i["seconds"], i["options"])
 
 
 def predicted(model, x: torch.Tensor) -> torch.Tensor:

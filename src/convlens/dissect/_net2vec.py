@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from convlens.dissect._concepts import ConceptSet
 from convlens.dissect._stats import IoUTally, unit_masks
-from convlens.files import read_json, write_json
+from convlens.files import load_result, save_result
 
 log = logging.getLogger(__name__)
 CACHE_ELEMENTS = 2**25  # unit masks kept in memory as float32 (128 MiB) when they fit
@@ -57,25 +57,16 @@ class Net2VecResult:
                 for i, c in enumerate(self.concepts)]
 
     def save(self, folder: str | Path) -> Path:
-        from convlens.files import atomic_path
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "net2vec.npz") as tmp, tmp.open("wb") as f:
-            np.savez_compressed(f, weights=self.weights, bias=self.bias, iou=self.iou,
-                                single_unit=self.single_unit, single_iou=self.single_iou)
-        write_json(folder / "net2vec.json", {"layer": self.layer, "concepts": list(self.concepts),
-                                             "loss": self.loss, "params": self.params,
-                                             "table": self.table()})
-        return folder
+        return save_result(folder, "net2vec", {
+            "weights": self.weights, "bias": self.bias, "iou": self.iou, "single_unit": self.single_unit,
+            "single_iou": self.single_iou}, {"layer": self.layer, "concepts": list(self.concepts),
+                                             "loss": self.loss, "params": self.params, "table": self.table()})
 
     @classmethod
     def load(cls, folder: str | Path) -> Net2VecResult:
-        folder = Path(folder)
-        meta = read_json(folder / "net2vec.json")
-        with np.load(folder / "net2vec.npz") as z:
-            return cls(meta["layer"], tuple(meta["concepts"]), z["weights"], z["bias"], z["iou"],
-                       z["single_unit"], z["single_iou"], meta["loss"], meta["params"])
+        z, meta = load_result(folder, "net2vec")
+        return cls(meta["layer"], tuple(meta["concepts"]), z["weights"], z["bias"], z["iou"],
+                   z["single_unit"], z["single_iou"], meta["loss"], meta["params"])
 
 
 def _features(model, concepts: ConceptSet, layer: str, indices: np.ndarray, batch_size: int) -> torch.Tensor:

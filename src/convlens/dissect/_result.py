@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.files import atomic_path, read_json, write_json
+from convlens.files import atomic_path, load_result, save_result
 
 
 @dataclass
@@ -99,42 +99,40 @@ class Dissection:
         return {name: ld.unique_detectors() for name, ld in self.layers.items()}
 
     def save(self, folder: str | Path) -> Path:
+        """``dissection.npz`` (every layer's arrays, prefixed ``layer{i}/``) beside
+        ``dissection.json``, and a ``layer{i}-units.csv`` table per layer."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         meta = {"model": self.model, "concept_set": self.concept_set, "images": self.images,
-                "seconds": self.seconds, "layers": []}
+                "seconds": self.seconds, "layers": [], "detector_counts": self.detector_counts()}
+        arrays = {}
         for i, (name, ld) in enumerate(self.layers.items()):
-            arrays = {"thresholds": ld.thresholds, "strict": ld.strict, "iou": ld.iou,
-                      "top_images": ld.top_images, "top_values": ld.top_values,
-                      "top_maps": ld.top_maps, **{f"count_{k}": v for k, v in ld.counts.items()}}
-            with atomic_path(folder / f"layer{i}.npz") as tmp:
-                with tmp.open("wb") as f:
-                    np.savez_compressed(f, **arrays)
-            meta["layers"].append({"name": name, "file": f"layer{i}.npz", "concepts": list(ld.concepts),
+            for k in _LAYER_ARRAYS:
+                arrays[f"layer{i}/{k}"] = getattr(ld, k)
+            arrays.update({f"layer{i}/count_{k}": v for k, v in ld.counts.items()})
+            meta["layers"].append({"name": name, "concepts": list(ld.concepts),
                                    "categories": list(ld.categories), "quantile": ld.quantile,
                                    "iou_threshold": ld.iou_threshold})
-            rows = ld.table()
-            _write_table(folder / f"layer{i}-units.csv", rows)
-        meta["detector_counts"] = self.detector_counts()
-        write_json(folder / "dissection.json", meta)
-        return folder
+            _write_table(folder / f"layer{i}-units.csv", ld.table())
+        return save_result(folder, "dissection", arrays, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> Dissection:
-        folder = Path(folder)
-        if not (folder / "dissection.json").is_file():
-            raise FileNotFoundError(f"{folder} holds no dissection (dissection.json is missing)")
-        meta = read_json(folder / "dissection.json")
+        arrays, meta = load_result(folder, "dissection")
         layers = {}
-        for m in meta["layers"]:
-            with np.load(folder / m["file"]) as z:
-                a = {k: z[k] for k in z.files}
+        for i, m in enumerate(meta["layers"]):
+            if meta["format_version"] == 0:  # one layer{i}.npz per layer
+                with np.load(Path(folder) / m["file"]) as z:
+                    a = {k: z[k] for k in z.files}
+            else:
+                a = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"layer{i}/")}
             counts = {k[6:]: a.pop(k) for k in list(a) if k.startswith("count_")}
             layers[m["name"]] = LayerDissection(
-                m["name"], tuple(m["concepts"]), tuple(m["categories"]), a["thresholds"], a["strict"],
-                a["iou"], a["top_images"], a["top_values"], a["top_maps"], m["quantile"],
-                m["iou_threshold"], counts)
+                m["name"], tuple(m["concepts"]), tuple(m["categories"]), *(a[k] for k in _LAYER_ARRAYS),
+                m["quantile"], m["iou_threshold"], counts)
         return cls(meta["model"], meta["concept_set"], meta["images"], layers, meta.get("seconds", 0.0))
+
+
+_LAYER_ARRAYS = ("thresholds", "strict", "iou", "top_images", "top_values", "top_maps")
 
 
 def _write_table(path: Path, rows: list[dict]) -> None:

@@ -32,7 +32,7 @@ from convlens.embed._pipeline import (
     pipeline_name,
     run_pipelines,
 )
-from convlens.files import read_json, write_json, write_text
+from convlens.files import load_result, save_result, write_text
 
 DEFAULT_CRITERION = "silhouette"
 
@@ -135,14 +135,14 @@ class LayerTable:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         write_text(folder / "layers.md", self.to_markdown())
-        return write_json(folder / "layers.json", {
+        return save_result(folder, "layers", {}, {
             "criterion": self.criterion, "descriptions": self.descriptions,
             "tables": {k: {"layer": t.layer, "runs": t.runs, "params": t.params,
                            "criteria": t.criteria} for k, t in self.tables.items()}})
 
     @classmethod
     def load(cls, folder: str | Path) -> LayerTable:
-        d = read_json(Path(folder) / "layers.json")
+        _, d = load_result(folder, "layers")
         tables = {k: PipelineTable(v["layer"], v["runs"], v["params"], v["criteria"])
                   for k, v in d["tables"].items()}
         return cls(tables, d["descriptions"], d["criterion"])

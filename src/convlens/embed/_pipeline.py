@@ -26,7 +26,7 @@ from convlens.embed._cluster import (
     mapped_predictions,
 )
 from convlens.embed._reduce import TSNE, UMAPMap, _matrix, _nbytes, _on_disk, pca_reduce
-from convlens.files import read_json, write_json, write_text
+from convlens.files import load_result, save_result, write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +68,20 @@ class ClusterMap:
         return None if self.predicted is None else self.predicted == self.labels
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        from convlens.files import atomic_path
-
-        with atomic_path(folder / "map.npz") as tmp, tmp.open("wb") as f:
-            np.savez(f, coords=self.coords, clusters=self.clusters, labels=self.labels,
-                     predicted=self.predicted if self.predicted is not None else np.zeros(0),
-                     confusion=self.confusion if self.confusion is not None else np.zeros((0, 0)))
-        return write_json(folder / "map.json", {
+        return save_result(folder, "map", {
+            "coords": self.coords, "clusters": self.clusters, "labels": self.labels,
+            "predicted": self.predicted, "confusion": self.confusion}, {
             "ids": self.ids, "class_names": list(self.class_names), "pipeline": self.pipeline,
             "params": self.params, "scores": self.scores})
 
     @classmethod
     def load(cls, folder: str | Path) -> ClusterMap:
-        folder = Path(folder)
-        meta = read_json(folder / "map.json")
-        with np.load(folder / "map.npz") as z:
-            pred = z["predicted"] if z["predicted"].size else None
-            conf = z["confusion"] if z["confusion"].size else None
-            return cls(z["coords"], z["clusters"], z["labels"], meta["ids"], tuple(meta["class_names"]),
-                       meta["pipeline"], meta["params"], meta["scores"], pred, conf)
+        a, meta = load_result(folder, "map")
+        pred, conf = (a.get(k) for k in ("predicted", "confusion"))
+        if meta["format_version"] == 0:  # empty arrays stood for None
+            pred, conf = (v if v.size else None for v in (pred, conf))
+        return cls(a["coords"], a["clusters"], a["labels"], meta["ids"], tuple(meta["class_names"]),
+                   meta["pipeline"], meta["params"], meta["scores"], pred, conf)
 
 
 def cluster_map(features, n_clusters: int | None = None, *, labels=None, ids: Sequence[str] | None = None,
@@ -213,12 +206,12 @@ class PipelineTable:
         folder = Path(folder)
         write_text(folder / "pipelines.csv", self.to_csv())
         write_text(folder / "pipelines.md", self.to_markdown())
-        return write_json(folder / "pipelines.json", {"layer": self.layer, "runs": self.runs,
-                                                      "params": self.params, "criteria": self.criteria})
+        return save_result(folder, "pipelines", {}, {"layer": self.layer, "runs": self.runs,
+                                                     "params": self.params, "criteria": self.criteria})
 
     @classmethod
     def load(cls, folder: str | Path) -> PipelineTable:
-        d = read_json(Path(folder) / "pipelines.json")
+        _, d = load_result(folder, "pipelines")
         return cls(d["layer"], d["runs"], d["params"], d.get("criteria", {}))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from convlens.embed._cluster import check_labels, check_n_clusters, kmeans, matching_accuracy
-from convlens.files import read_json, write_json
+from convlens.files import load_result, save_result
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ class Scree:
     chosen: int = 50
 
     def save(self, folder: str | Path) -> Path:
-        return write_json(Path(folder) / "scree.json", {
-            "cumulative": self.cumulative.tolist(), "ks": self.ks, "accuracy": self.accuracy,
-            "chosen": self.chosen})
+        return save_result(folder, "scree", {"cumulative": self.cumulative},
+                           {"ks": self.ks, "accuracy": self.accuracy, "chosen": self.chosen})
 
     @classmethod
     def load(cls, folder: str | Path) -> Scree:
-        d = read_json(Path(folder) / "scree.json")
-        return cls(np.asarray(d["cumulative"]), d["ks"], d["accuracy"], d["chosen"])
+        a, d = load_result(folder, "scree")
+        cumulative = a["cumulative"] if "cumulative" in a else np.asarray(d["cumulative"])  # format 0: in the JSON
+        return cls(cumulative, d["ks"], d["accuracy"], d["chosen"])
 
 
 def scree(x, labels=None, n_clusters: int | None = None, *, ks: Sequence[int] | None = None,
@@ -257,16 +257,14 @@ class Sweep:
     accuracy: list[float] = field(default_factory=list)
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        np.save(folder / "sweep_maps.npy", self.maps)
-        return write_json(folder / "sweep.json", {"perplexities": self.perplexities,
-                                                  "accuracy": self.accuracy})
+        return save_result(folder, "sweep", {"maps": self.maps},
+                           {"perplexities": self.perplexities, "accuracy": self.accuracy})
 
     @classmethod
     def load(cls, folder: str | Path) -> Sweep:
-        folder = Path(folder)
-        d = read_json(folder / "sweep.json")
-        return cls(d["perplexities"], np.load(folder / "sweep_maps.npy"), d["accuracy"])
+        a, d = load_result(folder, "sweep")
+        maps = a["maps"] if "maps" in a else np.load(Path(folder) / "sweep_maps.npy")  # format 0: a .npy
+        return cls(d["perplexities"], maps, d["accuracy"])
 
 
 def perplexity_sweep(x, perplexities: Sequence[float] = (5, 30, 50, 100), labels=None,

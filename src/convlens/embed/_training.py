@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.files import atomic_path, read_json, write_json
+from convlens.files import load_result, save_result
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +31,15 @@ class TrainingMaps:
     accuracy: list[float] = field(default_factory=list)  # k-means matching accuracy per map
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "training_maps.npz") as tmp, tmp.open("wb") as f:
-            np.savez(f, coords=self.coords, labels=self.labels, steps=np.asarray(self.steps))
-        return write_json(folder / "training_maps.json", {
+        return save_result(folder, "training_maps", {"coords": self.coords, "labels": self.labels}, {
             "ids": self.ids, "class_names": list(self.class_names), "layer": self.layer,
             "params": self.params, "accuracy": self.accuracy, "steps": self.steps})
 
     @classmethod
     def load(cls, folder: str | Path) -> TrainingMaps:
-        folder = Path(folder)
-        m = read_json(folder / "training_maps.json")
-        with np.load(folder / "training_maps.npz") as z:
-            return cls(m["steps"], z["coords"], z["labels"], m["ids"], tuple(m["class_names"]),
-                       m["layer"], m["params"], m["accuracy"])
+        z, m = load_result(folder, "training_maps")
+        return cls(m["steps"], z["coords"], z["labels"], m["ids"], tuple(m["class_names"]),
+                   m["layer"], m["params"], m["accuracy"])
 
 
 def tsne_over_training(

@@ -64,29 +64,23 @@ class RenderResult:
     precision: str = "float32"
 
     def save(self, directory: str | Path) -> Path:
-        from convlens.files import atomic_path, write_json
+        from convlens.files import save_result
 
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        with atomic_path(d / "images.npz") as tmp:
-            np.savez_compressed(tmp, images=self.images.cpu().numpy(), losses=self.losses,
-                                stopped_at=self.stopped_at if self.stopped_at is not None else [])
-        write_json(d / "render.json", {"history": self.history, "steps": self.steps,
-                                       "interrupted": self.interrupted,
-                                       "description": self.description,
-                                       "precision": self.precision})
-        return d
+        return save_result(directory, "render", {
+            "images": self.images.cpu().numpy(), "losses": self.losses, "stopped_at": self.stopped_at}, {
+            "history": self.history, "steps": self.steps, "interrupted": self.interrupted,
+            "description": self.description, "precision": self.precision})
 
     @classmethod
     def load(cls, directory: str | Path) -> RenderResult:
-        from convlens.files import read_json
+        from convlens.files import load_result
 
-        d = Path(directory)
-        with np.load(d / "images.npz") as z:
-            images, losses, stopped = z["images"], z["losses"], z["stopped_at"]
-        meta = read_json(d / "render.json")
-        return cls(torch.from_numpy(images), losses, meta["history"], meta["steps"],
-                   stopped if stopped.size else None, meta["interrupted"], meta["description"],
+        a, meta = load_result(directory, "render")
+        if meta["format_version"] == 0:  # the arrays were in images.npz, an empty stopped_at for None
+            with np.load(Path(directory) / "images.npz") as z:
+                a = {k: z[k] for k in z.files if k != "stopped_at" or z[k].size}
+        return cls(torch.from_numpy(a["images"]), a["losses"], meta["history"], meta["steps"],
+                   a.get("stopped_at"), meta["interrupted"], meta["description"],
                    meta.get("precision", "float32"))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.files import read_json, slug, write_json
+from convlens.files import load_result, save_result, slug
 from convlens.topology._circular import (
     NoCircleError,
     angle_agreement,
@@ -59,7 +59,8 @@ class CloudAnalysis:
             "constant_dropped": self.cloud.n_constant, "k": self.k, "p": self.p,
             "networks": len(self.cloud.sources), "mapper": self.graph.summary(),
             "h1_long_bars": [round(b.length, 4) for b in bars],
-            "h1_dominance": self.barcodes.dominance(1), "circle": self.score.to_dict(),
+            "h1_dominance": _finite(self.barcodes.dominance(1)),  # None: no second bar
+            "circle": self.score.to_dict(),
             "three_circles": self.three.to_dict() if self.three is not None else None,
             "angles": self.angles, "seconds": self.seconds,
         }
@@ -69,20 +70,22 @@ class CloudAnalysis:
         self.cloud.save(folder)
         self.graph.save(folder)
         self.barcodes.save(folder)
-        write_json(folder / "analysis.json", {**self.summary(), "dominance": _finite(self.barcodes.dominance(1))})
-        if self.angle_values is not None:
-            np.save(folder / "angles.npy", self.angle_values)
-        return folder
+        return save_result(folder, "analysis", {"angle_values": self.angle_values,
+                                                "circle_angles": self.score.angles},
+                           {**self.summary(), "dominance": _finite(self.barcodes.dominance(1))})
 
     @classmethod
     def load(cls, folder: str | Path) -> CloudAnalysis:
         folder = Path(folder)
-        r = read_json(folder / "analysis.json")
+        a, r = load_result(folder, "analysis")
         c = dict(r["circle"])
-        score = CircleScore(c["share"], c["coverage"], c["threshold"], c["n"], c["histogram"], c["noise_share"])
+        score = CircleScore(c["share"], c["coverage"], c["threshold"], c["n"], c["histogram"], c["noise_share"],
+                            a.get("circle_angles"))
         t = r.get("three_circles")
         three = ThreeCircleScore(**{k: v for k, v in t.items() if k != "gain"}) if t else None
-        values = np.load(folder / "angles.npy") if (folder / "angles.npy").is_file() else None
+        values = a.get("angle_values")
+        if r["format_version"] == 0 and (folder / "angles.npy").is_file():
+            values = np.load(folder / "angles.npy")
         return cls(r["label"], r["filters"], r["k"], r["p"], FilterCloud.load(folder), MapperGraph.load(folder),
                    Barcodes.load(folder), score, r["seconds"], three, r.get("angles") or {}, values)
 
@@ -159,16 +162,14 @@ class TopologyGrid:
             name = slug(f"{r}__{c}")
             a.save(folder / "cells" / name)
             names[f"{r}|{c}"] = name
-        write_json(folder / "grid.json", {"rows": self.rows, "cols": self.cols, "title": self.title,
-                                          "cells": names,
-                                          "summary": {k: self.cells[tuple(k.split("|", 1))].summary()
-                                                      for k in names}})
-        return folder
+        return save_result(folder, "grid", {}, {
+            "rows": self.rows, "cols": self.cols, "title": self.title, "cells": names,
+            "summary": {k: self.cells[tuple(k.split("|", 1))].summary() for k in names}})
 
     @classmethod
     def load(cls, folder: str | Path) -> TopologyGrid:
         folder = Path(folder)
-        r = read_json(folder / "grid.json")
+        _, r = load_result(folder, "grid")
         cells = {tuple(k.split("|", 1)): CloudAnalysis.load(folder / "cells" / v) for k, v in r["cells"].items()}
         return cls(r["rows"], r["cols"], cells, r.get("title", ""))
 

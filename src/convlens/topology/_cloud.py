@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.files import atomic_path, read_json, write_json
+from convlens.files import load_result, read_json, save_result
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +65,15 @@ class FilterCloud:
                 "step": int(self.step[i])}
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        with atomic_path(folder / "cloud.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, points=self.points, network=self.network, layer=self.layer,
-                                    out_channel=self.out_channel, in_channel=self.in_channel,
-                                    step=self.step)
-        write_json(folder / "cloud.json", {"shape": list(self.shape), "sources": self.sources,
-                                           "layers": self.layers, "n_constant": self.n_constant,
-                                           "n": len(self)})
-        return folder
+        return save_result(folder, "cloud", {k: getattr(self, k) for k in _CLOUD_ARRAYS},
+                           {"shape": list(self.shape), "sources": self.sources, "layers": self.layers,
+                            "n_constant": self.n_constant, "n": len(self)})
 
     @classmethod
     def load(cls, folder: str | Path) -> FilterCloud:
-        folder = Path(folder)
-        meta = read_json(folder / "cloud.json")
-        with np.load(folder / "cloud.npz") as z:
-            return cls(z["points"], tuple(meta["shape"]), z["network"], z["layer"], z["out_channel"],
-                       z["in_channel"], z["step"], meta["sources"], meta["layers"], meta["n_constant"])
+        z, meta = load_result(folder, "cloud")
+        return cls(z["points"], tuple(meta["shape"]), *(z[k] for k in _CLOUD_ARRAYS[1:]),
+                   meta["sources"], meta["layers"], meta["n_constant"])
 
     @classmethod
     def concat(cls, clouds: Sequence[FilterCloud]) -> FilterCloud:
@@ -107,6 +98,9 @@ class FilterCloud:
         cat = {k: np.concatenate(v) for k, v in parts.items()}
         return cls(cat["points"], clouds[0].shape, cat["network"], cat["layer"], cat["out_channel"],
                    cat["in_channel"], cat["step"], sources, layers, sum(c.n_constant for c in clouds))
+
+
+_CLOUD_ARRAYS = ("points", "network", "layer", "out_channel", "in_channel", "step")
 
 
 def _index_of(items: list[str], item: str) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from convlens.files import atomic_path, read_json, write_json
+from convlens.files import atomic_path, load_result, save_result, write_json
 from convlens.topology._cluster import GapSingleLinkage
 
 METRICS = ("vne", "euclidean")
@@ -123,23 +123,18 @@ class MapperGraph:
         return Path(path)
 
     def save(self, folder: str | Path, name: str = "mapper") -> Path:
-        folder = Path(folder)
-        with atomic_path(folder / f"{name}.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, members=self.members, offsets=self.offsets, edges=self.edges,
-                                    bins=self.bins, means=self.means, centroids=self.centroids)
-        write_json(folder / f"{name}.json", {"n_points": self.n_points, "params": self.params,
-                                             "point_shape": self.point_shape})
-        return folder
+        return save_result(folder, name, {k: getattr(self, k) for k in _GRAPH_ARRAYS},
+                           {"n_points": self.n_points, "params": self.params, "point_shape": self.point_shape},
+                           kind="mapper")
 
     @classmethod
     def load(cls, folder: str | Path, name: str = "mapper") -> MapperGraph:
-        folder = Path(folder)
-        meta = read_json(folder / f"{name}.json")
-        with np.load(folder / f"{name}.npz") as z:
-            shape = tuple(meta["point_shape"]) if meta["point_shape"] else None
-            return cls(z["members"], z["offsets"], z["edges"], z["bins"], z["means"], z["centroids"],
-                       meta["n_points"], shape, meta["params"])
+        z, meta = load_result(folder, name, kind="mapper")
+        shape = tuple(meta["point_shape"]) if meta["point_shape"] else None
+        return cls(*(z[k] for k in _GRAPH_ARRAYS), meta["n_points"], shape, meta["params"])
+
+
+_GRAPH_ARRAYS = ("members", "offsets", "edges", "bins", "means", "centroids")
 
 
 def nerve_edges(members: np.ndarray, offsets: np.ndarray, n_points: int) -> np.ndarray:

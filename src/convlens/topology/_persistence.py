@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.files import read_json, write_json
+from convlens.files import load_result, save_result
 
 METHODS = ("ripser", "witness")
 
@@ -78,19 +78,17 @@ class Barcodes:
         return {f"H{d}": [b.to_dict() for b in self.long_bars(d, n)] for d in range(len(self.diagrams))}
 
     def save(self, folder: str | Path, name: str = "barcodes") -> Path:
-        folder = Path(folder)
-        write_json(folder / f"{name}.json", {
+        return save_result(folder, name, {}, {
             "method": self.method, "n_points": self.n_points, "n_landmarks": self.n_landmarks,
             "end": self.end if np.isfinite(self.end) else None, "params": self.params,
             "seconds": self.seconds,
             "diagrams": [[[float(b), None if np.isinf(d) else float(d)] for b, d in dg] for dg in self.diagrams],
             "long_bars": self.summary(),
-        })
-        return folder / f"{name}.json"
+        }, kind="barcodes")
 
     @classmethod
     def load(cls, folder: str | Path, name: str = "barcodes") -> Barcodes:
-        r = read_json(Path(folder) / f"{name}.json")
+        _, r = load_result(folder, name, kind="barcodes")
         dgms = [np.array([[b, np.inf if d is None else d] for b, d in dg], dtype=float).reshape(-1, 2)
                 for dg in r["diagrams"]]
         end = np.inf if r["end"] is None else r["end"]

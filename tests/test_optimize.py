@@ -145,7 +145,7 @@ def test_linf_and_l2_budgets_hold_per_image():
 def test_pgd_style_run_keeps_the_budget_and_raises_the_target_loss():
     m = _tiny()
     x0 = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    before = opt.evaluate(m, O.class_log_prob([0, 1]), x0)
+    before = opt.objective_loss(m, O.class_log_prob([0, 1]), x0)
     r = opt.render(m, -O.class_log_prob([0, 1]), opt.Perturbation(x0, init="uniform", eps=0.05),
                    steps=20, lr=0.01, optimizer="sgd", normalize_grad=True, project=opt.LinfBall(0.05))
     assert float((r.images - x0).abs().max()) <= 0.05 + 1e-6
@@ -255,7 +255,7 @@ def test_function_param_in_generator_code_space():
     r = opt.render(m, O.channel("conv", [0, 2]), param, steps=30, lr=0.1,
                    project=lambda p, step: code.clamp_(-1, 1))
     assert float(code.abs().max()) <= 1 + 1e-6 and float(code.abs().max()) > 0.5
-    assert r.losses[0] < float(opt.evaluate(m, O.channel("conv", 0), gen(torch.zeros(1, 3)).view(1, 1, 4, 4)))
+    assert r.losses[0] < float(opt.objective_loss(m, O.channel("conv", 0), gen(torch.zeros(1, 3)).view(1, 1, 4, 4)))
 
 
 def test_result_save_and_load(tmp_path):
@@ -347,7 +347,7 @@ def test_bfloat16_render_reaches_about_the_float32_activation():
                                          precision=precision)
     f32, bf16 = runs["float32"], runs["bfloat16"]
     assert (f32.precision, bf16.precision) == ("float32", "bfloat16")
-    start = opt.evaluate(m, O.channel("conv2", range(6)), opt.FourierImage(6, 3, 32, seed=0).image())
+    start = opt.objective_loss(m, O.channel("conv2", range(6)), opt.FourierImage(6, 3, 32, seed=0).image())
     assert (bf16.losses < start.numpy()).all()                   # every unit rose
     ratio = bf16.losses / f32.losses                              # both negative activations
     assert np.median(ratio) > 0.8 and (ratio > 0.5).all()

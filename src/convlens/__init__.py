@@ -28,7 +28,7 @@ _EXPORTS = {
     "ImageDataset": "convlens.data",
     "train": "convlens.training",
     "TrainConfig": "convlens.training",
-    "evaluate": "convlens.training",
+    "classification_scores": "convlens.training",
     "build_report": "convlens.report",
     "check_report": "convlens.report",
     "extract_features": "convlens.embed", "cluster_map": "convlens.embed", "run_pipelines": "convlens.embed",
@@ -54,7 +54,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+_DEPRECATED = {"evaluate": "convlens.training"}  # renamed classification_scores; warns when used
+
+
 def __getattr__(name: str):
+    if name in _DEPRECATED:
+        return getattr(importlib.import_module(_DEPRECATED[name]), name)
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         if name in _SHADOWED:

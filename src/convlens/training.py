@@ -69,8 +69,8 @@ class TrainResult:
         return d
 
 
-def evaluate(model: Model, ds: ImageDataset, batch_size: int = 256) -> dict:
-    """Accuracy, mean loss and predictions of ``model`` on ``ds`` (labels required); the network
+def classification_scores(model: Model, ds: ImageDataset, batch_size: int = 256) -> dict:
+    """Accuracy, mean cross-entropy loss and predictions of ``model`` on ``ds`` (labels required); the network
     runs through :mod:`convlens.runner` (at most ``batch_size`` images a pass, fewer when the
     memory budget allows fewer)."""
     preds, losses, n = [], 0.0, 0
@@ -87,6 +87,15 @@ def evaluate(model: Model, ds: ImageDataset, batch_size: int = 256) -> dict:
     pred = torch.cat(preds).cpu().numpy()
     acc = float((pred == ds.labels).mean()) if (ds.labels >= 0).all() else float("nan")
     return {"accuracy": acc, "loss": losses / n, "predictions": pred}
+
+
+def evaluate(model: Model, ds: ImageDataset, batch_size: int = 256) -> dict:
+    """Deprecated name of :func:`classification_scores` (``evaluate`` also named the objective
+    loss of :mod:`convlens.optimize`, now :func:`convlens.optimize.objective_loss`)."""
+    import warnings
+
+    warnings.warn("convlens.training.evaluate is now classification_scores", DeprecationWarning, stacklevel=2)
+    return classification_scores(model, ds, batch_size)
 
 
 def _arch_of(model: Model) -> str | None:
@@ -202,7 +211,7 @@ def train(
             step += 1
             record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(loss.item())}
             if val_ds is not None and (step % eval_every == 0 or step == total):
-                ev = evaluate(model, val_ds)
+                ev = classification_scores(model, val_ds)
                 record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
                 result.val_accuracy = ev["accuracy"]
                 net.train()
@@ -216,7 +225,7 @@ def train(
         net.train(was_training)
     net.eval()
     if val_ds is not None and result.val_accuracy is None:
-        result.val_accuracy = evaluate(model, val_ds)["accuracy"]
+        result.val_accuracy = classification_scores(model, val_ds)["accuracy"]
     if out_dir is not None:
         save_trained(out_dir / "model.pt", model, arch, result)
     model.meta.update(arch=arch, val_accuracy=result.val_accuracy)

@@ -104,11 +104,14 @@ from convlens.optimize._relu import redirected_relu, redirected_relus
 from convlens.optimize._render import (
     RenderResult,
     RenderState,
-    evaluate,
     extra_bytes,
     images_per_render,
+    objective_loss,
     render,
     render_chunked,
+)
+from convlens.optimize._render import (
+    evaluate as evaluate,  # the deprecated name of objective_loss
 )
 from convlens.optimize._spectrum import Spectrum, data_spectrum, natural_spectrum, spectrum_match
 from convlens.optimize._transforms import (
@@ -127,8 +130,8 @@ __all__ = [
     "FourierImage", "FunctionParam", "Jitter", "JitterScaleRotate", "L2Ball", "LinfBall",
     "MacoImage", "Objective", "ObjectiveContext", "Parametrization", "Perturbation", "PixelImage",
     "RandomAffine", "RandomCrops", "RenderResult", "RenderState", "Replicated", "Spectrum",
-    "data_spectrum", "decorrelate_color", "evaluate", "extra_bytes", "gaussian_blur", "image_seeds",
-    "images_per_render", "natural_spectrum", "objectives", "random_rotate", "random_scale",
+    "data_spectrum", "decorrelate_color", "extra_bytes", "gaussian_blur", "image_seeds",
+    "images_per_render", "natural_spectrum", "objective_loss", "objectives", "random_rotate", "random_scale",
     "redirected_relu", "redirected_relus", "render", "render_chunked", "spectrum_match",
     "standard_transforms",
 ]

@@ -112,7 +112,7 @@ def _acts(run, objective: Objective, x: torch.Tensor) -> dict:
     return {k: v for k, v in acts.items() if k in objective.layers}
 
 
-def evaluate(model, objective: Objective, images: torch.Tensor, *, memory=None) -> torch.Tensor:
+def objective_loss(model, objective: Objective, images: torch.Tensor, *, memory=None) -> torch.Tensor:
     """The objective's loss per image on ``images`` (no transforms, no gradient, float32),
     the network run in chunks that fit the memory budget."""
     model = _as_model(model)
@@ -122,6 +122,14 @@ def evaluate(model, objective: Objective, images: torch.Tensor, *, memory=None) 
         acts = _runner(model, objective, grad=False, memory=memory).all(images)
     with torch.no_grad():
         return objective(ObjectiveContext(acts, images, images)).detach()
+
+
+def evaluate(model, objective: Objective, images: torch.Tensor, *, memory=None) -> torch.Tensor:
+    """Deprecated name of :func:`objective_loss`."""
+    import warnings
+
+    warnings.warn("convlens.optimize.evaluate is now objective_loss", DeprecationWarning, stacklevel=2)
+    return objective_loss(model, objective, images, memory=memory)
 
 
 def extra_bytes(param: Parametrization, image_shape: Sequence[int]) -> int:
@@ -231,7 +239,7 @@ def render(
     precision : ``"float32"`` (default), ``"bfloat16"`` or ``"auto"`` (bfloat16 where the
         hardware runs it natively; see :mod:`convlens.fast`): the dtype of the network's
         convolutions and matrix products during the optimization. The parametrization,
-        transforms, objectives and the final :func:`evaluate` stay in float32. The network
+        transforms, objectives and the final :func:`objective_loss` stay in float32. The network
         always runs with channels-last weights (same results as NCHW up to rounding).
     memory : the memory budget (:mod:`convlens.runner`; default: the current one): the batch
         must fit it with gradients, or this fails before the first step naming the need (see
@@ -305,7 +313,7 @@ def render(
             log.warning("optimization interrupted at step %d; returning the current images", step)
     with torch.no_grad():
         images = param.image().detach().clamp(0, 1)
-    final = evaluate(model, objective, images, memory=run.memory) if n else torch.zeros(0)
+    final = objective_loss(model, objective, images, memory=run.memory) if n else torch.zeros(0)
     dtype = run.dtype
     return RenderResult(images, final.cpu().numpy(), history, len(history), stopped_at,
                         interrupted, objective.description, str(dtype).removeprefix("torch."))

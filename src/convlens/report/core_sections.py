@@ -91,7 +91,7 @@ def _in_model_names(ds, m, result: dict):
 def _accuracy(ctx: Context, data, n: int, train_info: dict, cfg: dict, result: dict) -> None:
     """Accuracy on a sample of ``n`` images (and on the training run's held-out split when this
     is its data) and the confusion matrix."""
-    from convlens.training import evaluate
+    from convlens.training import classification_scores
 
     m = ctx.model
     held_out = None
@@ -99,11 +99,11 @@ def _accuracy(ctx: Context, data, n: int, train_info: dict, cfg: dict, result: d
         _, held_out = data.split(cfg["val_fraction"], cfg.get("seed", 0))
         held_out = held_out.sample(n, seed=ctx.seed)
     sample = data.sample(n, seed=ctx.seed)
-    ev_all = evaluate(m, sample)
+    ev_all = classification_scores(m, sample)
     result["accuracy_all"] = ev_all["accuracy"]
     result["evaluated"] = len(sample)
     if held_out is not None:
-        ev = evaluate(m, held_out)
+        ev = classification_scores(m, held_out)
         result["held_out_accuracy"] = ev["accuracy"]
         result["held_out_images"] = len(held_out)
         preds, labels = ev["predictions"], held_out.labels

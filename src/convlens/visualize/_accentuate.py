@@ -82,9 +82,9 @@ def feature_accentuation(model, layer: str, units, image: torch.Tensor, *, steps
     seeds = x0[None].expand(len(sel), -1, -1, -1)
     obj = _objective(objective, layer, sel, acts0.ndim)
     # the activation on the seed, per unit, by the same objective: the scale of the push
-    from convlens.optimize import evaluate
+    from convlens.optimize import objective_loss
 
-    before = -evaluate(model, obj, seeds.contiguous())
+    before = -objective_loss(model, obj, seeds.contiguous())
     scale = before.abs().clamp_min(1e-3).detach()
     base = seeds.clone()
     rel = objectives.custom(lambda ctx: obj.fn(ctx) / scale.to(ctx.raw.device), obj.layers,
@@ -95,7 +95,7 @@ def feature_accentuation(model, layer: str, units, image: torch.Tensor, *, steps
     r = render(model, rel + penalty * near, p, steps=steps, lr=lr,
                transforms=make_transforms(transforms, (h, w), steps), project=proj,
                redirect_relu=False, seed=seed, precision=precision)
-    after = -evaluate(model, obj, r.images)
+    after = -objective_loss(model, obj, r.images)
     dist = (r.images - seeds).pow(2).flatten(1).mean(1).sqrt()
     peak = _map_max(capture(model, r.images, [layer])[layer], torch.as_tensor(sel))
     return Accentuation(layer, np.array(sel), x0.cpu().numpy(), r.images.cpu().numpy(),

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import ClampPixels, PixelImage, evaluate, objectives, render
+from convlens.optimize import ClampPixels, PixelImage, objective_loss, objectives, render
 from convlens.runner import capture
 from convlens.visualize._common import model_info
 from convlens.visualize._invert import _one_image
@@ -91,7 +91,7 @@ def style_transfer(
              else PixelImage(k, xc.shape[1], tuple(xc.shape[-2:]), sd=0.1, seed=seed))
     r = render(model, obj, param, steps=steps, lr=lr, project=ClampPixels(), seed=seed)
     return StyleTransfer(xc[0].cpu().numpy(), xs[0].cpu().numpy(), r.images.cpu().numpy(), np.array(ratios),
-                         evaluate(model, content_obj, r.images).cpu().numpy(),
-                         evaluate(model, style_obj, r.images).cpu().numpy(),
+                         objective_loss(model, content_obj, r.images).cpu().numpy(),
+                         objective_loss(model, style_obj, r.images).cpu().numpy(),
                          dict(content_layer=content_layer, style_layers=style_layers, steps=steps, lr=lr,
                               init=init, seed=seed, **model_info(model)))

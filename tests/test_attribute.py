@@ -327,7 +327,7 @@ def test_cli_deconv_writes_results_and_reports_bad_units(tmp_path):
 
     from convlens.cli import app
 
-    run = CliRunner().invoke(app, ["deconv", "lenet-digits", "digits", "-i", "3", "--unit", "conv2:5",
+    run = CliRunner().invoke(app, ["deconv", "lenet-digits", "digits:3", "--unit", "conv2:5",
                                    "--out", str(tmp_path)])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "projection.png").is_file() and (tmp_path / "projection.npz").is_file()

@@ -51,22 +51,23 @@ def parse_unit(text: str) -> Unit:
     return Unit(m.group("layer"), int(m.group("index")), pos)
 
 
-def parse_unit_list(text: str | None, n: int) -> list[int]:
+def parse_unit_list(text: str | None, n: int, *, noun: str = "unit", whole: str = "the layer") -> list[int]:
     """``all`` / ``None`` -> every index; ``0-63`` -> a range; ``1,5,9-12`` -> a list. Checked
-    against ``n`` units."""
-    if text is None or text.strip().lower() == "all":
+    against ``n`` units (``noun``: what is counted, ``whole``: what holds them, for messages)."""
+    if text is None or (text.strip().lower() == "all" and noun == "unit"):
         return list(range(n))
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise ValueError(f"cannot read unit list {text!r}: write all, 0-63 or 1,5,9-12")
+            raise ValueError(f"cannot read {noun} list {text!r}: write "
+                             f"{'all, ' if noun == 'unit' else ''}0-63 or 1,5,9-12")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) else lo
         if hi < lo:
-            raise ValueError(f"empty unit range {part!r} in {text!r}")
+            raise ValueError(f"empty {noun} range {part!r} in {text!r}")
         if hi >= n:
-            raise ValueError(f"unit {hi} is out of range: the layer has {n} units (0-{n - 1})")
+            raise ValueError(f"{noun} {hi} is out of range: {whole} has {n} {noun}s (0-{n - 1})")
         out.extend(range(lo, hi + 1))
     return list(dict.fromkeys(out))

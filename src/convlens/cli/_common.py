@@ -23,6 +23,14 @@ ModelArg = Annotated[str, typer.Argument(
 DataArg = Annotated[str, typer.Argument(
     help="Built-in data (digits, textures, gratings), a folder with one subfolder per class, "
          "a CSV manifest (path,label) or an .npz (file.npz:test picks a split).")]
+ImageArg = Annotated[str, typer.Argument(
+    metavar="IMAGE", help="An image file, or DATA:INDEX for an image of a data set (digits:3; "
+                          "DATA alone: its first); commands that take several images also read "
+                          "digits:0-7 or digits:1,5.")]
+ImageSetArg = Annotated[str, typer.Argument(
+    metavar="IMAGES", help="An image file, a folder of images (NAME_mask.png beside NAME.png is its "
+                           "mask for the pointing game), or DATA:INDEX (digits:0-7).")]
+IMAGE_ARGS = (ImageArg, ImageSetArg)
 WeightsOpt = Annotated[Path | None, typer.Option(
     "--weights", "-w", help="State-dict file (.pt .pth .safetensors .npz) for the architecture.")]
 InputSpecOpt = Annotated[str | None, typer.Option(
@@ -138,10 +146,19 @@ def _within_memory(fn: Callable, a: tuple, kw: dict, memory: str | None):
         return fn(*a, **kw)
 
 
-def _extra_options(has_out: bool, own_memory: bool) -> list[inspect.Parameter]:
+_INDEX_GONE = ("--index is gone: name the image as DATA:INDEX, e.g. digits:3 (several: digits:3,5 "
+               "or digits:0-7)")
+
+
+def _extra_options(has_out: bool, own_memory: bool, sig: inspect.Signature) -> list[inspect.Parameter]:
     """The options :func:`command` adds: ``--overwrite`` with an ``out`` folder, ``--memory``
-    unless the command declares it."""
+    unless the command declares it, and, on commands that read an :data:`ImageArg`, a hidden
+    ``--index`` / ``-i`` (the old way to pick an image) that fails naming the one syntax."""
     extra = []
+    if any(any(p.annotation is a for a in IMAGE_ARGS) for p in sig.parameters.values()):
+        extra.append(inspect.Parameter("index_gone", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                       annotation=Annotated[list[str] | None, typer.Option(
+                                           "--index", "-i", hidden=True, help=_INDEX_GONE)]))
     if has_out:
         extra.append(inspect.Parameter(
             "overwrite", inspect.Parameter.KEYWORD_ONLY, default=False,
@@ -204,7 +221,7 @@ def command(app: typer.Typer, *args, resumes: bool = False, **kwargs) -> Callabl
                 console.print("[yellow]interrupted[/]: finished results were kept; run again to resume")
                 raise typer.Exit(130) from None
 
-        extra = _extra_options(has_out, own_memory)
+        extra = _extra_options(has_out, own_memory, sig)
         if extra:
             params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.VAR_KEYWORD else p
                       for p in sig.parameters.values()]
@@ -225,7 +242,10 @@ AT_LEAST_ZERO = ("seeds", "augment_shift", "seed")
 
 
 def check_counts(kw: dict) -> None:
-    """One rule for every counting option: a clear error naming the option and the fix."""
+    """One rule for every counting option: a clear error naming the option and the fix (and the
+    hidden ``--index`` of :func:`_extra_options`, popped here, fails naming ``DATA:INDEX``)."""
+    if kw.pop("index_gone", None) is not None:
+        raise ValueError(_INDEX_GONE)
     for name, low in [*((n, 1) for n in AT_LEAST_ONE), *((n, 0) for n in AT_LEAST_ZERO)]:
         v = kw.get(name)
         if isinstance(v, int) and not isinstance(v, bool) and v < low:
@@ -307,6 +327,48 @@ def open_data(data: str, model=None, *, resize: str | None = "model", tile=None,
     resize_value = None if (resize or "model").lower() == "none" else (resize or "model")
     return conform(ds, model, resize=resize_value, tile=tile, clahe=clahe,
                    grid=parse_size(grid) if grid else None)
+
+
+def split_image_spec(spec: str) -> tuple[str, str | None]:
+    """``DATA:INDEX`` -> ``(DATA, INDEX)``, the one syntax for "image i of a data set"; INDEX is
+    a number, a range ``0-7`` or a list ``1,5,9-12``. Anything else (an image file, a bare data
+    set, ``file.npz:test``) -> ``(spec, None)``."""
+    import re
+
+    data, sep, index = spec.rpartition(":")
+    if sep and data and re.fullmatch(r"[\d,\s-]+", index) and not Path(spec).is_file():
+        return data, index
+    return spec, None
+
+
+def read_images(spec: str, model, *, resize: str | None = "model", several: bool = True):
+    """``(x, names)``: the image(s) ``spec`` names, as ``(N, C, H, W)`` display-space images
+    fitted to ``model``: an image file, or ``DATA:INDEX`` (:func:`split_image_spec`; ``DATA``
+    alone: its first image). Every command that reads an :data:`ImageArg` reads it here;
+    ``several=False``: exactly one."""
+    import torch
+
+    from convlens.data import IMAGE_SUFFIXES, Resize, ToChannels, parse_size, read_image
+    from convlens.units import parse_unit_list
+
+    data, index = split_image_spec(spec)
+    path = Path(spec)
+    if index is None:
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            x = ToChannels(model.spec.channels)(read_image(path))
+            size = tuple(model.spec.size) if (resize or "model") == "model" else parse_size(resize)
+            return (Resize(size)(x) if size is not None else x)[None], [path.stem]
+        from convlens.data import BUILTIN_DATASETS
+
+        if not path.exists() and ":" not in spec and spec not in BUILTIN_DATASETS:
+            raise FileNotFoundError(f"image not found: {spec} (give an image file, or DATA:INDEX such "
+                                    "as digits:0)")
+        index = "0"  # a data set alone: its first image
+    ds = open_data(data, model, resize=resize)
+    idx = parse_unit_list(index, len(ds), noun="image", whole=repr(data))
+    if not several and len(idx) != 1:
+        raise ValueError(f"{spec} names {len(idx)} images; this command takes one (e.g. {data}:{idx[0]})")
+    return torch.stack([ds.image(i) for i in idx]), [f"{ds.name}-{i}" for i in idx]
 
 
 @contextmanager

@@ -12,6 +12,8 @@ from convlens.cli import app
 from convlens.cli._common import (
     DataArg,
     DeviceOpt,
+    ImageArg,
+    ImageSetArg,
     LimitOpt,
     ModelArg,
     ModelOptions,
@@ -23,36 +25,12 @@ from convlens.cli._common import (
     console,
     open_data,
     progress_bar,
+    read_images,
 )
 
-ImageArg = Annotated[str, typer.Argument(
-    help="An image file, or a dataset (built-in name, folder, manifest, .npz) with --index.")]
-IndexOpt = Annotated[list[int] | None, typer.Option(
-    "--index", "-i", help="Image index in the dataset (repeatable; default 0).")]
 UnitOpt = Annotated[str, typer.Option("--unit", "-u", help="Unit LAYER:INDEX, optionally @ROW,COL.")]
 ClassOpt = Annotated[list[str] | None, typer.Option(
     "--label", "-l", help="Class to explain, index or name (repeatable; default: top classes).")]
-
-
-def _images(spec: str, m, index: list[int] | None, resize: str | None):
-    """``(N, C, H, W)`` display-space images fitted to the model, and their names."""
-    import torch
-
-    from convlens.data import IMAGE_SUFFIXES, Resize, ToChannels, parse_size, read_image
-
-    path = Path(spec)
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        x = ToChannels(m.spec.channels)(read_image(path))
-        size = tuple(m.spec.size) if (resize or "model") == "model" else parse_size(resize)
-        if size is not None:
-            x = Resize(size)(x)
-        return x[None], [path.stem]
-    ds = open_data(spec, m, resize=resize)
-    idx = index or [0]
-    bad = [i for i in idx if not 0 <= i < len(ds)]
-    if bad:
-        raise ValueError(f"--index {bad[0]} is out of range: {spec} has {len(ds)} images (0-{len(ds) - 1})")
-    return torch.stack([ds.image(i) for i in idx]), [f"{ds.name}-{i}" for i in idx]
 
 
 def _save(fig, out: Path, name: str) -> Path:
@@ -64,7 +42,7 @@ def _save(fig, out: Path, name: str) -> Path:
 
 
 @command(app, "deconv")
-def deconv(model: ModelArg, image: ImageArg, unit: UnitOpt, index: IndexOpt = None,
+def deconv(model: ModelArg, image: ImageArg, unit: UnitOpt,
            rule: Annotated[str, typer.Option(help="deconv (Zeiler & Fergus), guided or gradient.")] = "deconv",
            spread: Annotated[str, typer.Option(help="max: the strongest activation; map: the whole map.")] = "max",
            out: OutOpt = Path("results/deconv"), model_opts: ModelOptions = ModelOptions(), resize: ResizeOpt = None):
@@ -73,14 +51,14 @@ def deconv(model: ModelArg, image: ImageArg, unit: UnitOpt, index: IndexOpt = No
     from convlens.attribute import backproject, plot_projections
 
     m = model_opts.open(model)
-    x, names = _images(image, m, index, resize)
+    x, names = read_images(image, m, resize=resize)
     p = backproject(m, x, unit, rule=rule, spread=spread)
     p.save(out)
     _save(plot_projections({f"{rule} {unit}": p}, p.images, names), out, "projection.png")
 
 
 @command(app, "saliency")
-def saliency_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+def saliency_cmd(model: ModelArg, image: ImageArg,
                  label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
                  out: OutOpt = Path("results/saliency"), model_opts: ModelOptions = ModelOptions(),
                  resize: ResizeOpt = None):
@@ -88,7 +66,7 @@ def saliency_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
     from convlens.attribute import guided_backprop, plot_projections, saliency
 
     m = model_opts.open(model)
-    x, names = _images(image, m, index, resize)
+    x, names = read_images(image, m, resize=resize)
     s = saliency(m, x, label)
     s.save(out / "saliency")
     projs = {"saliency": s}
@@ -102,7 +80,7 @@ PrecisionOpt = Annotated[str, typer.Option(
 
 
 @command(app, "lime")
-def lime_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None, label: ClassOpt = None,
+def lime_cmd(model: ModelArg, image: ImageArg, label: ClassOpt = None,
              top_labels: Annotated[int, typer.Option(help="Explain the N most probable classes.")] = 2,
              segments: Annotated[str, typer.Option(help="Superpixels: slic or quickshift.")] = "slic",
              n_segments: Annotated[int, typer.Option(help="SLIC: about this many superpixels.")] = 50,
@@ -118,7 +96,7 @@ def lime_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None, label: Cl
     from convlens.attribute import lime, plot_lime
 
     m = model_opts.open(model)
-    x, names = _images(image, m, index, resize)
+    x, names = read_images(image, m, resize=resize)
     hide_value = hide if hide == "mean" else float(hide)
     for img, name in zip(x, names):
         with progress_bar(f"LIME {name}", total=samples) as update:
@@ -134,7 +112,7 @@ def lime_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None, label: Cl
 
 
 @command(app, "occlusion")
-def occlusion_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+def occlusion_cmd(model: ModelArg, image: ImageArg,
                   label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
                   window: Annotated[int, typer.Option(help="Occluder size (px).")] = 8,
                   stride: Annotated[int, typer.Option(help="Occluder step (px).")] = 4,
@@ -147,7 +125,7 @@ def occlusion_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
     from convlens.attribute import occlusion, plot_occlusion
 
     m = model_opts.open(model)
-    x, names = _images(image, m, index, resize)
+    x, names = read_images(image, m, resize=resize)
     for img, name in zip(x, names):
         o = occlusion(m, img, label, window=window, stride=stride, value=value, unit=unit, precision=precision)
         o.save(out / name)
@@ -155,7 +133,7 @@ def occlusion_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
 
 
 @command(app, "faithfulness")
-def faithfulness_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+def faithfulness_cmd(model: ModelArg, image: ImageArg,
                      label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: predicted).")] = None,
                      samples: Annotated[int, typer.Option(help="LIME perturbations.")] = 500,
                      steps: Annotated[int, typer.Option(help="Points on each curve.")] = 50,
@@ -167,7 +145,7 @@ def faithfulness_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
     from convlens.files import write_json
 
     m = model_opts.open(model)
-    x, names = _images(image, m, index, resize)
+    x, names = read_images(image, m, resize=resize)
     for img, name in zip(x, names):
         curves = compare_methods(m, img, label, lime_samples=samples, steps=steps, seed=seed)
         write_json(out / f"{name}-curves.json", {k: c.to_dict() for k, c in curves.items()})
@@ -205,7 +183,7 @@ def top_images_cmd(model: ModelArg, data: DataArg, layer: Annotated[str, typer.O
 
 
 @command(app, "activations")
-def activations_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
+def activations_cmd(model: ModelArg, image: ImageArg,
                     layer: Annotated[list[str] | None, typer.Option(help="Layers (default: every layer with maps).")] = None,
                     max_channels: Annotated[int, typer.Option(help="Channels shown per layer.")] = 64,
                     out: OutOpt = Path("results/activations"), model_opts: ModelOptions = ModelOptions(),
@@ -214,7 +192,7 @@ def activations_cmd(model: ModelArg, image: ImageArg, index: IndexOpt = None,
     from convlens.attribute import activation_grid, plot_activation_grid
 
     m = model_opts.open(model)
-    x, names = _images(image, m, index, resize)
+    x, names = read_images(image, m, resize=resize)
     for img, name in zip(x, names):
         g = activation_grid(m, img, layer)
         g.save(out / name)
@@ -275,7 +253,7 @@ def _method_options(items: list[str] | None, layer: str | None, methods: list[st
     return out
 
 
-def _image_set(spec: str, m, index, limit: int | None, resize: str | None, seed: int):
+def _image_set(spec: str, m, limit: int | None, resize: str | None, seed: int):
     """Images, names and pointing-game masks (``None`` without any) of an image file, a flat
     folder of images (``NAME_mask.EXT`` beside ``NAME.EXT`` is that image's mask) or a dataset."""
     import numpy as np
@@ -288,7 +266,7 @@ def _image_set(spec: str, m, index, limit: int | None, resize: str | None, seed:
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not p.stem.endswith(MASK_SUFFIX)) if path.is_dir() else []
     if not files:
-        x, names = _images(spec, m, index, resize)
+        x, names = read_images(spec, m, resize=resize)
         return (x if limit is None else x[:limit]), names[: len(x) if limit is None else limit], None
     pairs = mask_pairs(path)
     if limit is not None and limit < len(files):  # a seeded sample that keeps the images with masks
@@ -297,7 +275,7 @@ def _image_set(spec: str, m, index, limit: int | None, resize: str | None, seed:
         rest = [p for p in files if p not in pairs]
         pick = rng.choice(len(rest), limit - len(masked), replace=False) if limit > len(masked) else []
         files = sorted(masked + [rest[i] for i in pick])
-    x = torch.cat([_images(str(p), m, None, resize)[0] for p in files])
+    x = torch.cat([read_images(str(p), m, resize=resize)[0] for p in files])
     size = tuple(x.shape[-2:])
     masks = np.stack([read_mask(pairs[p], size) if p in pairs else np.zeros(size, bool) for p in files])
     return x, [p.stem for p in files], (masks if masks.any() else None)
@@ -316,17 +294,16 @@ def methods_cmd():
 
 
 @command(app, "attribute")
-def attribute_cmd(model: ModelArg, image: ImageArg, method: MethodOpt = None, index: IndexOpt = None,
+def attribute_cmd(model: ModelArg, image: ImageArg, method: MethodOpt = None,
                   label: Annotated[str | None, typer.Option("--label", "-l", help="Class or unit LAYER:INDEX (default: predicted class).")] = None,
                   layer: LayerOpt = None, option: OptionOpt = None,
                   out: OutOpt = Path("results/attribute"), model_opts: ModelOptions = ModelOptions(),
                   resize: ResizeOpt = None):
     """Attribution maps of any registered method(s) (default Grad-CAM): NPZ + a figure."""
     from convlens.attribute import Comparison, attribute, plot_comparison
-    from convlens.files import save_result
 
     m = model_opts.open(model)
-    x, names = _images(image, m, index, resize)
+    x, names = read_images(image, m, resize=resize)
     methods = method or ["gradcam"]
     opts = _method_options(option, layer, methods)
     maps, targets = {}, None
@@ -334,8 +311,7 @@ def attribute_cmd(model: ModelArg, image: ImageArg, method: MethodOpt = None, in
         a = attribute(m, x, label, method=name, **opts.get(name, {}))
         maps[name] = a.maps
         targets = a.targets
-        save_result(out / name, "attribution", {"maps": a.maps, "targets": a.targets},
-                    {"method": name, "layer": a.layer, "seconds": a.seconds, "options": a.options})
+        a.save(out / name)
         console.print(f"{name}{' at ' + a.layer if a.layer else ''}: {a.seconds / len(x):.3f} s per image")
     c = Comparison(methods, [], maps, x.cpu().numpy(), targets, names)
     _save(plot_comparison(c), out, "maps.png")
@@ -374,7 +350,7 @@ def sanity_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None,
 
 
 @command(app, "compare")
-def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index: IndexOpt = None,
+def compare_cmd(model: ModelArg, data: ImageSetArg, method: MethodOpt = None,
                 limit: Annotated[int | None, typer.Option(help="Use a seeded sample of this many images.")] = None,
                 label: Annotated[str | None, typer.Option("--label", "-l", help="Class (default: each image's predicted class).")] = None,
                 layer: LayerOpt = None, option: OptionOpt = None,
@@ -395,7 +371,7 @@ def compare_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None, index:
     fractions = np.round(np.linspace(0.1, 0.9, road_steps), 3) if road_steps > 1 else np.array([0.5])
 
     m = model_opts.open(model)
-    x, names, masks = _image_set(data, m, index, limit, resize, seed)
+    x, names, masks = _image_set(data, m, limit, resize, seed)
     methods = method or list(COMPARE_METHODS)
     opts = _method_options(option, layer, methods)
     opts.setdefault("scorecam", {}).setdefault("channels", 64)

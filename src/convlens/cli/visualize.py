@@ -9,6 +9,7 @@ import typer
 
 from convlens.cli import app
 from convlens.cli._common import (
+    ImageArg,
     ModelArg,
     ModelOptions,
     OutOpt,
@@ -18,6 +19,7 @@ from convlens.cli._common import (
     open_data,
     progress_bar,
     progress_events,
+    read_images,
 )
 from convlens.cli.attribute import PrecisionOpt
 
@@ -30,8 +32,11 @@ SpectrumOpt = Annotated[str | None, typer.Option(
 GreyOpt = Annotated[bool | None, typer.Option(
     "--grey/--colour", help="Optimize one grey channel fed replicated (default: when the "
                             "spectrum data or the model's input is grey).")]
-ImageArg = Annotated[str, typer.Argument(
-    help="An image file, or DATA:INDEX (e.g. digits:0) for an image of a dataset.")]
+
+
+def _one_image(spec: str, model):
+    """The one image ``spec`` names (a file or ``DATA:INDEX``), ``(C, H, W)``, fitted to ``model``."""
+    return read_images(spec, model, several=False)[0][0]
 
 
 def open_spectrum(data: str, size: tuple[int, int], param: str):
@@ -46,26 +51,6 @@ def open_spectrum(data: str, size: tuple[int, int], param: str):
     if s.resampled_from is not None:
         console.print(f"note: {s.describe()}")
     return s
-
-
-def read_input(spec: str, model):
-    """An image file, or ``DATA:INDEX``, as a ``(C, H, W)`` tensor fitted to the model."""
-    from convlens.data import Resize, ToChannels, read_image
-
-    path = Path(spec)
-    if not path.is_file() and ":" in spec:
-        data, _, index = spec.rpartition(":")
-        if not index.isdigit():
-            raise ValueError(f"cannot read {spec!r}: give an image file or DATA:INDEX such as digits:0")
-        ds = open_data(data, model)
-        i = int(index)
-        if not 0 <= i < len(ds):
-            raise ValueError(f"image {i} is out of range: {data!r} has {len(ds)} images (0-{len(ds) - 1})")
-        return ds.image(i)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {spec} (give an image file or DATA:INDEX such as digits:0)")
-    x = ToChannels(model.spec.channels)(read_image(path))
-    return Resize(tuple(model.spec.size))(x)
 
 
 @command(app, "visualize")
@@ -147,7 +132,7 @@ def accentuate_cmd(
     from convlens.visualize import accentuation_figure, feature_accentuation
 
     m = model_opts.open(model)
-    x = read_input(image, m)
+    x = _one_image(image, m)
     with progress_bar("accentuating") as update:
         r = feature_accentuation(m, layer, units, x, steps=steps, lr=lr, penalty=penalty,
                                  objective=objective, grey=grey, seed=seed)
@@ -215,7 +200,7 @@ def invert_cmd(
     from convlens.visualize import inversion_figure, invert
 
     m = model_opts.open(model)
-    x = read_input(image, m)
+    x = _one_image(image, m)
     names = [n.strip() for n in layers.split(",")] if layers else None
     results = []
     modes = [None, *(perturb or [])]
@@ -285,7 +270,7 @@ def style_cmd(
 
     m = model_opts.open(model)
     with progress_bar("style transfer") as update:
-        r = style_transfer(m, read_input(content, m), read_input(style, m), content_layer=content_layer,
+        r = style_transfer(m, _one_image(content, m), _one_image(style, m), content_layer=content_layer,
                            style_layers=[s.strip() for s in style_layers.split(",")],
                            ratios=ratio or [1e-3], steps=steps, lr=lr, init=init, seed=seed)
         update(completed=1, total=1)

@@ -57,8 +57,13 @@ MemoryOpt = Annotated[str | None, typer.Option(
 
 
 
+class OptionGroup:
+    """Base of the option groups: a frozen dataclass of annotated options, declared once; a
+    command parameter annotated with the group gets all of them (see :func:`command`)."""
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelOptions:
+class ModelOptions(OptionGroup):
     """The options that say how to load the model, declared once: a command that takes a
     parameter annotated ``ModelOptions`` gets them all (see :func:`command`)."""
 
@@ -74,14 +79,12 @@ class ModelOptions:
                           device=self.device, **kw)
 
 
-OPTION_GROUPS = (ModelOptions,)
-
-
 def _expand_groups(fn: Callable) -> Callable:
     """Replace each parameter annotated with an option group by the group's fields (so typer
     sees ordinary options) and rebuild the group object when the command runs."""
     sig = inspect.signature(fn, eval_str=True)
-    groups = {p.name: p.annotation for p in sig.parameters.values() if p.annotation in OPTION_GROUPS}
+    groups = {p.name: p.annotation for p in sig.parameters.values()
+              if inspect.isclass(p.annotation) and issubclass(p.annotation, OptionGroup)}
     if not groups:
         return fn
     params = [p for p in sig.parameters.values() if p.name not in groups]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from convlens.cli._common import (
     LimitOpt,
     ModelArg,
     ModelOptions,
+    OptionGroup,
     OutOpt,
     SeedOpt,
     command,
@@ -66,30 +68,39 @@ def _pair(text: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _decoder(m, decoder: Path | None, data: str | None, code_layer: str | None, epochs: int,
-             limit: int | None, seed: int, out: Path):
-    """Load the decoder, or train one (saved under ``out/decoder``)."""
-    from convlens.generative import default_code_layer, load_decoders, train_decoders
+@dataclasses.dataclass(frozen=True)
+class GeneratorOptions(OptionGroup):
+    """Where the generator comes from (a saved decoder, or one trained first), declared once."""
 
-    if decoder is not None:
-        decs = load_decoders(decoder)
-        if code_layer is not None:
-            if code_layer not in decs:
-                raise ValueError(f"{decoder} has decoders for {', '.join(decs)}, not {code_layer!r}")
-            return decs[code_layer]
-        return next(iter(decs.values()))
-    data = data or (m.meta.get("train") or {}).get("dataset")
-    if not data:
-        raise ValueError("give a generator: --decoder DIR (from `convlens train-decoder`), or --data "
-                         "DATA to train one first")
-    layer = code_layer or default_code_layer(m)
-    ds = open_data(data, limit=limit, seed=seed)
-    with progress_bar(f"decoder for {layer}", total=epochs) as update:
-        decs = train_decoders(m, ds, [layer], epochs=epochs, seed=seed,
-                              callback=lambda e, rep: update(completed=e + 1, info=f"loss {rep[layer]['loss']:.3g}"))
-    decs[layer].save(out / "decoder")
-    console.print(f"decoder for {layer} written to {out / 'decoder'}")
-    return decs[layer]
+    decoder: DecoderOpt = None
+    data: TrainDataOpt = None
+    code_layer: CodeLayerOpt = None
+    epochs: EpochsOpt = 10
+    limit: LimitOpt = None
+
+    def open(self, m, seed: int, out: Path):
+        """Load the decoder, or train one (saved under ``out/decoder``)."""
+        from convlens.generative import default_code_layer, load_decoders, train_decoders
+
+        if self.decoder is not None:
+            decs = load_decoders(self.decoder)
+            if self.code_layer is not None:
+                if self.code_layer not in decs:
+                    raise ValueError(f"{self.decoder} has decoders for {', '.join(decs)}, not {self.code_layer!r}")
+                return decs[self.code_layer]
+            return next(iter(decs.values()))
+        data = self.data or (m.meta.get("train") or {}).get("dataset")
+        if not data:
+            raise ValueError("give a generator: --decoder DIR (from `convlens train-decoder`), or --data "
+                             "DATA to train one first")
+        layer = self.code_layer or default_code_layer(m)
+        ds = open_data(data, limit=self.limit, seed=seed)
+        with progress_bar(f"decoder for {layer}", total=self.epochs) as update:
+            decs = train_decoders(m, ds, [layer], epochs=self.epochs, seed=seed,
+                                  callback=lambda e, rep: update(completed=e + 1, info=f"loss {rep[layer]['loss']:.3g}"))
+        decs[layer].save(out / "decoder")
+        console.print(f"decoder for {layer} written to {out / 'decoder'}")
+        return decs[layer]
 
 
 @command(app, "train-decoder")
@@ -165,12 +176,8 @@ def dgn_am_cmd(
     n: Annotated[int, typer.Option("-n", help="Random starts (one image each).")] = 10,
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 200,
     weight: Annotated[float, typer.Option(help="L2 penalty on the code.")] = 1e-3,
-    decoder: DecoderOpt = None,
-    data: TrainDataOpt = None,
-    code_layer: CodeLayerOpt = None,
-    epochs: EpochsOpt = 10,
+    generator: GeneratorOptions = GeneratorOptions(),
     out: OutOpt = Path("results/dgn-am"),
-    limit: LimitOpt = None,
     seed: SeedOpt = 0,
     model_opts: ModelOptions = ModelOptions(),
 ):
@@ -178,7 +185,7 @@ def dgn_am_cmd(
     from convlens.generative import dgn_am, sample_rows
 
     m = model_opts.open(model)
-    gen = _decoder(m, decoder, data, code_layer, epochs, limit, seed, out)
+    gen = generator.open(m, seed, out)
     with progress_bar("DGN-AM", total=steps) as update:
         res = dgn_am(m, gen, unit, n, steps=steps, weight=weight, seed=seed,
                      callback=lambda s, loss, state: update(completed=s + 1, info=f"loss {loss:.3g}"))
@@ -205,12 +212,8 @@ def inverse_set_cmd(
     encoder: Annotated[str | None, typer.Option(help="Layer ending the encoder E (default: the code layer).")] = None,
     singles: Annotated[bool, typer.Option(help="With several neurons, also sample each one alone "
                                                 "(for the intersection picture, their Fig. 4).")] = True,
-    decoder: DecoderOpt = None,
-    data: TrainDataOpt = None,
-    code_layer: CodeLayerOpt = None,
-    epochs: EpochsOpt = 10,
+    generator: GeneratorOptions = GeneratorOptions(),
     out: OutOpt = Path("results/inverse-set"),
-    limit: LimitOpt = None,
     seed: SeedOpt = 0,
     model_opts: ModelOptions = ModelOptions(),
 ):
@@ -231,7 +234,7 @@ def inverse_set_cmd(
     pairs = [_pair(r) for r in range_]
     cons = [make_constraint(u, *r) for u, r in zip(unit * len(pairs) if len(unit) == 1 else unit, pairs)]
     m = model_opts.open(model)
-    gen = _decoder(m, decoder, data, code_layer, epochs, limit, seed, out)
+    gen = generator.open(m, seed, out)
     jobs = [[c] for c in cons] if len(unit) == 1 else [cons] + ([[c] for c in cons] if singles else [])
     results = []
     for j, job in enumerate(jobs):

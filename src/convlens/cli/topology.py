@@ -3,6 +3,7 @@ Carlsson) from the command line."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from convlens.cli._common import (
     LimitOpt,
     ModelArg,
     ModelOptions,
+    OptionGroup,
     OutOpt,
     SeedOpt,
     command,
@@ -35,11 +37,33 @@ LandmarksOpt = Annotated[int, typer.Option("--landmarks", help="Barcodes: maxmin
 MethodOpt = Annotated[str, typer.Option("--method", help="Barcodes: ripser (Rips on landmarks) or witness (GUDHI).")]
 
 
-def _settings(k, p, resolution, gain, lenses, landmarks, method, seed) -> dict:
-    if (k is None) != (p is None):
-        raise ValueError("give both --k and --p for a density filtration, or neither")
-    return {"k": k, "p": p, "resolution": resolution, "gain": gain, "lenses": lenses,
-            "n_landmarks": landmarks, "method": method, "seed": seed}
+@dataclasses.dataclass(frozen=True)
+class AnalysisOptions(OptionGroup):
+    """The settings of one cloud's analysis (density filtration, Mapper, barcodes), declared once."""
+
+    k: KOpt = None
+    p: POpt = None
+    resolution: ResOpt = 30
+    gain: GainOpt = 3.0
+    lenses: LensOpt = 2
+    landmarks: LandmarksOpt = 100
+    method: MethodOpt = "ripser"
+    seed: SeedOpt = 0
+
+    def settings(self) -> dict:
+        """The keyword arguments of :func:`convlens.topology.analyze_cloud`."""
+        if (self.k is None) != (self.p is None):
+            raise ValueError("give both --k and --p for a density filtration, or neither")
+        return {"k": self.k, "p": self.p, "resolution": self.resolution, "gain": self.gain,
+                "lenses": self.lenses, "n_landmarks": self.landmarks, "method": self.method, "seed": self.seed}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerAnalysisOptions(AnalysisOptions):
+    """:class:`AnalysisOptions` with the density filtration on by default (one model's layers)."""
+
+    k: KOpt = 100
+    p: POpt = 0.3
 
 
 def _write_grid(grid, out: Path) -> None:
@@ -158,14 +182,7 @@ def analyze_cmd(
     layer: Annotated[list[str], typer.Option("--layer", "-l", help="Convolution layer (repeatable): one row each.")] = ["conv1"],  # noqa: B006
     step: Annotated[str, typer.Option("--step", help="'last' (final models), 'all' snapshots, or steps like 100,500.")] = "last",
     arch: Annotated[str | None, typer.Option("--arch", help="Architecture of bare state-dict files.")] = None,
-    k: KOpt = None,
-    p: POpt = None,
-    resolution: ResOpt = 30,
-    gain: GainOpt = 3.0,
-    lenses: LensOpt = 2,
-    landmarks: LandmarksOpt = 100,
-    method: MethodOpt = "ripser",
-    seed: SeedOpt = 0,
+    analysis: AnalysisOptions = AnalysisOptions(),
     out: OutOpt = Path("results/topology"),
 ) -> None:
     """Mapper graphs, barcodes and primary-circle scores per layer and per snapshot (Figs. 8, 13)."""
@@ -173,7 +190,7 @@ def analyze_cmd(
 
     steps = step if step in ("last", "all") else [int(s) for s in step.split(",") if s.strip()]
     src = sources[0] if len(sources) == 1 else sources
-    kw = _settings(k, p, resolution, gain, lenses, landmarks, method, seed)
+    kw = analysis.settings()
     with progress_bar("topology", total=None) as update:
         grid = analyze_study(src, layer, steps=steps, arch=arch,
                              callback=lambda d, n, what: update(completed=d, total=n, info=what), **kw)
@@ -186,21 +203,14 @@ def layers_cmd(
     model: ModelArg,
     model_opts: ModelOptions = ModelOptions(),
     layer: Annotated[list[str] | None, typer.Option("--layer", "-l", help="Layers (default: every spatial convolution).")] = None,
-    k: KOpt = 100,
-    p: POpt = 0.3,
-    resolution: ResOpt = 30,
-    gain: GainOpt = 3.0,
-    lenses: LensOpt = 2,
-    landmarks: LandmarksOpt = 100,
-    method: MethodOpt = "ripser",
-    seed: SeedOpt = 0,
+    analysis: LayerAnalysisOptions = LayerAnalysisOptions(),
     out: OutOpt = Path("results/topology-layers"),
 ) -> None:
     """Layer by layer on one pretrained model (the VGG16 study of Fig. 14)."""
     from convlens.topology import analyze_layers
 
     m = model_opts.open(model)
-    kw = _settings(k, p, resolution, gain, lenses, landmarks, method, seed)
+    kw = analysis.settings()
     with progress_bar("layers", total=None) as update:
         grid = analyze_layers(m, layer or None, callback=lambda d, n, what: update(completed=d, total=n, info=what), **kw)
     _write_grid(grid, out)

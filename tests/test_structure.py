@@ -44,7 +44,7 @@ STILL_LONG = {
     "convlens.embed._interactive.scatter_fragment",
     "convlens.embed._training.tsne_over_training", "convlens.generative._decoder.train_decoders",
     "convlens.generative._inverse_set.inverse_set", "convlens.optimize._render.render",
-    "convlens.report._build.build_report", "convlens.training.train",
+    "convlens.report._build.build_report",
     "convlens.visualize._am.activation_maximization",
 }
 

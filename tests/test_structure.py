@@ -37,7 +37,7 @@ MAX_FUNCTION_LINES = 60
 # Functions still over the limit, to be split (issue 21). The list may only shrink: a new long
 # function fails, and so does a listed one that has been split but not crossed off.
 STILL_LONG = {
-    "convlens.adversarial._attack.attack", "convlens.cli.embed.embed",
+    "convlens.cli.embed.embed",
     "convlens.cli.generative.train_decoder_cmd", "convlens.cli.generative.inverse_set_cmd",
     "convlens.dissect._concepts.load_broden", "convlens.dissect._net2vec.net2vec",
     "convlens.embed._interactive.scatter_fragment",

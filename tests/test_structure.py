@@ -39,7 +39,6 @@ MAX_FUNCTION_LINES = 60
 STILL_LONG = {
     "convlens.cli.embed.embed",
     "convlens.cli.generative.train_decoder_cmd", "convlens.cli.generative.inverse_set_cmd",
-    "convlens.dissect._concepts.load_broden", "convlens.dissect._net2vec.net2vec",
     "convlens.embed._interactive.scatter_fragment",
     "convlens.embed._training.tsne_over_training", "convlens.generative._decoder.train_decoders",
     "convlens.generative._inverse_set.inverse_set", "convlens.optimize._render.render",

@@ -186,8 +186,9 @@ def study(tmp_path_factory, digits):
     seen = []
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        st = train_study(cfg, out, client=client, callback=lambda d, n, s: seen.append((d, n)))
-    assert seen[-1] == (2, 2) and len(st.networks) == 2
+        st = train_study(cfg, out, client=client, progress=seen.append)
+    last = seen[-1]
+    assert (last.done, last.total, last.info["networks_done"]) == (8, 8, 2) and len(st.networks) == 2
     return out
 
 
@@ -358,8 +359,8 @@ def test_study_extends_resumes_and_reports_progress(tmp_path, digits):
             train_study(StudyConfig("M(4,0,8)", "digits", networks=2, steps=2, **base), tmp_path, client=client)
     assert [snapshot_step(s) for s in list_snapshots(tmp_path / "net_000")] == [2, 4, 6]
     assert [snapshot_step(s) for s in list_snapshots(tmp_path / "net_001")] == [2, 4, 6]
-    assert seen and seen[0]["steps_before"] == 2 and seen[-1]["steps_total"] == 12
-    assert seen[-1]["steps_done"] == 12 and seen[-1]["networks_done"] == 2
+    assert seen and seen[0].info["steps_before"] == 2 and seen[-1].total == 12
+    assert seen[-1].done == 12 and seen[-1].info["networks_done"] == 2
     assert Study.load(tmp_path).config.steps == 6 and len(st.networks) == 2
     assert all(n["cpu_per_step"] > 0 for n in st.networks)
 

@@ -58,3 +58,21 @@ def test_bad_configuration(small_digits):
     unlabeled.labels[:] = -1
     with pytest.raises(ValueError, match="has no labels"):
         train("lenet", unlabeled, TrainConfig(steps=1))
+
+
+def test_progress_reports_every_step_and_can_stop_training(tmp_path, small_digits):
+    """The one progress protocol: ("training", step, total) events with the loss; True stops
+    there, and the model so far is saved: the same weights as a run of that many steps."""
+    seen = []
+
+    def progress(p):
+        seen.append((p.task, p.done, p.total, "loss" in p.info))
+        return p.done == 3
+
+    cfg = TrainConfig(steps=10, batch_size=32, seed=2)
+    stopped, result = train("lenet", small_digits, cfg, out=tmp_path, progress=progress)
+    assert seen == [("training", s, 10, True) for s in (1, 2, 3)]
+    short, _ = train("lenet", small_digits, TrainConfig(steps=3, batch_size=32, seed=2))
+    for k, v in short.net.state_dict().items():
+        torch.testing.assert_close(v, stopped.net.state_dict()[k])
+    assert (tmp_path / "model.pt").is_file() and result.val_accuracy is not None

@@ -1,8 +1,11 @@
 """The one progress protocol of every long-running function (openTSNE's shape).
 
-A function that works for long takes ``callback: Callback | None``; it calls it with a small
-:class:`Progress` event after each unit of work, and stops early, returning what it has, when
-the callback returns ``True``. Progress bars live in the command line (``convlens.cli``), which
+A function that works for long takes ``progress: Callback | None`` (one name, one type,
+everywhere; ``tests/test_progress_everywhere.py`` lists them); it calls it through
+:func:`notify` with a small :class:`Progress` event after each unit of work, with a known
+``total``. Where stopping early makes sense (training, optimization, sampling) it stops when the
+callback returns ``True`` and returns what it has; its docstring says so, and elsewhere the answer
+is ignored. Progress bars live in the command line (``convlens.cli.progress_events``), which
 turns events into rich bars; the library only reports.
 
 >>> seen = []

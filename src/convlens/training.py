@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from convlens.data import ImageDataset, conform
 from convlens.files import atomic_path, read_json, write_json
 from convlens.model import Model, load_model
 from convlens.nets import parse_arch
+from convlens.progress import Callback, notify
 from convlens.runner import OUTPUT, Runner
 
 log = logging.getLogger(__name__)
@@ -145,30 +145,24 @@ def train(
     *,
     out: str | Path | None = None,
     resume: bool = False,
-    callback: Callable[[dict], None] | None = None,
+    progress: Callback | None = None,
 ) -> tuple[Model, TrainResult]:
     """Train ``model`` on ``dataset`` with a held-out split; returns the trained model and a
     :class:`TrainResult`. With ``out``, snapshots go to ``out/snapshots/step_NNNNNNN.{pt,json}``
     and the final weights to ``out/model.pt`` + ``out/model.json`` (a loadable model card).
 
-    ``callback`` receives ``{"step", "total", "loss", ...}`` after every step (progress bars).
+    ``progress`` receives a :class:`~convlens.progress.Progress` event ``("training", step,
+    total)`` after every step, with the batch ``loss`` (and ``val_loss``, ``val_accuracy`` after a
+    held-out evaluation) in its ``info``; when it returns ``True`` training stops there and the
+    model trained so far is evaluated, saved and returned.
     """
     cfg = config or TrainConfig()
     torch.manual_seed(cfg.seed)  # a model built here from its name gets seeded initial weights
     model = load_model(model) if isinstance(model, str) else model
     arch = _arch_of(model)
-    if not model.class_names and dataset.class_names:
-        model.spec = model.spec.with_classes(dataset.class_names)
-    ds = conform(dataset, model)
-    if not ds.has_labels:
-        raise ValueError(f"dataset {dataset.name!r} has no labels: training needs labelled images")
-    if cfg.val_fraction > 0:
-        train_ds, val_ds = ds.split(cfg.val_fraction, cfg.seed)
-    else:
-        train_ds, val_ds = ds, None
+    train_ds, val_ds = _split(model, dataset, cfg)
     torch.manual_seed(cfg.seed)
-    n = len(train_ds)
-    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / cfg.batch_size))
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     eval_every = cfg.eval_every or steps_per_epoch
 
@@ -176,40 +170,15 @@ def train(
     opt = _make_optimizer(cfg, net.parameters())
     result = TrainResult(arch=arch, config=cfg, dataset=dataset.name)
     out_dir = Path(out) if out else None
-    step = 0
-    if resume and out_dir is not None and (snap := latest_snapshot(out_dir)) is not None:
-        net.load_state_dict(torch.load(snap, map_location="cpu", weights_only=True))
-        opt_file = snap.with_suffix(".opt.pt")
-        if opt_file.is_file():
-            opt.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=True))
-        meta = read_json(snap.with_suffix(".json"))
-        step = int(meta["step"])
-        result.history = meta.get("history", [])
-        result.snapshots = meta.get("snapshots", [])
-        log.info("resuming from %s (step %d)", snap, step)
-
+    step = _resume(out_dir, net, opt, result) if resume and out_dir is not None else 0
     x_all, y_all = train_ds.tensors()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
     was_training = net.training
     net.train()
     try:
         while step < total:
-            epoch, offset = divmod(step, steps_per_epoch)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-            gen.manual_seed(cfg.seed * 7919 + step)
-            idx = perm[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
-            x = _shift(x_all[idx], cfg.augment_shift, gen).to(model.device)
-            y = y_all[idx].to(model.device)
-            loss = F.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training diverged at step {step} (loss {loss.item()}); lower the learning rate"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = _step(model, opt, x_all, y_all, cfg, step, steps_per_epoch)
             step += 1
-            record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(loss.item())}
+            record = {"step": step, "epoch": step / steps_per_epoch, "loss": loss}
             if val_ds is not None and (step % eval_every == 0 or step == total):
                 ev = classification_scores(model, val_ds)
                 record.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
@@ -219,17 +188,74 @@ def train(
                 result.history.append(record)
             if out_dir is not None and cfg.snapshot_every and step % cfg.snapshot_every == 0:
                 _write_snapshot(out_dir, model, arch, step, opt, result)
-            if callback is not None:
-                callback({**record, "total": total})
+            if notify(progress, "training", step, total, **{k: v for k, v in record.items() if k != "step"}):
+                log.info("training stopped at step %d of %d (asked by the progress callback)", step, total)
+                break
     finally:
         net.train(was_training)
-    net.eval()
+    return _finish(model, arch, val_ds, result, out_dir), result
+
+
+def _finish(model: Model, arch, val_ds: ImageDataset | None, result: TrainResult, out_dir: Path | None) -> Model:
+    """The trained model in eval mode, its held-out accuracy measured and recorded, saved."""
+    model.net.eval()
     if val_ds is not None and result.val_accuracy is None:
         result.val_accuracy = classification_scores(model, val_ds)["accuracy"]
     if out_dir is not None:
         save_trained(out_dir / "model.pt", model, arch, result)
     model.meta.update(arch=arch, val_accuracy=result.val_accuracy)
-    return model, result
+    return model
+
+
+def _split(model: Model, dataset: ImageDataset, cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset | None]:
+    """``dataset`` conformed to ``model`` (whose class names it takes when it has none), split
+    into training and held-out images (``None`` without a held-out share)."""
+    if not model.class_names and dataset.class_names:
+        model.spec = model.spec.with_classes(dataset.class_names)
+    ds = conform(dataset, model)
+    if not ds.has_labels:
+        raise ValueError(f"dataset {dataset.name!r} has no labels: training needs labelled images")
+    if cfg.val_fraction > 0:
+        return ds.split(cfg.val_fraction, cfg.seed)
+    return ds, None
+
+
+def _resume(out_dir: Path, net, opt, result: TrainResult) -> int:
+    """Load the last snapshot in ``out_dir`` (weights, optimizer, history) and return its step;
+    0 when there is none."""
+    snap = latest_snapshot(out_dir)
+    if snap is None:
+        return 0
+    net.load_state_dict(torch.load(snap, map_location="cpu", weights_only=True))
+    opt_file = snap.with_suffix(".opt.pt")
+    if opt_file.is_file():
+        opt.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=True))
+    meta = read_json(snap.with_suffix(".json"))
+    result.history = meta.get("history", [])
+    result.snapshots = meta.get("snapshots", [])
+    log.info("resuming from %s (step %d)", snap, int(meta["step"]))
+    return int(meta["step"])
+
+
+def _step(model: Model, opt, x_all: torch.Tensor, y_all: torch.Tensor, cfg: TrainConfig, step: int,
+          steps_per_epoch: int) -> float:
+    """One optimizer step on the batch of ``step`` (the shuffling and the shifts are seeded by
+    the epoch and the step, so a resumed run takes the same batches); returns its loss."""
+    epoch, offset = divmod(step, steps_per_epoch)
+    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    idx = perm[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
+    x = _shift(x_all[idx], cfg.augment_shift, gen).to(model.device)
+    y = y_all[idx].to(model.device)
+    loss = F.cross_entropy(model(x), y)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"training diverged at step {step} (loss {loss.item()}); lower the learning rate"
+        )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.item())
 
 
 def _card(model: Model, arch: str | None, extra: dict) -> dict:

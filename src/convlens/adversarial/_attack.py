@@ -19,7 +19,7 @@ the budget exactly: ``||x_adv - x0|| <= eps`` computed in float64 on the stored 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import torch
 
 from convlens.attribute import check_images, resolve_class
 from convlens.files import load_result, save_result
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -291,24 +292,10 @@ def resolve_targets(model, target, pred: np.ndarray, probs: np.ndarray, seed: in
 
 
 # -- the attack ---------------------------------------------------------------------------------
-def attack(
-    model,
-    images,
-    labels=None,
-    *,
-    eps: float,
-    norm: str = "linf",
-    target=None,
-    method: str = "pgd",
-    steps: int = 40,
-    step_size: float | None = None,
-    random_start: bool = False,
-    stop_on_success: bool = True,
-    seed: int = 0,
-    ids: Sequence[str] | None = None,
-    callback: Callable | None = None,
-    memory: int | float | str | None = None,
-) -> AttackResult:
+def attack(model, images, labels=None, *, eps: float, norm: str = "linf", target=None, method: str = "pgd",
+           steps: int = 40, step_size: float | None = None, random_start: bool = False,
+           stop_on_success: bool = True, seed: int = 0, ids: Sequence[str] | None = None,
+           progress: Callback | None = None, memory: int | float | str | None = None) -> AttackResult:
     """Adversarial twins of ``images`` under an ``eps`` budget, on the optimization engine.
 
     Parameters
@@ -324,7 +311,9 @@ def attack(
     steps, step_size : the step cap and the step length (default ``2.5 * eps / steps``)
     random_start : start PGD from a uniform point of the L-inf ball (Madry et al.)
     stop_on_success : stop each image once the attack succeeds (keeps the smallest number of steps)
-    callback : passed to the engine, ``(step, loss, state) -> stop?``
+    progress : receives a :class:`~convlens.progress.Progress` event ``("attack", image-steps done,
+        images x steps)`` after every engine step, with the mean ``loss``; ``True`` stops the attack
+        there (every image keeps its current perturbation)
     memory : the memory budget (:mod:`convlens.runner`; default: the current one); the images
         are attacked in chunks that fit it, with the results of one batch
 
@@ -337,6 +326,48 @@ def attack(
     >>> r = attack(load_model("lenet-digits"), x, y, eps=0.1, target="random")  # doctest: +SKIP
     >>> r.success_rate, r.linf.max() <= 0.1                                      # doctest: +SKIP
     """
+    from convlens.runner import memory_budget
+
+    check_attack_args(eps, norm, method, steps, step_size)
+    x0, y = _check_inputs(model, images, labels)
+    with memory_budget(memory):
+        p0 = _probs(model, x0).cpu().numpy()
+    targets = resolve_targets(model, target, p0.argmax(1), p0, seed)
+    targeted = bool((targets >= 0).any())
+    if method == "fgsm":
+        steps, step_size, random_start = 1, float(eps), False
+    step_size = float(step_size if step_size is not None else 2.5 * eps / steps)
+    goal = torch.as_tensor(targets if targeted else np.where(y >= 0, y, p0.argmax(1)))
+    r = _optimize(model, x0, goal, targeted, eps=eps, norm=norm, steps=steps, step_size=step_size,
+                  random_start=random_start, stop_on_success=stop_on_success, seed=seed, memory=memory,
+                  progress=progress)
+    adv = enforce_budget(x0, r.images, eps, norm)
+    with memory_budget(memory):
+        p1 = _probs(model, adv).cpu().numpy()
+    params = {"method": method, "norm": norm, "eps": float(eps), "steps": int(steps), "step_size": step_size,
+              "random_start": bool(random_start), "targeted": targeted, "seed": int(seed),
+              "stop_on_success": bool(stop_on_success), "model": getattr(model, "name", "model"),
+              "engine": "convlens.optimize.render", "interrupted": bool(r.interrupted)}
+    return _result(x0, adv, y, targets, p0, p1, r, ids, params)
+
+
+def _check_inputs(model, images, labels) -> tuple[torch.Tensor, np.ndarray]:
+    """The images (display space, checked) and one label per image (-1: none given)."""
+    x0 = check_images(model, images).detach()
+    if float(x0.min()) < 0 or float(x0.max()) > 1:
+        raise ValueError("images must be in display space [0, 1]; convert them with "
+                         "convlens.data.conform or model.spec.denormalize")
+    y = np.full(len(x0), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(y) != len(x0):
+        raise ValueError(f"got {len(y)} labels for {len(x0)} images")
+    return x0, y
+
+
+def _optimize(model, x0: torch.Tensor, goal: torch.Tensor, targeted: bool, *, eps, norm, steps, step_size,
+              random_start, stop_on_success, seed, memory, progress: Callback | None):
+    """The attack on the engine: every image's perturbation optimized towards (targeted) or away
+    from its ``goal`` class, in chunks that fit the memory budget; each image stops at its first
+    success when ``stop_on_success``. Returns the engine's :class:`~convlens.optimize.RenderResult`."""
     from convlens.optimize import (
         L2Ball,
         LinfBall,
@@ -345,27 +376,8 @@ def attack(
         objectives,
         render_chunked,
     )
-    from convlens.runner import memory_budget
 
-    check_attack_args(eps, norm, method, steps, step_size)
-    x0 = check_images(model, images).detach()
-    if float(x0.min()) < 0 or float(x0.max()) > 1:
-        raise ValueError("images must be in display space [0, 1]; convert them with "
-                         "convlens.data.conform or model.spec.denormalize")
     n = len(x0)
-    y = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(y) != n:
-        raise ValueError(f"got {len(y)} labels for {n} images")
-    with memory_budget(memory):
-        p0 = _probs(model, x0).cpu().numpy()
-    pred0 = p0.argmax(1)
-    targets = resolve_targets(model, target, pred0, p0, seed)
-    targeted = bool((targets >= 0).any())
-    ref = np.where(y >= 0, y, pred0)
-    if method == "fgsm":
-        steps, step_size, random_start = 1, float(eps), False
-    step_size = float(step_size if step_size is not None else 2.5 * eps / steps)
-    goal = torch.as_tensor(targets if targeted else ref)
     start_eps = eps if norm == "linf" else eps / np.sqrt(x0[0].numel())
     budget = LinfBall(eps) if norm == "linf" else L2Ball(eps)
     span = [0, 0]
@@ -379,29 +391,31 @@ def attack(
         return objective, param, budget
 
     def on_step(step, loss, state):
-        verdict = callback(step, loss, state) if callback is not None else None
-        if not stop_on_success or verdict is True:
-            return verdict
+        a, b = span
+        if notify(progress, "attack", a * steps + (step + 1) * (b - a), n * steps, loss=loss):
+            return True
+        if not stop_on_success:
+            return None
         pred = state.acts[objectives.OUTPUT].flatten(1).argmax(1).cpu()
-        g = goal[span[0]:span[1]]
-        ok = pred == g if targeted else pred != g
-        return ok if verdict is None or verdict is False else ok | verdict.to(torch.bool).cpu()
+        return pred == goal[a:b] if targeted else pred != goal[a:b]
 
     r = render_chunked(model, n, build, tuple(x0.shape[1:]), memory=memory, steps=steps, lr=step_size,
                        optimizer=lambda params: SteepestDescent(params, step_size, norm), seed=seed,
                        callback=on_step)
-    adv = enforce_budget(x0, r.images, eps, norm)
-    with memory_budget(memory):
-        p1 = _probs(model, adv).cpu().numpy()
-    pred1 = p1.argmax(1)
+    notify(progress, "attack", n * steps, n * steps)  # images that stopped early are done too
+    return r
+
+
+def _result(x0, adv, y, targets, p0, p1, r, ids, params) -> AttackResult:
+    """The :class:`AttackResult` of clean and adversarial images, their probabilities ``p0`` and
+    ``p1`` and the engine's run ``r``."""
+    n = len(x0)
     rows = np.arange(n)
+    pred0, pred1 = p0.argmax(1), p1.argmax(1)
     linf, l2 = perturbation_norms(x0.cpu().numpy(), adv.cpu().numpy())
     used = np.where(r.stopped_at >= 0, r.stopped_at, r.steps) if r.stopped_at is not None else np.full(n, r.steps)
     nan = np.full(n, np.nan)
-    params = {"method": method, "norm": norm, "eps": float(eps), "steps": int(steps), "step_size": step_size,
-              "random_start": bool(random_start), "targeted": targeted, "seed": int(seed),
-              "stop_on_success": bool(stop_on_success), "model": getattr(model, "name", "model"),
-              "engine": "convlens.optimize.render", "interrupted": bool(r.interrupted)}
+    targeted = params["targeted"]
     return AttackResult(
         clean=x0.cpu().numpy(), adversarial=adv.cpu().numpy(), labels=y, targets=targets,
         pred_before=pred0, pred_after=pred1, conf_before=p0[rows, pred0], conf_after=p1[rows, pred1],
@@ -426,10 +440,12 @@ def attack_dataset(
     random_start: bool = False,
     batch_size: int = 64,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callback | None = None,
 ) -> AttackResult:
     """:func:`attack` over every image of a dataset (already conformed to the model), batch by
-    batch; the success rate, sizes and confidences are in ``result.summary()``.
+    batch; the success rate, sizes and confidences are in ``result.summary()``. ``progress``
+    receives a :class:`~convlens.progress.Progress` event ``("attack", images done, images)``
+    after each batch.
 
     With one fixed target class, images the model already puts in that class are skipped (they
     cannot be attacked towards it) and counted in ``params["skipped"]``; ``"random"`` targets
@@ -452,8 +468,7 @@ def attack_dataset(
                                 steps=steps, step_size=step_size, random_start=random_start,
                                 seed=seed + done, ids=ids))
         done += len(idx)
-        if progress is not None:
-            progress(done, len(dataset))
+        notify(progress, "attack", done, len(dataset))
     if skipped:
         log.info("%d images already classified as the target were skipped", skipped)
     res = AttackResult.concat(parts)

@@ -5,7 +5,7 @@ first half and measure it on the second, save everything and draw the figures.""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from convlens.adversarial._attack import AttackResult, attack_dataset
 from convlens.adversarial._detect import AdversarialDetector, DetectionResult, evaluate_detector
 from convlens.adversarial._inside import RepresentationShift, representation_shift
 from convlens.files import read_json, write_json
+from convlens.progress import Callback
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ def run_study(
     map_units: list[str] | None = None,
     detect: bool = True,
     seed: int = 0,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callback | None = None,
 ) -> dict:
     """Run and save the study under ``out`` (``attack/``, ``fit_attack/``, ``inside/``,
     ``detector/``, figures ``distances.png``, ``fig20.png``, ``roc.png``, ``summary.json``).
-    ``dataset`` must already fit the model (``convlens.data.conform``). Returns the summary."""
+    ``dataset`` must already fit the model (``convlens.data.conform``). ``progress`` receives the
+    :class:`~convlens.progress.Progress` events of the two attacks, as tasks ``"attack (held out)"``
+    and ``"attack (fit)"``. Returns the summary."""
     out = Path(out)
     fit_ds, test_ds, how = split_for_detection(dataset, model, seed=seed)
     if test_images:
@@ -62,7 +65,7 @@ def run_study(
     kw = dict(eps=eps, norm=norm, target=target, method=method, steps=steps, step_size=step_size, seed=seed)
 
     def prog(stage):
-        return None if progress is None else (lambda done, total: progress(stage, done, total))
+        return None if progress is None else (lambda p: progress(replace(p, task=stage)))
 
     test = attack_dataset(model, test_ds, progress=prog("attack (held out)"), **kw)
     test.save(out / "attack")

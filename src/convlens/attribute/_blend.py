@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from convlens.progress import Callback, notify
+
 #: Default precision of the perturbation methods (LIME, occlusion, deletion/insertion curves):
 #: bfloat16 where the hardware runs it natively, float32 elsewhere. Their results are sampling
 #: or ranking estimates whose own spread is far larger than bfloat16's rounding (numbers in the
@@ -45,7 +47,7 @@ def blend_probs(
     precision: str = DEFAULT_PRECISION,
     layer: str | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
-    callback: Callable[[int, int], None] | None = None,
+    progress: Callback | None = None,
 ) -> tuple[torch.Tensor, torch.dtype]:
     """Softmax probabilities ``(total, classes)`` (float32, CPU) of ``model`` on the images that
     take each pixel from ``end`` where a mask is True and from ``start`` elsewhere, for every
@@ -53,7 +55,9 @@ def blend_probs(
 
     ``start`` and ``end`` are display-space images ``(C, H, W)`` on the model's device. With
     ``layer``, ``on_batch(probs, activations)`` receives that layer's output for every batch.
-    Returns the probabilities and the dtype the network ran in."""
+    ``progress`` receives a :class:`~convlens.progress.Progress` event ``("perturbed images",
+    done, total)`` after each batch of masks. Returns the probabilities and the dtype the network
+    ran in."""
     from convlens.runner import OUTPUT, Runner
 
     run = Runner(model, [layer] if layer else [], output=True, precision=precision, fuse=layer is None)
@@ -74,8 +78,7 @@ def blend_probs(
                     on_batch(p, res[layer] if layer else None)
                 out.append(p)
             done += len(m)
-            if callback:
-                callback(done, total)
+            notify(progress, "perturbed images", done, total)
     if done != total:
         raise RuntimeError(f"blend_probs got {done} masks, expected {total}")
     return torch.cat(out), dtype

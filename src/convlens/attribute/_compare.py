@@ -5,7 +5,6 @@ insertion curves (Petsiuk et al.), ROAD MoRF / LeRF (Rong et al.), the cascading
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 from convlens.attribute._checks import check_images
 from convlens.attribute._faithful import Curve, perturbation_curve
 from convlens.attribute._registry import attribute, resolve_targets
+from convlens.progress import Callback, notify
 
 #: the methods of ``convlens faithfulness`` (a single image, LIME and occlusion included)
 FAITHFULNESS_METHODS = ("saliency", "guided-backprop", "lime", "occlusion", "random")
@@ -80,7 +80,7 @@ class Comparison:
 def compare(model, images, methods=COMPARE_METHODS, target=None, *, masks: np.ndarray | None = None,
             names: list[str] | None = None, steps: int = 20, fractions=None, sanity_images: int = 4,
             options: dict | None = None, seed: int = 0,
-            callback: Callable[[str, int, int], None] | None = None) -> Comparison:
+            progress: Callback | None = None) -> Comparison:
     """Every method of ``methods`` on ``images``, scored by every metric.
 
     Parameters
@@ -91,7 +91,8 @@ def compare(model, images, methods=COMPARE_METHODS, target=None, *, masks: np.nd
     fractions : ROAD's removed shares (default 0.1 ... 0.9)
     sanity_images : images of the cascading randomization test (0 skips it)
     options : ``{method: {option: value}}``
-    callback : ``(stage, done, total)`` after each method
+    progress : receives :class:`~convlens.progress.Progress` events ``("methods", done, methods)``
+        after each method, then the sanity check's ``("randomization", done, steps)``
     """
     from convlens.attribute._pointing import pointing_game
     from convlens.attribute._road import road
@@ -116,12 +117,11 @@ def compare(model, images, methods=COMPARE_METHODS, target=None, *, masks: np.nd
         point = float(pointing_game(a.maps[has], masks[has]).mean()) if has.any() else float("nan")
         rows.append([name, float(np.mean(dele)), float(np.mean(ins)), morf, lerf, float("nan"), float("nan"),
                      point, a.seconds / len(x)])
-        if callback:
-            callback("methods", k + 1, len(methods))
+        notify(progress, "methods", k + 1, len(methods), method=name)
     if sanity_images:
         s = sanity_check(model, x[:sanity_images], list(methods), targets[:sanity_images], mode="cascading",
                          seed=seed, options=options,
-                         callback=(lambda d, t: callback("sanity", d, t)) if callback else None)
+                         progress=progress)
         for r in rows:
             r[5] = float(s.spearman[r[0]][-1].mean())
             r[6] = float(s.random_label[r[0]].mean())

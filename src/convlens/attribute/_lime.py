@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from convlens.attribute._blend import DEFAULT_PRECISION, blend_probs, chunks
 from convlens.attribute._checks import check_images, resolve_class
 from convlens.fast import resolve_precision
 from convlens.files import load_result, save_result
+from convlens.progress import Callback
 
 SEGMENTERS = ("slic", "quickshift")
 
@@ -178,17 +178,18 @@ def _fudge(x: torch.Tensor, seg: torch.Tensor, n: int, hide) -> torch.Tensor:
 
 def perturbation_probs(model, image: torch.Tensor, segments: np.ndarray, z: np.ndarray, *,
                        hide="mean", batch_size: int | None = None, precision: str = DEFAULT_PRECISION,
-                       callback: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, torch.dtype]:
+                       progress: Callback | None = None) -> tuple[np.ndarray, torch.dtype]:
     """Class probabilities of ``model`` on the image with superpixels switched by ``z`` ``(M, S)``
     (1 = kept), and the dtype the network ran in. Each batch's masks are one gather
     ``z[:, segments]`` (no Python loop over samples); the images are put together in the
-    network's input space and evaluated by :func:`convlens.attribute._blend.blend_probs`."""
+    network's input space and evaluated by :func:`convlens.attribute._blend.blend_probs`
+    (``progress``: its ``("perturbed images", done, M)`` events)."""
     x = image.to(model.device, torch.float32)
     seg = torch.as_tensor(segments, dtype=torch.long, device=x.device)
     fudge = _fudge(x, seg, z.shape[1], hide)
     zt = torch.as_tensor(z, device=x.device).bool()
     masks = (zt[a:b][:, seg] for a, b in chunks(len(zt), batch_size, seg.shape))  # (B, H, W): True = the image's
-    probs, dtype = blend_probs(model, fudge, x, masks, total=len(zt), precision=precision, callback=callback)
+    probs, dtype = blend_probs(model, fudge, x, masks, total=len(zt), precision=precision, progress=progress)
     return probs.cpu().numpy(), dtype
 
 
@@ -228,25 +229,11 @@ def fit_local_model(z, y, w, num_features: int | None = None, alpha: float = 1.0
     return coefs, float(reg.intercept_), float(reg.score(z[:, used], y, sample_weight=w))
 
 
-def lime(
-    model,
-    image,
-    *,
-    labels=None,
-    top_labels: int = 2,
-    segments: np.ndarray | None = None,
-    method: str = "slic",
-    n_segments: int = 50,
-    num_samples: int = 1000,
-    batch_size: int | None = None,
-    precision: str = DEFAULT_PRECISION,
-    hide="mean",
-    kernel_width: float = 0.25,
-    num_features: int | None = None,
-    seed: int = 0,
-    samples: np.ndarray | None = None,
-    callback: Callable[[int, int], None] | None = None,
-) -> LimeResult:
+def lime(model, image, *, labels=None, top_labels: int = 2, segments: np.ndarray | None = None,
+         method: str = "slic", n_segments: int = 50, num_samples: int = 1000, batch_size: int | None = None,
+         precision: str = DEFAULT_PRECISION, hide="mean", kernel_width: float = 0.25,
+         num_features: int | None = None, seed: int = 0, samples: np.ndarray | None = None,
+         progress: Callback | None = None) -> LimeResult:
     """Explain ``model``'s classification of one display-space ``image`` with LIME.
 
     Parameters
@@ -262,19 +249,18 @@ def lime(
     samples : your own on/off patterns ``(M, S)`` (1 = superpixel kept) instead of ``num_samples``
         drawn from ``seed``; e.g. the ``lime`` package's draws, to compare the two on the same
         samples
+    progress : receives the :class:`~convlens.progress.Progress` events ``("perturbed images",
+        done, samples)`` of the network's passes
     batch_size : perturbed images per forward pass; ``None`` picks one from the image size
         (:func:`convlens.attribute._blend.auto_batch`: 5 at 227 px, 256 at 28 px)
     precision : ``"auto"`` (default: bfloat16 where the CPU or GPU runs it natively, else
         float32), ``"float32"`` or ``"bfloat16"``; see :mod:`convlens.fast`. The dtype used is
         recorded in ``meta["dtype"]``. Results are reproducible from ``seed`` on one machine in
-        every precision. Why ``"auto"`` is the default (``benchmarks/bench_attribute.py
-        --areas``, 1000 samples): with the same seed, bfloat16 and float32 weights correlate
-        at 0.999-1.000, the top superpixel is the same in 100 % of 90 LeNet and 44 SqueezeNet
-        runs and the top 5 overlap 98-99 %, while two seeds in float32 correlate at only
-        0.96-0.97 (top superpixel the same in 86-97 %); the deletion area moves by under 0.001.
-        LIME's own sampling noise dwarfs the rounding (1 - correlation: 0.03-0.04 between seeds,
-        under 0.001 between precisions), and bfloat16 made LIME 2.6x faster on SqueezeNet here
-        (a CPU with AMX).
+        every precision. Why ``"auto"`` is the default (``bench_attribute.py --areas``, 1000
+        samples): with one seed, bfloat16 and float32 weights correlate at 0.999-1.000 (top
+        superpixel the same in 100 % of 90 LeNet and 44 SqueezeNet runs, top 5 overlap 98-99 %),
+        two float32 seeds at only 0.96-0.97 (top superpixel the same in 86-97 %); the deletion
+        area moves by under 0.001; bfloat16 made LIME 2.6x faster on SqueezeNet (a CPU with AMX).
 
     With the defaults the method is the ``lime`` package's (0.2) ``LimeImageExplainer``: the
     same Bernoulli(1/2) sampling with the first sample unperturbed, kernel
@@ -287,6 +273,27 @@ def lime(
     >>> r = lime(model, x, labels=["African elephant", "Indian elephant"])  # doctest: +SKIP
     >>> r.mask("Indian elephant", k=5)                                      # doctest: +SKIP
     """
+    x, chosen = _check_lime(model, image, labels, num_samples, samples, kernel_width, segments, n_segments, precision)
+    seg = _segments(x, segments, method, n_segments, seed)
+    z = _patterns(samples, num_samples, int(seg.max()) + 1, seed)
+    probs, dtype = perturbation_probs(model, x, seg, z, hide=hide, batch_size=batch_size, precision=precision,
+                                      progress=progress)
+    chosen = np.argsort(-probs[0], kind="stable")[:top_labels].tolist() if chosen is None else chosen
+    w = _kernel_weights(z, kernel_width)
+    fits = [fit_local_model(z, probs[:, c], w, num_features) for c in chosen]
+    meta = {"num_samples": len(z), "segments": int(seg.max()) + 1, "method": method if segments is None else "given",
+            "samples": "drawn" if samples is None else "given", "hide": hide, "kernel_width": kernel_width,
+            "num_features": num_features, "seed": seed, "precision": precision,
+            "dtype": str(dtype).removeprefix("torch."), **_warn_if_nothing_to_explain(x, probs[:, chosen])}
+    return LimeResult(
+        image=x.cpu().numpy(), segments=seg, labels=[int(c) for c in chosen],
+        coefs=np.stack([f[0] for f in fits]), intercepts=np.array([f[1] for f in fits]),
+        scores=np.array([f[2] for f in fits]), probs=probs[0], class_names=list(model.class_names), meta=meta)
+
+
+def _check_lime(model, image, labels, num_samples, samples, kernel_width, segments, n_segments, precision):
+    """The one image ``(C, H, W)`` and the classes asked for (``None``: the most probable), or a
+    ``ValueError`` naming the bad argument before any work."""
     x = check_images(model, image)
     if len(x) != 1:
         raise ValueError(f"LIME explains one image at a time, got a batch of {len(x)}")
@@ -299,42 +306,40 @@ def lime(
     resolve_precision(precision, x.device)  # a bad value fails here, before any work
     chosen = (None if labels is None else  # so does a bad class name
               [resolve_class(model, c) for c in ([labels] if isinstance(labels, (int, str)) else labels)])
-    x = x[0]
+    return x[0], chosen
+
+
+def _segments(x: torch.Tensor, segments, method: str, n_segments: int, seed: int) -> np.ndarray:
+    """Superpixel labels ``(H, W)`` numbered ``0 .. S-1``: computed by ``method`` or given."""
     seg = superpixels(x, method, n_segments=n_segments, seed=seed) if segments is None else np.asarray(segments)
     if seg.shape != tuple(x.shape[1:]):
         raise ValueError(f"segments of shape {seg.shape} do not match the image's {tuple(x.shape[1:])}")
     _, seg = np.unique(seg, return_inverse=True)
-    seg = seg.reshape(x.shape[1:])
-    n_seg = int(seg.max()) + 1
+    return seg.reshape(x.shape[1:])
+
+
+def _patterns(samples, num_samples: int, n_seg: int, seed: int) -> np.ndarray:
+    """The on/off patterns ``(M, S)``: ``num_samples`` Bernoulli(1/2) draws with the first all on
+    (the ``lime`` package's), or the given ``samples`` checked."""
     if samples is None:
         z = np.random.default_rng(seed).integers(0, 2, size=(num_samples, n_seg)).astype(np.float64)
         z[0] = 1.0
-    else:
-        z = np.asarray(samples, dtype=np.float64)
-        if z.ndim != 2 or z.shape[1] != n_seg or not np.isin(z, (0, 1)).all():
-            raise ValueError(f"samples must be a 0/1 matrix (samples x {n_seg} superpixels), got shape "
-                             f"{z.shape}" + ("" if z.ndim != 2 or z.shape[1] != n_seg else " with other values"))
-        num_samples = len(z)
-    probs, dtype = perturbation_probs(model, x, seg, z, hide=hide, batch_size=batch_size, precision=precision,
-                                      callback=callback)
-    if chosen is None:
-        chosen = np.argsort(-probs[0], kind="stable")[:top_labels].tolist()
-    w = _kernel_weights(z, kernel_width)
-    fits = [fit_local_model(z, probs[:, c], w, num_features) for c in chosen]
-    warning = _nothing_to_explain(x, probs[:, chosen])
-    if warning:
-        log.warning("LIME: %s", warning)
-        warnings.warn(warning, NothingToExplainWarning, stacklevel=2)
-    return LimeResult(
-        image=x.cpu().numpy(), segments=seg, labels=[int(c) for c in chosen],
-        coefs=np.stack([f[0] for f in fits]), intercepts=np.array([f[1] for f in fits]),
-        scores=np.array([f[2] for f in fits]), probs=probs[0], class_names=list(model.class_names),
-        meta={"num_samples": num_samples, "segments": n_seg, "method": method if segments is None else "given",
-              "samples": "drawn" if samples is None else "given",
-              "hide": hide, "kernel_width": kernel_width, "num_features": num_features, "seed": seed,
-              "precision": precision, "dtype": str(dtype).removeprefix("torch."),
-              **({"warning": warning} if warning else {})},
-    )
+        return z
+    z = np.asarray(samples, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != n_seg or not np.isin(z, (0, 1)).all():
+        raise ValueError(f"samples must be a 0/1 matrix (samples x {n_seg} superpixels), got shape "
+                         f"{z.shape}" + ("" if z.ndim != 2 or z.shape[1] != n_seg else " with other values"))
+    return z
+
+
+def _warn_if_nothing_to_explain(x: torch.Tensor, probs: np.ndarray) -> dict:
+    """``{"warning": why}`` (logged and warned) when the weights mean nothing, else ``{}``."""
+    warning = _nothing_to_explain(x, probs)
+    if not warning:
+        return {}
+    log.warning("LIME: %s", warning)
+    warnings.warn(warning, NothingToExplainWarning, stacklevel=3)
+    return {"warning": warning}
 
 
 def _nothing_to_explain(x: torch.Tensor, probs: np.ndarray) -> str | None:

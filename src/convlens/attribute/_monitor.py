@@ -3,7 +3,6 @@ images and their DeconvNet projections at each snapshot of a training run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from convlens.attribute._checks import as_unit
 from convlens.attribute._top import top_images
 from convlens.files import load_result, save_result
+from convlens.progress import Callback, notify
 
 _ARRAYS = ("steps", "values", "indices", "positions", "images", "projections", "boxes")
 
@@ -42,11 +42,12 @@ class UnitMonitor:
 
 
 def monitor_unit(run_dir: str | Path, dataset, unit, *, k: int = 9, batch_size: int = 128,
-                 every: int = 1, callback: Callable[[int, int], None] | None = None,
+                 every: int = 1, progress: Callback | None = None,
                  device=None) -> UnitMonitor:
     """Top ``k`` images of ``unit`` (``"layer:index"``) and their projections at every
     ``every``-th snapshot of the training run in ``run_dir`` (``convlens train --snapshot-every``),
-    each loaded on ``device`` (see :func:`convlens.load_model`)."""
+    each loaded on ``device`` (see :func:`convlens.load_model`). ``progress`` receives a
+    :class:`~convlens.progress.Progress` event ``("snapshots", done, snapshots)`` after each."""
     from convlens.data import conform
     from convlens.model import load_model
     from convlens.training import list_snapshots, snapshot_step
@@ -62,8 +63,7 @@ def monitor_unit(run_dir: str | Path, dataset, unit, *, k: int = 9, batch_size: 
         top = top_images(model, conform(dataset, model), u.layer, k=k, units=[u.index],
                          batch_size=batch_size, project=True)
         rows.append((snapshot_step(snap), top))
-        if callback:
-            callback(t + 1, len(snaps))
+        notify(progress, "snapshots", t + 1, len(snaps))
     return UnitMonitor(
         str(u), np.array([s for s, _ in rows]),
         *[np.stack([getattr(top, a)[0] for _, top in rows]) for a in _ARRAYS[1:]],

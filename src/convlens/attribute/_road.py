@@ -16,7 +16,6 @@ entry by entry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from convlens.attribute._blend import auto_batch
 from convlens.attribute._checks import check_images
 from convlens.probe import frozen
+from convlens.progress import Callback, notify
 
 #: Rong et al.'s neighbour weights: (row offset, column offset, weight)
 NEIGHBOURS = ((-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12), (0, -1, 1 / 6), (0, 1, 1 / 6),
@@ -116,12 +116,13 @@ def road_images(x: torch.Tensor, maps: torch.Tensor, fractions, order: str, *, n
 
 def road(model, images, maps, targets, *, order: str = "morf", fractions=None, noise: float = 0.01,
          seed: int = 0, batch_size: int | None = None,
-         callback: Callable[[int, int], None] | None = None) -> RoadCurve:
+         progress: Callback | None = None) -> RoadCurve:
     """ROAD curve of ``maps`` ``(N, H, W)`` on ``images``: the target probabilities after removing
     each fraction (default 0.1 ... 0.9, Rong et al.) of the pixels by ``order``.
 
     The network runs on batches of ``batch_size`` imputed images (default
-    :func:`~convlens.attribute._blend.auto_batch`), made one batch at a time."""
+    :func:`~convlens.attribute._blend.auto_batch`), made one batch at a time; ``progress`` receives
+    a :class:`~convlens.progress.Progress` event ``("ROAD images", done, images x fractions)`` after each."""
     if order not in ("morf", "lerf"):
         raise ValueError(f"order must be 'morf' (most relevant first) or 'lerf', got {order!r}")
     x = check_images(model, images)
@@ -151,6 +152,5 @@ def road(model, images, maps, targets, *, order: str = "morf", fractions=None, n
             p = torch.softmax(model(batch).float(), 1).cpu()
             for k, (i, j) in enumerate(chunk):
                 probs[i, j] = float(p[k, t[i]])
-            if callback:
-                callback(min(s + b, len(rows)), len(rows))
+            notify(progress, "ROAD images", min(s + b, len(rows)), len(rows))
     return RoadCurve(order, fr, probs, t.cpu().numpy())

@@ -17,7 +17,6 @@ method) by a normal draw with each tensor's own standard deviation.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from convlens.attribute._registry import attribute, resolve_targets
 from convlens.files import load_result, save_result
+from convlens.progress import Callback, notify
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -157,7 +157,7 @@ class SanityResult:
 def sanity_check(model, images, methods: list[str], target=None, *, mode: str = "cascading",
                  layers: list[str] | None = None, random_label: bool = True, seed: int = 0,
                  margin: int = 0, options: dict | None = None,
-                 callback: Callable[[int, int], None] | None = None) -> SanityResult:
+                 progress: Callback | None = None) -> SanityResult:
     """Adebayo et al.'s model-parameter randomization test for ``methods`` (registry names).
 
     Parameters
@@ -171,7 +171,8 @@ def sanity_check(model, images, methods: list[str], target=None, *, mode: str = 
         correlation of 0.29-0.34 with the trained one over the whole image, 0.08-0.11 without a
         4-pixel frame (three seeds, 16 digits)
     options : ``{method: {option: value}}`` passed to :func:`convlens.attribute.attribute`
-    callback : ``(done, total)`` after each randomization step
+    progress : receives a :class:`~convlens.progress.Progress` event ``("randomization", done,
+        steps)`` after each randomization step
     """
     if mode not in ("cascading", "independent"):
         raise ValueError(f"mode must be 'cascading' or 'independent', got {mode!r}")
@@ -199,7 +200,7 @@ def sanity_check(model, images, methods: list[str], target=None, *, mode: str = 
                 for name in methods}
 
     ref = maps_of(model, targets)
-    sp, ss = _randomized(model, work, groups, mode, seed, lambda m: maps_of(m, targets), ref, callback)
+    sp, ss = _randomized(model, work, groups, mode, seed, lambda m: maps_of(m, targets), ref, progress)
     rl = {}
     if random_label:
         n_cls = int(model(x[:1]).shape[1])
@@ -212,7 +213,7 @@ def sanity_check(model, images, methods: list[str], target=None, *, mode: str = 
                         {"model": model.name, "images": len(x), "seed": seed, "margin": margin})
 
 
-def _randomized(model, work, groups, mode, seed, maps_of, ref, callback):
+def _randomized(model, work, groups, mode, seed, maps_of, ref, progress):
     """Spearman and SSIM ``{method: [trained, after step 1, ...]}`` of the maps of ``work`` as
     ``groups`` are randomized (cumulatively, or each on a fresh copy)."""
     n = len(next(iter(ref.values())))
@@ -226,8 +227,7 @@ def _randomized(model, work, groups, mode, seed, maps_of, ref, callback):
         for k in ref:
             sp[k].append(spearman(np.abs(ref[k]), np.abs(now[k])))
             ss[k].append(ssim(_unit_range(ref[k]), _unit_range(now[k])))
-        if callback:
-            callback(i + 1, len(groups))
+        notify(progress, "randomization", i + 1, len(groups), layer=g)
     return sp, ss
 
 

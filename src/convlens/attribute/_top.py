@@ -5,7 +5,7 @@ is shown with its DeconvNet projection cropped to the unit's receptive field."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ import torch
 from convlens.attribute._backprop import backproject, receptive_fields
 from convlens.files import load_result, save_result
 from convlens.probe import get_layer
+from convlens.progress import Callback, notify
 from convlens.runner import batch_size as fitting
 from convlens.runner import forward_batches
 from convlens.units import parse_unit_list
@@ -93,7 +94,7 @@ def top_images(
     units: str | list[int] | None = None,
     batch_size: int = 128,
     project: bool | list[int] = False,
-    callback: Callable[[int, int], None] | None = None,
+    progress: Callback | None = None,
     memory: int | float | str | None = None,
 ) -> TopImages:
     """The ``k`` images (and positions) that excite each unit of ``layer`` most, in one pass.
@@ -109,35 +110,14 @@ def top_images(
     batch_size : the most images per forward pass; fewer when the memory budget
         (``memory``, :mod:`convlens.runner`; default: the current one) allows fewer, with the
         same result
-    callback : ``callback(images_done, images_total)`` after each batch
+    progress : receives a :class:`~convlens.progress.Progress` event ``("top images", images
+        done, images)`` after each batch
     """
     get_layer(model.net, layer)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     n = len(dataset)
-    best_v = best_i = best_p = None
-    sel = None
-    done = 0
-    with closing(_activations(model, dataset, layer, batch_size, memory)) as batches:
-        for a in batches:
-            if sel is None:
-                sel = torch.as_tensor(parse_unit_list(units, a.shape[1]) if not isinstance(units, list)
-                                      else [int(u) for u in units], dtype=torch.long)
-                if len(sel) and int(sel.max()) >= a.shape[1]:
-                    raise ValueError(f"unit {int(sel.max())} is out of range: {layer!r} has {a.shape[1]} units")
-                map_shape = tuple(a.shape[1:])
-                u = len(sel)
-                best_v = torch.full((u, 0), -torch.inf)
-                best_i = torch.zeros((u, 0), dtype=torch.long)
-                best_p = torch.zeros((u, 0), dtype=torch.long)
-            a = a[:, sel].float().cpu()
-            flat = a.flatten(2) if a.ndim > 2 else a[..., None]
-            v, p = flat.max(2)  # (B, U)
-            idx = torch.arange(done, done + len(a)).expand(len(sel), -1)
-            best_v, best_i, best_p = _merge(best_v, best_i, best_p, v.T, idx, p.T, k)
-            done += len(a)
-            if callback:
-                callback(done, n)
+    sel, map_shape, best_v, best_i, best_p = _scan(model, dataset, layer, units, k, batch_size, memory, progress)
     w = map_shape[-1] if len(map_shape) > 1 else 1
     pos = torch.stack([best_p // w, best_p % w], -1).cpu().numpy()
     ids = [[dataset.ids[int(i)] for i in row] for row in best_i]
@@ -149,6 +129,33 @@ def top_images(
     if project is not False:
         project_top(model, dataset, top, None if project is True else list(project))
     return top
+
+
+def _scan(model, dataset, layer: str, units, k: int, batch_size: int, memory, progress: Callback | None):
+    """The one pass: the selected units, the layer's map shape, and per unit the ``k`` largest
+    map maxima ``(U, k)`` with their image indices and flat map positions."""
+    n = len(dataset)
+    best_v = best_i = best_p = sel = map_shape = None
+    done = 0
+    with closing(_activations(model, dataset, layer, batch_size, memory)) as batches:
+        for a in batches:
+            if sel is None:
+                sel = torch.as_tensor(parse_unit_list(units, a.shape[1]) if not isinstance(units, list)
+                                      else [int(u) for u in units], dtype=torch.long)
+                if len(sel) and int(sel.max()) >= a.shape[1]:
+                    raise ValueError(f"unit {int(sel.max())} is out of range: {layer!r} has {a.shape[1]} units")
+                map_shape = tuple(a.shape[1:])
+                best_v = torch.full((len(sel), 0), -torch.inf)
+                best_i = torch.zeros((len(sel), 0), dtype=torch.long)
+                best_p = torch.zeros((len(sel), 0), dtype=torch.long)
+            a = a[:, sel].float().cpu()
+            flat = a.flatten(2) if a.ndim > 2 else a[..., None]
+            v, p = flat.max(2)  # (B, U)
+            idx = torch.arange(done, done + len(a)).expand(len(sel), -1)
+            best_v, best_i, best_p = _merge(best_v, best_i, best_p, v.T, idx, p.T, k)
+            done += len(a)
+            notify(progress, "top images", done, n)
+    return sel, map_shape, best_v, best_i, best_p
 
 
 def project_top(model, dataset, top: TopImages, units: list[int] | None = None) -> TopImages:

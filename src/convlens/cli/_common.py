@@ -413,9 +413,10 @@ def progress_bar(description: str, total: float | None = None) -> Iterator[Calla
 @contextmanager
 def progress_events(description: str) -> Iterator[Callable]:
     """A bar driven by :class:`convlens.progress.Progress` events: yields the callback to pass to
-    a long-running function (total and ETA from the events, their info beside the bar)."""
+    a long-running function (total and ETA from the events, their task and info beside the bar:
+    one function may report several tasks in turn)."""
     with progress_bar(description) as update:
         def callback(p) -> None:
-            update(completed=p.done, total=p.total, info=p.describe())
+            update(completed=p.done, total=p.total, info=" · ".join(t for t in (p.task, p.describe()) if t))
 
         yield callback

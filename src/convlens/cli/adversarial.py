@@ -20,7 +20,7 @@ from convlens.cli._common import (
     command,
     console,
     open_data,
-    progress_bar,
+    progress_events,
 )
 
 
@@ -56,11 +56,10 @@ def adversarial(
     ds = open_data(data, m, resize=resize, strict=strict, limit=limit, seed=seed)
     tgt = None if target.lower() == "none" else int(target) if target.strip().isdigit() else target
     map_units = [u.strip() for u in units.split(",") if u.strip()] if units else None
-    with progress_bar("adversarial") as update:
+    with progress_events("adversarial") as progress:
         summary = run_study(m, ds, out, eps=eps, norm=norm, target=tgt, method=method, steps=steps,
                             step_size=step_size, fit_images=images, test_images=images, map_units=map_units,
-                            detect=detect, seed=seed,
-                            progress=lambda stage, done, total: update(completed=done, total=total, info=stage))
+                            detect=detect, seed=seed, progress=progress)
     a = summary["attack"]
     console.print(
         f"success {a['success_rate']:.1%} ({a['succeeded']}/{a['attempted']}, {a['norm']} eps {a['eps']:g}); "

@@ -24,7 +24,7 @@ from convlens.cli._common import (
     command,
     console,
     open_data,
-    progress_bar,
+    progress_events,
     read_images,
 )
 
@@ -99,11 +99,10 @@ def lime_cmd(model: ModelArg, image: ImageArg, label: ClassOpt = None,
     x, names = read_images(image, m, resize=resize)
     hide_value = hide if hide == "mean" else float(hide)
     for img, name in zip(x, names):
-        with progress_bar(f"LIME {name}", total=samples) as update:
+        with progress_events(f"LIME {name}") as progress:
             r = lime(m, img, labels=label or None, top_labels=top_labels, method=segments, n_segments=n_segments,
                      num_samples=samples, batch_size=batch_size, precision=precision, hide=hide_value,
-                     num_features=features,
-                     seed=seed, callback=lambda done, total: update(completed=done))
+                     num_features=features, seed=seed, progress=progress)
         r.save(out / name)
         _save(plot_lime(r, k=k), out, f"{name}-lime.png")
         for lab, sc in zip(r.labels, r.scores):
@@ -170,9 +169,8 @@ def top_images_cmd(model: ModelArg, data: DataArg, layer: Annotated[str, typer.O
 
     m = model_opts.open(model)
     ds = open_data(data, m, resize=resize, strict=strict, limit=limit, seed=seed)
-    with progress_bar(f"top images of {layer}", total=len(ds)) as update:
-        top = top_images(m, ds, layer, k=k, units=units, batch_size=batch_size,
-                         callback=lambda done, total: update(completed=done))
+    with progress_events(f"top images of {layer}") as progress:
+        top = top_images(m, ds, layer, k=k, units=units, batch_size=batch_size, progress=progress)
     chosen = top.units.tolist()[:16] if project is None else \
         [u for u in parse_unit_list(project, max(top.units) + 1) if u in top.units]
     project_top(m, ds, top, [u for u in chosen if u not in top.dead])
@@ -210,8 +208,8 @@ def monitor_cmd(run: Annotated[Path, typer.Argument(help="A training run folder 
     from convlens.attribute import monitor_unit, plot_monitor
 
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
-    with progress_bar(f"snapshots of {run}") as update:
-        mon = monitor_unit(run, ds, unit, k=k, every=every, device=device, callback=lambda d, t: update(completed=d, total=t))
+    with progress_events(f"snapshots of {run}") as progress:
+        mon = monitor_unit(run, ds, unit, k=k, every=every, device=device, progress=progress)
     mon.save(out)
     _save(plot_monitor(mon), out, "monitor.png")
 
@@ -338,9 +336,8 @@ def sanity_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None,
     methods = method or ["saliency", "guided-backprop", "integrated-gradients", "smoothgrad", "gradcam",
                          "guided-gradcam", "edge"]
     opts = _method_options(option, layer, methods)
-    with progress_bar(f"{_sanity_mode(mode)} randomization") as update:
-        r = sanity_check(m, x, methods, mode=mode, seed=seed, options=opts,
-                         callback=lambda d, t: update(completed=d, total=t))
+    with progress_events(f"{_sanity_mode(mode)} randomization") as progress:
+        r = sanity_check(m, x, methods, mode=mode, seed=seed, options=opts, progress=progress)
     r.save(out)
     write_csv(out / f"sanity-{mode}.csv", ["method", "randomized", "spearman", "ssim"], r.rows())
     _save(plot_sanity(r), out, f"sanity-{mode}.png")
@@ -375,11 +372,9 @@ def compare_cmd(model: ModelArg, data: ImageSetArg, method: MethodOpt = None,
     methods = method or list(COMPARE_METHODS)
     opts = _method_options(option, layer, methods)
     opts.setdefault("scorecam", {}).setdefault("channels", 64)
-    with progress_bar(f"compare {len(methods)} methods on {len(x)} images") as update:
+    with progress_events(f"compare {len(methods)} methods on {len(x)} images") as progress:
         c = compare(m, x, methods, label, masks=masks, names=names, steps=steps, fractions=fractions,
-                    sanity_images=sanity_images,
-                    options=opts, seed=seed,
-                    callback=lambda stage, d, t: update(completed=d, total=t, info=stage))
+                    sanity_images=sanity_images, options=opts, seed=seed, progress=progress)
     c.write_csv(out / "compare.csv")
     write_json(out / "compare.json", {"rows": c.rows, "names": names, "targets": c.targets.tolist(),
                                       "options": opts, "meta": c.meta})

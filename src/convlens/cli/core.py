@@ -88,13 +88,13 @@ def train_cmd(
     m = model_opts.open(arch, untrained_ok=True)  # training starts from random weights
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
     with progress_bar(f"training {m.name}") as update:
-        def cb(rec):
-            info = f"loss {rec['loss']:.3f}"
-            if "val_accuracy" in rec:
-                info += f"  held-out {rec['val_accuracy']:.2%}"
-            update(completed=rec["step"], total=rec["total"], info=info)
+        def cb(p):
+            info = f"loss {p.info['loss']:.3f}"
+            if "val_accuracy" in p.info:
+                info += f"  held-out {p.info['val_accuracy']:.2%}"
+            update(completed=p.done, total=p.total, info=info)
 
-        _, result = train(m, ds, cfg, out=out, resume=resume, callback=cb)
+        _, result = train(m, ds, cfg, out=out, resume=resume, progress=cb)
     from convlens.training import plot_training_curve
 
     plot_training_curve(result.history, out / "curve.png")

@@ -16,7 +16,7 @@ from convlens.cli._common import (
     SeedOpt,
     command,
     console,
-    progress_bar,
+    progress_events,
 )
 
 concepts_app = typer.Typer(no_args_is_help=True, help="Concept sets for network dissection.")
@@ -106,10 +106,9 @@ def dissect_cmd(
     # with --masks, --classes names the segmentation classes; the data are checked first
     cs = open_concepts(concepts, n, size, seed, limit, masks, model_opts.classes, ignore, mask_size)
     m = (dataclasses.replace(model_opts, classes=None) if masks else model_opts).open(model)
-    with progress_bar(f"dissecting {m.name}", total=len(cs)) as update:
+    with progress_events(f"dissecting {m.name}") as progress:
         d = dissect(m, cs, layer, quantile=quantile, iou_threshold=iou_threshold, top_n=top_n,
-                    batch_size=batch_size, shards=shards, workers=workers, scheduler=scheduler,
-                    callback=lambda stage, done, total: update(completed=done, total=total, info=stage))
+                    batch_size=batch_size, shards=shards, workers=workers, scheduler=scheduler, progress=progress)
     d.save(out)
     _figures(d, cs, out)
     t = Table(title=f"{m.name} on {cs.name}: unique detectors per category (IoU > {iou_threshold})")
@@ -181,10 +180,9 @@ def net2vec_cmd(
 
     m = model_opts.open(model)
     cs = open_concepts(concepts, n, size, seed)
-    with progress_bar("net2vec", total=epochs) as update:
+    with progress_events("net2vec (epochs)") as progress:
         r = net2vec(m, cs, layer, concept, quantile=quantile, val_fraction=val_fraction, epochs=epochs,
-                    lr=lr, momentum=momentum, limit=limit, seed=seed,
-                    callback=lambda e, loss: update(completed=e, info=f"loss {loss:.4f}"))
+                    lr=lr, momentum=momentum, limit=limit, seed=seed, progress=progress)
     r.save(out)
     t = Table(title=f"Net2Vec on {m.name} {layer} (held-out IoU)")
     for col in ("concept", "net2vec", "best unit", "unit IoU", "units for 80 %"):

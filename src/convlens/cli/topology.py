@@ -128,9 +128,9 @@ def _quiet_logs(verbose: bool) -> None:
     logging.getLogger("distributed.nanny").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-def _study_info(p: dict, steps: int) -> str:
-    running = ", ".join(f"net {i}: {s}/{steps}" for i, s in sorted(p["running"].items())[:4])
-    return f"{p['networks_done']}/{p['networks']} networks done" + (f"; {running}" if running else "")
+def _study_info(info: dict, steps: int) -> str:
+    running = ", ".join(f"net {i}: {s}/{steps}" for i, s in sorted(info["running"].items())[:4])
+    return f"{info['networks_done']}/{info['networks']} networks done" + (f"; {running}" if running else "")
 
 
 @command(topology_app, "train", resumes=True)
@@ -159,13 +159,13 @@ def train_cmd(
                       batch_size=batch_size, seed=seed, limit=limit)
     state = {"before": None}
     with progress_bar(f"training {networks} x {arch}, steps", total=networks * steps) as update:
-        def progress(p: dict) -> None:
+        def progress(p) -> None:
             if state["before"] is None:  # steps done by an earlier run are left out of bar and ETA
-                state["before"] = p["steps_before"]
-                if p["steps_before"]:
-                    console.print(f"resuming: {p['steps_before']} of {p['steps_total']} steps were done before")
-                update(total=p["steps_total"] - p["steps_before"])
-            update(completed=p["steps_done"] - state["before"], info=_study_info(p, steps))
+                state["before"] = p.info["steps_before"]
+                if state["before"]:
+                    console.print(f"resuming: {state['before']} of {p.total} steps were done before")
+                update(total=p.total - state["before"])
+            update(completed=p.done - state["before"], info=_study_info(p.info, steps))
 
         study = train_study(cfg, out, workers=workers, scheduler=scheduler, device=device, progress=progress)
         update(completed=networks * steps - (state["before"] or 0), info=f"{networks}/{networks} networks done")

@@ -234,6 +234,47 @@ def decode_label_png(path: Path) -> np.ndarray:
     return a[..., 0] + 256 * a[..., 1]
 
 
+def _broden_labels(labels: list[dict]) -> dict[int, tuple[str, str]]:
+    """``label.csv``'s rows as ``{number: (name, category)}`` (0, the background, left out; the
+    first category listed when a label names several)."""
+    names: dict[int, tuple[str, str]] = {}
+    for r in labels:
+        num = int(r["number"])
+        if num == 0:
+            continue
+        cat = (r.get("category") or "").split(";")[0].split("(")[0].strip() or "unknown"
+        names[num] = (r["name"], cat)
+    return names
+
+
+def _broden_masks(r: dict, cats: list[str], img_dir: Path, position: dict[int, int],
+                  set_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The concepts of one ``index.csv`` row ``r``: their indices (``position`` of each label
+    number) and their masks, from the row's label PNGs and image-level labels."""
+    size = (int(r["sh"]), int(r["sw"]))
+    if size != set_size:
+        raise ValueError(f"Broden image {r['image']} has masks of {size[0]}x{size[1]}, the set "
+                         f"{set_size[0]}x{set_size[1]}: mixed mask sizes are not supported")
+    found: dict[int, np.ndarray] = {}
+    for c in cats:
+        for item in filter(None, (r.get(c) or "").split(";")):
+            if item.strip().isdigit():  # image-level label (scene, texture)
+                found.setdefault(int(item), np.zeros(size, bool))[:] = True
+                continue
+            lab = decode_label_png(img_dir / item)
+            if lab.shape != size:
+                raise ValueError(f"mask {item} is {lab.shape[0]}x{lab.shape[1]} but index.csv "
+                                 f"gives {size[0]}x{size[1]} for image {r['image']}")
+            for v in np.unique(lab):
+                if v and int(v) in position:
+                    found.setdefault(int(v), np.zeros(size, bool))
+                    found[int(v)] |= lab == v
+    keys = sorted(found)
+    ids = np.array([position[k] for k in keys], dtype=np.int64)
+    masks = np.stack([found[k] for k in keys]) if keys else np.zeros((0, *size), bool)
+    return ids, masks
+
+
 def load_broden(folder: str | Path, categories: Sequence[str] | None = None) -> ConceptSet:
     """Read a Broden folder: ``index.csv``, ``label.csv`` and the images/masks under ``images/``.
 
@@ -252,13 +293,7 @@ def load_broden(folder: str | Path, categories: Sequence[str] | None = None) -> 
         if unknown:
             raise ValueError(f"categories {sorted(unknown)} are not columns of index.csv ({cats})")
         cats = [c for c in cats if c in categories]
-    names: dict[int, tuple[str, str]] = {}
-    for r in labels:
-        num = int(r["number"])
-        if num == 0:
-            continue
-        cat = (r.get("category") or "").split(";")[0].split("(")[0].strip() or "unknown"
-        names[num] = (r["name"], cat)
+    names = _broden_labels(labels)
     numbers = sorted(names)
     position = {n: k for k, n in enumerate(numbers)}
     sh, sw = int(index[0]["sh"]), int(index[0]["sw"])
@@ -266,29 +301,7 @@ def load_broden(folder: str | Path, categories: Sequence[str] | None = None) -> 
     img_dir = folder / "images"
 
     def load_masks(i: int) -> tuple[np.ndarray, np.ndarray]:
-        r = index[i]
-        size = (int(r["sh"]), int(r["sw"]))
-        if size != (sh, sw):
-            raise ValueError(f"Broden image {r['image']} has masks of {size[0]}x{size[1]}, the set "
-                             f"{sh}x{sw}: mixed mask sizes are not supported")
-        found: dict[int, np.ndarray] = {}
-        for c in cats:
-            for item in filter(None, (r.get(c) or "").split(";")):
-                if item.strip().isdigit():  # image-level label (scene, texture)
-                    found.setdefault(int(item), np.zeros(size, bool))[:] = True
-                    continue
-                lab = decode_label_png(img_dir / item)
-                if lab.shape != size:
-                    raise ValueError(f"mask {item} is {lab.shape[0]}x{lab.shape[1]} but index.csv "
-                                     f"gives {size[0]}x{size[1]} for image {r['image']}")
-                for v in np.unique(lab):
-                    if v and int(v) in position:
-                        found.setdefault(int(v), np.zeros(size, bool))
-                        found[int(v)] |= lab == v
-        keys = sorted(found)
-        ids = np.array([position[k] for k in keys], dtype=np.int64)
-        masks = np.stack([found[k] for k in keys]) if keys else np.zeros((0, *size), bool)
-        return ids, masks
+        return _broden_masks(index[i], cats, img_dir, position, (sh, sw))
 
     ds = ImageDataset([str(img_dir / r["image"]) for r in index],
                       lambda i: read_image(img_dir / index[i]["image"]), name=folder.name)

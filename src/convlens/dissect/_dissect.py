@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,9 +20,9 @@ import torch
 from convlens.dissect._concepts import ConceptSet
 from convlens.dissect._result import Dissection, LayerDissection
 from convlens.dissect._stats import IoUTally, TopQuantile, pixel_labels
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
-Callback = Callable[[str, int, int], None]
 
 
 def _images(model, concepts: ConceptSet):
@@ -96,8 +97,8 @@ class _Pass1:
 
 def pass_thresholds(model, concepts: ConceptSet, layers: list[str], indices: np.ndarray,
                     shapes: dict, total_images: int, quantile: float, top_n: int,
-                    batch_size: int, callback: Callback | None = None) -> dict[str, _Pass1]:
-    """Pass 1 over ``indices`` (one shard)."""
+                    batch_size: int, progress: Callback | None = None) -> dict[str, _Pass1]:
+    """Pass 1 over ``indices`` (one shard); ``progress``: ``("thresholds", images done, images)``."""
     state = {name: _Pass1(*shapes[name], total_images * shapes[name][1] * shapes[name][2],
                           quantile, top_n) for name in layers}
     done = 0
@@ -110,15 +111,15 @@ def pass_thresholds(model, concepts: ConceptSet, layers: list[str], indices: np.
                     f"{idx[bad.cpu().numpy()][:5].tolist()}: check the model's weights and the input spec")
             state[name].update(acts[name], idx)
         done += len(idx)
-        if callback:
-            callback("thresholds", done, len(indices))
+        notify(progress, "thresholds", done, len(indices))
     return state
 
 
 def pass_tally(model, concepts: ConceptSet, layers: list[str], indices: np.ndarray,
                thresholds: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
-               callback: Callback | None = None) -> dict[str, IoUTally]:
-    """Pass 2 over ``indices`` (one shard): IoU counts for every unit and concept."""
+               progress: Callback | None = None) -> dict[str, IoUTally]:
+    """Pass 2 over ``indices`` (one shard): IoU counts for every unit and concept; ``progress``:
+    ``("iou", images done, images)``."""
     ncat = len(concepts.category_names)
     tallies: dict[str, IoUTally] = {}
     done = 0
@@ -131,8 +132,7 @@ def pass_tally(model, concepts: ConceptSet, layers: list[str], indices: np.ndarr
             tally = tallies.setdefault(name, IoUTally(a.shape[1], concepts.concept_category, ncat))
             tally.update_acts(a, t, strict, labels, concepts.annotated[idx], concepts.mask_size, pixels)
         done += len(idx)
-        if callback:
-            callback("iou", done, len(indices))
+        notify(progress, "iou", done, len(indices))
     return tallies
 
 
@@ -151,7 +151,7 @@ def _check(concepts: ConceptSet, quantile: float, iou_threshold: float, top_n: i
 def dissect(model, concepts: ConceptSet, layers: str | Sequence[str], *, quantile: float = 0.005,
             iou_threshold: float = 0.04, top_n: int = 4, batch_size: int = 32, shards: int = 1,
             client=None, workers: int | None = None, scheduler: str | None = None,
-            callback: Callback | None = None) -> Dissection:
+            progress: Callback | None = None) -> Dissection:
     """Dissect ``layers`` of ``model`` on ``concepts``: every unit's threshold, its IoU with every
     concept and its label when the best IoU exceeds ``iou_threshold``.
 
@@ -166,7 +166,8 @@ def dissect(model, concepts: ConceptSet, layers: str | Sequence[str], *, quantil
     shards : split the images into this many shards (merged exactly)
     client, workers, scheduler : run the shards on Dask -- an existing ``distributed.Client``, or
         a local cluster of ``workers`` processes, or the scheduler at this address
-    callback : ``callback(stage, done, total)`` after each batch (single-process runs)
+    progress : receives :class:`~convlens.progress.Progress` events ``("thresholds", images done,
+        images)`` then ``("iou", ...)``: after each batch in this process, after each shard on Dask
 
     Examples
     --------
@@ -188,13 +189,13 @@ def dissect(model, concepts: ConceptSet, layers: str | Sequence[str], *, quantil
         with get_client(workers=workers, scheduler=scheduler) as c:
             return dissect(model, concepts, layers, quantile=quantile, iou_threshold=iou_threshold,
                            top_n=top_n, batch_size=batch_size, shards=max(shards, len(c.ncores())),
-                           client=c, callback=callback)
+                           client=c, progress=progress)
     run = _run_dask(client) if client is not None else _run_local
     p1 = run(pass_thresholds, [(model, concepts, layers, s, shapes, n, quantile, top_n, batch_size)
-                               for s in parts], callback)
+                               for s in parts], progress)
     first = {name: _merge([p[name] for p in p1]) for name in layers}
     thresholds = {name: first[name].q.thresholds() for name in layers}
-    p2 = run(pass_tally, [(model, concepts, layers, s, thresholds, batch_size) for s in parts], callback)
+    p2 = run(pass_tally, [(model, concepts, layers, s, thresholds, batch_size) for s in parts], progress)
     result = {}
     for name in layers:
         tally = _merge([p[name] for p in p2])
@@ -216,15 +217,31 @@ def _merge(parts: list):
     return out
 
 
-def _run_local(fn, arglist: list[tuple], callback: Callback | None) -> list:
-    return [fn(*args, callback=callback) for args in arglist]
+def _run_local(fn, arglist: list[tuple], progress: Callback | None) -> list:
+    """Each shard in turn; its events counted over all the shards (argument 3 is a shard's indices)."""
+    total, before, out = sum(len(args[3]) for args in arglist), 0, []
+    for args in arglist:
+        def shifted(p, before=before):
+            return progress(replace(p, done=before + p.done, total=total))
+
+        out.append(fn(*args, progress=shifted if progress is not None else None))
+        before += len(args[3])
+    return out
 
 
 def _run_dask(client):
-    def run(fn, arglist: list[tuple], callback: Callback | None) -> list:
+    def run(fn, arglist: list[tuple], progress: Callback | None) -> list:
+        from distributed import as_completed
+
         # each task carries the model and the concept set itself: scatter(broadcast=True) of the
         # two hung on a local cluster once earlier tests had run in the same process
         futures = [client.submit(fn, *args, pure=False) for args in arglist]
+        images = {fut.key: len(args[3]) for fut, args in zip(futures, arglist)}
+        task = "thresholds" if fn is pass_thresholds else "iou"
+        done = 0
+        for fut in as_completed(futures):
+            done += images[fut.key]
+            notify(progress, task, done, sum(images.values()), shards=len(futures))
         return client.gather(futures)
 
     return run

@@ -10,7 +10,7 @@ single unit (chosen on the training images, scored on the same held-out ones).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from convlens.dissect._concepts import ConceptSet
 from convlens.dissect._stats import IoUTally, unit_masks
 from convlens.files import load_result, save_result
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 CACHE_ELEMENTS = 2**25  # unit masks kept in memory as float32 (128 MiB) when they fit
@@ -98,7 +99,7 @@ def net2vec(model, concepts: ConceptSet, layer: str, names: Sequence[str] | None
             thresholds: tuple[np.ndarray, np.ndarray] | None = None, quantile: float = 0.005,
             val_fraction: float = 0.25, epochs: int = 30, batch_size: int = 16, lr: float = 0.5,
             momentum: float = 0.9, limit: int | None = None, seed: int = 0,
-            callback: Callable[[int, float], None] | None = None) -> Net2VecResult:
+            progress: Callback | None = None) -> Net2VecResult:
     """Learn Net2Vec weights for ``names`` (all concepts with pixels by default) over ``layer``.
 
     Parameters
@@ -108,53 +109,60 @@ def net2vec(model, concepts: ConceptSet, layer: str, names: Sequence[str] | None
     val_fraction : images held out for the IoU comparison (seeded split)
     epochs, batch_size, lr, momentum : SGD with momentum on the weighted per-pixel BCE
     limit : use at most this many images (activations of the layer are kept in memory)
-    callback : ``callback(epoch, loss)`` after each epoch
+    progress : receives a :class:`~convlens.progress.Progress` event ``("net2vec", epoch, epochs)``
+        with the epoch's ``loss`` after each epoch; ``True`` stops the training there (the weights
+        so far are evaluated and returned; ``params["epochs"]`` counts the epochs run)
     """
-    from convlens.dissect._dissect import _merge, pass_thresholds, spatial_shapes
-
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
-    shape = spatial_shapes(model, concepts, [layer])[layer]
     rng = np.random.default_rng(seed)
     n = len(concepts) if limit is None else min(limit, len(concepts))
     idx = np.sort(rng.permutation(len(concepts))[:n])
-    if thresholds is None:
-        p1 = pass_thresholds(model, concepts, [layer], idx, {layer: shape}, n, quantile, 1, 32)
-        thresholds = _merge([p1[layer]]).q.thresholds()
+    feats, units = _unit_features(model, concepts, layer, idx, thresholds, quantile)
     chosen = _choose(concepts, names, idx)
-    acts = _features(model, concepts, layer, idx, 32)
     targets = _targets(concepts, chosen, idx)
     perm = rng.permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
     val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if len(train) == 0:
         raise ValueError(f"{n} images leave none for training at val_fraction={val_fraction}")
-    t, strict = thresholds
-
-    def feats(rows: np.ndarray) -> torch.Tensor:
-        return unit_masks(acts[rows], t, strict, concepts.mask_size).float()
-
-    p = concepts.mask_size[0] * concepts.mask_size[1]
-    if n * shape[0] * p <= CACHE_ELEMENTS:  # small enough: threshold and upsample once
-        cached = torch.cat([feats(np.arange(s, min(s + 64, n))) for s in range(0, n, 64)])
-
-        def feats(rows: np.ndarray) -> torch.Tensor:  # noqa: F811
-            return cached[torch.as_tensor(rows)]
-
-    w, b, losses = _train(feats, targets, train, len(chosen), shape[0], epochs, batch_size, lr,
-                          momentum, seed, callback)
+    w, b, losses = _train(feats, targets, train, len(chosen), units, epochs, batch_size, lr,
+                          momentum, seed, progress)
     single, single_iou = _best_single(feats, targets, train, val, concepts, chosen, batch_size,
                                       concepts.annotated[idx])
     with torch.no_grad():
         pred = torch.cat([(torch.einsum("cu,bup->bcp", w, feats(val[s:s + batch_size])) + b[:, None] > 0)
                           for s in range(0, len(val), batch_size)])
     iou = _set_iou(pred, targets[val])
-    params = {"quantile": quantile, "val_fraction": val_fraction, "epochs": epochs, "batch_size": batch_size,
+    params = {"quantile": quantile, "val_fraction": val_fraction, "epochs": len(losses), "batch_size": batch_size,
               "lr": lr, "momentum": momentum, "images": n, "seed": seed, "model": getattr(model, "name", "model")}
     return Net2VecResult(layer, tuple(concepts.concepts[c] for c in chosen), w.cpu().numpy(), b.cpu().numpy(), iou,
                          single, single_iou, losses, params)
+
+
+def _unit_features(model, concepts: ConceptSet, layer: str, idx: np.ndarray, thresholds, quantile: float):
+    """What Net2Vec weighs: ``feats(rows)``, the thresholded unit masks ``(B, U, P)`` of the
+    images ``idx[rows]`` at the concepts' mask size (thresholds computed over ``idx`` when not
+    given; cached once when they fit ``CACHE_ELEMENTS``), and the layer's unit count ``U``."""
+    from convlens.dissect._dissect import _merge, pass_thresholds, spatial_shapes
+
+    shape = spatial_shapes(model, concepts, [layer])[layer]
+    n = len(idx)
+    if thresholds is None:
+        p1 = pass_thresholds(model, concepts, [layer], idx, {layer: shape}, n, quantile, 1, 32)
+        thresholds = _merge([p1[layer]]).q.thresholds()
+    acts = _features(model, concepts, layer, idx, 32)
+    t, strict = thresholds
+
+    def feats(rows: np.ndarray) -> torch.Tensor:
+        return unit_masks(acts[rows], t, strict, concepts.mask_size).float()
+
+    if n * shape[0] * concepts.mask_size[0] * concepts.mask_size[1] <= CACHE_ELEMENTS:  # threshold and upsample once
+        cached = torch.cat([feats(np.arange(s, min(s + 64, n))) for s in range(0, n, 64)])
+        return (lambda rows: cached[torch.as_tensor(rows)]), shape[0]
+    return feats, shape[0]
 
 
 def _choose(concepts: ConceptSet, names: Sequence[str] | None, idx: np.ndarray) -> list[int]:
@@ -175,7 +183,7 @@ def _choose(concepts: ConceptSet, names: Sequence[str] | None, idx: np.ndarray) 
     return chosen
 
 
-def _train(feats, targets, train, n_concepts, units, epochs, batch_size, lr, momentum, seed, callback):
+def _train(feats, targets, train, n_concepts, units, epochs, batch_size, lr, momentum, seed, progress):
     g = torch.Generator().manual_seed(seed)
     frac = targets[train].float().mean((0, 2)).clamp(1e-6, 1 - 1e-6)
     alpha = 1 - frac  # Fong & Vedaldi's weight for positive pixels
@@ -199,8 +207,8 @@ def _train(feats, targets, train, n_concepts, units, epochs, batch_size, lr, mom
                     param.sub_(lr * vel)
             total += float(loss.detach()) * len(rows)
         losses.append(total / len(train))
-        if callback:
-            callback(epoch + 1, losses[-1])
+        if notify(progress, "net2vec", epoch + 1, epochs, loss=losses[-1]):
+            break
     return w.detach(), b.detach(), losses
 
 

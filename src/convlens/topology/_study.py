@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from convlens.files import read_json, write_json
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +147,17 @@ def _train_one(cfg: dict, index: int, out: str) -> dict:
     ds = _worker_data(cfg, model)
     clock = {"first": None, "last": None, "written": 0.0, "steps": 0}
 
-    def tick(record: dict) -> None:  # after every step: CPU time per step, progress.json now and then
+    def tick(p) -> None:  # after every step: CPU time per step, progress.json now and then
         now, cpu = time.perf_counter(), time.process_time()
         if clock["first"] is None:
-            clock["first"] = (record["step"], now, cpu)
-        if "val_accuracy" not in record:  # the held-out evaluation at the end is not a step
-            clock["last"] = (record["step"], now, cpu)
-        if now - clock["written"] >= PROGRESS_EVERY or record["step"] == record["total"]:
+            clock["first"] = (p.done, now, cpu)
+        if "val_accuracy" not in p.info:  # the held-out evaluation at the end is not a step
+            clock["last"] = (p.done, now, cpu)
+        if now - clock["written"] >= PROGRESS_EVERY or p.done == p.total:
             clock["written"] = now
-            write_json(run / "progress.json", {"step": record["step"], "total": record["total"], **_timing(clock)})
+            write_json(run / "progress.json", {"step": p.done, "total": p.total, **_timing(clock)})
 
-    _, result = train(model, ds, tc, out=run, resume=True, callback=tick)
+    _, result = train(model, ds, tc, out=run, resume=True, progress=tick)
     return _summary(index, run, seed, result.val_accuracy, False, _timing(clock))
 
 
@@ -188,8 +188,7 @@ def _steps_done(run: Path, total: int) -> int:
 
 def train_study(config: StudyConfig, out: str | Path, *, workers: int | None = None,
                 scheduler: str | None = None, client=None,
-                callback: Callable[[int, int, dict], None] | None = None,
-                progress: Callable[[dict], None] | None = None, device=None) -> Study:
+                progress: Callback | None = None, device=None) -> Study:
     """Train ``config.networks`` networks in parallel (seeds ``seed, seed+1, ...``).
 
     Parameters
@@ -199,10 +198,11 @@ def train_study(config: StudyConfig, out: str | Path, *, workers: int | None = N
         same study with fewer steps or networks is extended from the networks' last snapshots.
     workers, scheduler : passed to :func:`convlens.parallel.get_client` when no ``client``
     client : an existing ``distributed.Client``
-    callback : called with ``(done, total, summary)`` as networks finish
-    progress : called about once a second with ``{"steps_done", "steps_total", "steps_before",
-        "networks_done", "networks", "running": {index: step}}`` (steps over all networks;
-        ``steps_before`` were done before this call, e.g. by an interrupted run)
+    progress : receives a :class:`~convlens.progress.Progress` event ``("training steps",
+        steps done, steps in all)`` about once a second and as networks finish (steps over all
+        networks), its ``info`` holding ``steps_before`` (steps done before this call, e.g. by an
+        interrupted run), ``networks_done``, ``networks`` and ``running`` (``{index: step}``);
+        the work cannot be stopped from it (interrupt and rerun to resume)
     device : where the workers train (see :func:`convlens.load_model`; not part of the study's
         settings, so a study can be continued elsewhere)
 
@@ -232,14 +232,14 @@ def train_study(config: StudyConfig, out: str | Path, *, workers: int | None = N
     study.save()
     cfg = {**asdict(config), "device": None if device is None else str(device)}
     if client is not None:
-        return _run(client, cfg, study, callback, progress)
+        return _run(client, cfg, study, progress)
     from convlens.parallel import get_client
 
     with get_client(workers=workers, scheduler=scheduler) as c:
-        return _run(c, cfg, study, callback, progress)
+        return _run(c, cfg, study, progress)
 
 
-def _run(client, cfg: dict, study: Study, callback, progress) -> Study:
+def _run(client, cfg: dict, study: Study, progress: Callback | None) -> Study:
     from distributed import wait
 
     n, steps = cfg["networks"], cfg["steps"]
@@ -261,11 +261,9 @@ def _run(client, cfg: dict, study: Study, callback, progress) -> Study:
             study.networks = sorted(done.values(), key=lambda s: s["index"])
             study.save()
             log.info("network %d finished (held-out accuracy %s)", summary["index"], summary["val_accuracy"])
-            if callback is not None:
-                callback(len([f for f in futures if f.done()]), n, summary)
         if progress is not None:
             at = {i: _steps_done(r, steps) for i, r in enumerate(runs)}
-            progress({"steps_done": sum(at.values()), "steps_total": n * steps, "steps_before": before,
-                      "networks_done": sum(f.done() for f in futures), "networks": n,
-                      "running": {i: s for i, s in at.items() if 0 < s < steps}})
+            notify(progress, "training steps", sum(at.values()), n * steps, steps_before=before,
+                   networks_done=sum(f.done() for f in futures), networks=n,
+                   running={i: s for i, s in at.items() if 0 < s < steps})
     return study

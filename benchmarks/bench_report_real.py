@@ -9,6 +9,7 @@ sample inside that window. The hardware limit printed beside the total is the mu
 sections' plan counted, divided by the wall time. Run:
 
     PYTHONPATH=src python benchmarks/bench_report_real.py [--limit 2000] [--threads 2] [--only cifar]
+        [--sections data,compare]
 
 It needs ``../shared`` (skips with a message when it is absent).
 """
@@ -60,12 +61,15 @@ class RssSampler(threading.Thread):
         return max(inside) if inside else 0
 
 
-def run_case(name: str, card: Path, data: str, out: Path, limit: int | None) -> list[tuple]:
+def run_case(name: str, card: Path, data: str, out: Path, limit: int | None,
+             sections: str | None = None) -> list[tuple]:
     from convlens.cli import app
 
     args = ["report", str(card), data, "--out", str(out)]
     if limit:
         args += ["--limit", str(limit)]
+    if sections:
+        args += ["--only", sections]
     sampler = RssSampler()
     sampler.start()
     w0, c0 = time.perf_counter(), time.process_time()
@@ -98,6 +102,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000, help="CIFAR test images (default 2000)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["cifar", "photos"], default=None)
+    ap.add_argument("--sections", default=None,
+                    help="only these report sections, comma-separated (e.g. data,compare; default all)")
     ap.add_argument("--out", type=Path, default=None, help="keep the reports here (default: a temp dir)")
     args = ap.parse_args()
     shared = _shared()
@@ -119,7 +125,7 @@ def main() -> None:
     for name, data, limit in cases:
         if args.only and name != args.only:
             continue
-        run_case(name, card, data, base / name, limit)
+        run_case(name, card, data, base / name, limit, args.sections)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(f"\npeak RSS of the whole run (ru_maxrss) {ru.ru_maxrss / 2**10:.0f} MB; load average now "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; reports in {base}")

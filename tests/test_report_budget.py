@@ -184,3 +184,34 @@ def test_a_flat_folder_of_photos_is_one_unlabelled_set(tmp_path):
     (tmp_path / "licenses" / "LICENSE.txt").write_text("text")
     ds = load_dataset(str(tmp_path))
     assert len(ds) == 2 and not ds.has_labels and ds.class_names == ()
+
+
+def test_compare_section_plans_to_budget_seconds_on_a_model_that_would_overrun(tmp_path):
+    """The compare section's old fixed work (4 images x 7 methods, 10-step curves, ROAD at 5
+    fractions, the sanity check on 2 images) costed with the plan's own model overruns a small
+    budget; the plan scales images, steps, fractions and methods down to fit it, says so, and
+    the section runs only what it planned."""
+    from convlens.attribute import forward_passes, randomizable_groups
+    from convlens.files import read_json
+    from convlens.report import compare_section as cs
+
+    m = _heavy(size=32, width=64)
+    ds = _images(40, 32, labels=[i % 4 for i in range(40)], classes=("a", "b", "c", "d"))
+    seconds = 0.5
+    b = fit_budget(m, ds, seconds=seconds)
+    fwd, px, groups = b.forward_s, 32 * 32, len(randomizable_groups(m.net))
+    maps = sum(forward_passes(k, (32, 32), cs.OPTIONS.get(k)) for k in cs.QUICK) * fwd
+    metrics = len(cs.QUICK) * (22 * fwd + cs.PIXEL_SECONDS * px + 10 * (fwd + cs.PIXEL_SECONDS * px))
+    assert 4 * (maps + metrics) + 2 * (groups + 2) * maps > 2 * seconds  # unplanned, it overran
+    p = cs.plan(Context(model=m, dataset=ds, out=tmp_path, budget=b), len(ds), (32, 32), groups)
+    assert p["fits"] and p["planned_seconds"] <= 1.25 * seconds, p
+    assert p["scaled"] and len(p["methods"]) < len(cs.QUICK) and p["steps"] == cs.MIN_STEPS
+    assert {"edge", "random"} <= set(p["methods"]) and set(p["sanity_methods"]) <= set(p["methods"])
+
+    build_report(m, ds, tmp_path, only=["compare"], config={"budget": {"seconds": seconds}})
+    r = read_json(tmp_path / "compare" / "result.json")
+    ran = r["plan"]  # the report's own budget (its samples come from the whole data set)
+    assert ran["fits"] and ran["planned_seconds"] <= 1.25 * seconds and ran["methods"] == p["methods"]
+    assert [row[0] for row in r["rows"]] == ran["methods"] and len(r["images"]) == ran["images"]
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "scaled down to fit" in page and "methods left out" in page

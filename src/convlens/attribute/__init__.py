@@ -61,19 +61,27 @@ from convlens.attribute._registry import (
     Attribution,
     Method,
     attribute,
+    forward_passes,
     get_method,
     method_names,
     register_method,
 )
 from convlens.attribute._road import RoadCurve, impute, road
-from convlens.attribute._sanity import SanityResult, plot_sanity, sanity_check, spearman, ssim
+from convlens.attribute._sanity import (
+    SanityResult,
+    plot_sanity,
+    randomizable_groups,
+    sanity_check,
+    spearman,
+    ssim,
+)
 from convlens.attribute._top import TopImages, project_top, top_images
 
 __all__ = [
     "COMPARE_COLUMNS", "COMPARE_METHODS", "Comparison", "MASK_SUFFIX", "compare", "plot_comparison",
     "write_csv", "METHODS", "Attribution", "Method", "RoadCurve", "SanityResult", "attribute", "concept_masks",
-    "get_method", "impute", "mask_pairs", "method_names", "plot_sanity", "pointing_game", "read_mask",
-    "register_method", "road", "sanity_check", "spearman", "ssim",
+    "forward_passes", "get_method", "impute", "mask_pairs", "method_names", "plot_sanity", "pointing_game", "read_mask",
+    "randomizable_groups", "register_method", "road", "sanity_check", "spearman", "ssim",
     "RULES", "ActivationGrid", "Curve", "LimeResult", "OcclusionResult", "Projection", "TopImages",
     "UnitMonitor", "activation_grid", "attribution_maps", "compare_methods", "backproject", "blurred", "check_images", "deconvnet",
     "deletion_curve", "fit_local_model", "guided_backprop", "insertion_curve", "lime", "monitor_unit",

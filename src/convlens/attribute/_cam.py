@@ -126,7 +126,7 @@ def gradcam(model, x, targets, layer: str) -> torch.Tensor:
 
 
 @register_method("guided-gradcam", "cam", check_layer=check_layer, summary="Guided Grad-CAM: guided backpropagation times the "
-                 "upsampled Grad-CAM, |.| summed over channels (Selvaraju et al. 2017)", units=True)
+                 "upsampled Grad-CAM, |.| summed over channels (Selvaraju et al. 2017)", units=True, passes=12)
 def guided_gradcam(model, x, targets, layer: str) -> torch.Tensor:
     cam = gradcam(model, x, targets, layer)
     return (_by_rule(model, x, targets, "guided") * cam[:, None]).abs().sum(1)
@@ -143,7 +143,7 @@ def gradcam_pp(model, x, targets, layer: str) -> torch.Tensor:
 
 
 @register_method("scorecam", "cam", check_layer=check_layer, summary="Score-CAM: each feature map, as a mask on the image, weighted "
-                 "by the score it keeps (Wang et al. 2020)")
+                 "by the score it keeps (Wang et al. 2020)", passes=lambda size, o: 1 + int(o["channels"] or 512))
 def scorecam(model, x, targets, layer: str, channels: int | None = None) -> torch.Tensor:
     """``channels``: use only the most active channels of each image (default all)."""
     from convlens.fast import fast
@@ -173,7 +173,7 @@ def scorecam(model, x, targets, layer: str, channels: int | None = None) -> torc
 
 
 @register_method("eigencam", "cam", check_layer=check_layer, summary="Eigen-CAM: the first principal component of the feature maps; "
-                 "class-independent (Muhammad & Yeasin 2020)")
+                 "class-independent (Muhammad & Yeasin 2020)", passes=1)
 def eigencam(model, x, targets, layer: str) -> torch.Tensor:
     with frozen(model.net), torch.no_grad():
         a = layer_outputs(model, x, layer)

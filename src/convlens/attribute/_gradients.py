@@ -71,7 +71,7 @@ def saliency_map(model, x, targets) -> torch.Tensor:
 
 
 @register_method("guided-backprop", "gradient", "Guided backpropagation, |.| summed over channels "
-                 "(Springenberg et al. 2015)", units=True)
+                 "(Springenberg et al. 2015)", units=True, passes=9)
 def guided_map(model, x, targets) -> torch.Tensor:
     return _by_rule(model, x, targets, "guided").abs().sum(1)
 
@@ -147,13 +147,13 @@ def integrated_gradients_raw(model, x, targets, *, baseline="black", n_steps: in
 
 
 @register_method("integrated-gradients", "gradient", "Integrated gradients, summed over channels "
-                 "(Sundararajan et al. 2017)", units=True)
+                 "(Sundararajan et al. 2017)", units=True, passes=lambda size, o: 3 * int(o["n_steps"]))
 def integrated_gradients(model, x, targets, baseline="black", n_steps: int = 50, seed: int = 0) -> torch.Tensor:
     return integrated_gradients_raw(model, x, targets, baseline=baseline, n_steps=n_steps, seed=seed).sum(1).cpu()
 
 
 @register_method("smoothgrad", "gradient", "SmoothGrad: |gradient| averaged over noisy copies, max "
-                 "over channels (Smilkov et al. 2017)", units=True)
+                 "over channels (Smilkov et al. 2017)", units=True, passes=lambda size, o: 3 * int(o["samples"]))
 def smoothgrad(model, x, targets, samples: int = 25, noise: float = 0.15, seed: int = 0) -> torch.Tensor:
     """``noise`` is the standard deviation as a share of each image's value range (the paper's
     10-20 %)."""
@@ -177,7 +177,7 @@ def random_map(model, x, targets, seed: int = 0) -> torch.Tensor:
 
 
 @register_method("edge", "baseline", "Sobel edge magnitude of the image: Adebayo et al.'s "
-                 "model-independent reference")
+                 "model-independent reference", passes=1)
 def edge_map(model, x, targets) -> torch.Tensor:
     k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=x.device)
     grey = x.mean(1, keepdim=True)

@@ -3,6 +3,7 @@ batches its perturbed copies through :mod:`convlens.attribute._blend`)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from convlens.attribute._lime import lime
@@ -10,8 +11,14 @@ from convlens.attribute._occlusion import occlusion
 from convlens.attribute._registry import register_method
 
 
+def _occlusion_passes(size, o) -> float:
+    win = o["window"] or max(2, min(size) // 7)
+    st = o["stride"] or max(1, win // 2)
+    return float(np.prod([(s - win) // st + 2 for s in size]))
+
+
 @register_method("occlusion", "perturbation", "Occlusion sensitivity: mean drop of the class "
-                 "probability under a grey square (Zeiler & Fergus 2014)")
+                 "probability under a grey square (Zeiler & Fergus 2014)", passes=_occlusion_passes)
 def occlusion_map(model, x, targets, window: int | None = None, stride: int | None = None) -> torch.Tensor:
     """``window`` defaults to a seventh of the image side, ``stride`` to half the window."""
     win = window or max(2, min(x.shape[-2:]) // 7)
@@ -21,7 +28,7 @@ def occlusion_map(model, x, targets, window: int | None = None, stride: int | No
 
 
 @register_method("lime", "perturbation", "LIME: superpixel weights of a local linear model "
-                 "(Ribeiro et al. 2016)")
+                 "(Ribeiro et al. 2016)", passes=lambda size, o: int(o["samples"]) + 1)
 def lime_map(model, x, targets, samples: int = 500, n_segments: int = 50, seed: int = 0) -> torch.Tensor:
     out = []
     for i in range(len(x)):

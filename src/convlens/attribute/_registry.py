@@ -32,7 +32,10 @@ class Method:
     ``kind`` is ``gradient``, ``cam``, ``perturbation`` or ``baseline`` (model-independent
     references: random order, edge detector). ``units``: it explains units as well as classes.
     ``check_layer(model, layer) -> layer`` (methods that take a ``layer``): the default layer, or
-    a ValueError saying why a layer will not do."""
+    a ValueError saying why a layer will not do. ``passes(size, options) -> float``: forward-pass
+    equivalents the method spends on one image of ``size`` (H, W) with ``options`` (its defaults
+    filled in; a backward pass counts as two forward passes), the basis of the report's plans
+    (:func:`forward_passes`)."""
 
     name: str
     fn: Callable
@@ -40,6 +43,7 @@ class Method:
     summary: str
     units: bool = False
     check_layer: Callable | None = None
+    passes: Callable | None = None
 
     @property
     def takes_layer(self) -> bool:
@@ -53,14 +57,17 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, kind: str, summary: str, *, units: bool = False,
-                    check_layer: Callable | None = None) -> Callable:
+                    check_layer: Callable | None = None, passes: Callable | float | None = None) -> Callable:
     """Decorator: add ``fn(model, x, targets, **options)`` to :data:`METHODS` under ``name``
-    (with ``check_layer``, ``fn`` takes ``layer=``)."""
+    (with ``check_layer``, ``fn`` takes ``layer=``). ``passes``: a number or
+    ``passes(size, options)``, the forward-pass equivalents per image (default: one forward and
+    one backward pass, 3, for gradient and CAM methods; 0 for baselines)."""
     if kind not in ("gradient", "cam", "perturbation", "baseline"):
         raise ValueError(f"kind must be gradient, cam, perturbation or baseline, got {kind!r}")
 
     def add(fn: Callable) -> Callable:
-        METHODS[name] = Method(name, fn, kind, summary, units, check_layer)
+        cost = passes if callable(passes) or passes is None else (lambda size, options, n=float(passes): n)
+        METHODS[name] = Method(name, fn, kind, summary, units, check_layer, cost)
         return fn
 
     return add
@@ -78,6 +85,21 @@ def get_method(name: str) -> Method:
 
 def method_names(kind: str | None = None) -> list[str]:
     return [n for n, m in METHODS.items() if kind is None or m.kind == kind]
+
+
+def forward_passes(name: str, size: tuple[int, int], options: dict | None = None) -> float:
+    """Forward-pass equivalents method ``name`` spends on one image of ``size`` (H, W) with
+    ``options`` (the rest at their defaults): what the report plans its time from. CAM methods
+    count one more pass, the layer check of :func:`attribute`."""
+    m = get_method(name)
+    params = list(inspect.signature(m.fn).parameters.values())[3:]
+    full = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    full.update(options or {})
+    if m.passes is not None:
+        n = float(m.passes(tuple(size), full))
+    else:
+        n = 0.0 if m.kind == "baseline" else 3.0
+    return n + (1.0 if m.takes_layer else 0.0)
 
 
 @dataclass

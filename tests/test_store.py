@@ -291,6 +291,14 @@ def _comparison():
                 seconds={"upconv": 1.0, "regularized": 2.0})
 
 
+def _attribution_comparison():
+    from convlens.attribute import Comparison
+
+    return Comparison(["gradcam", "saliency"], [["gradcam", 0.5, None], ["saliency", 0.25, 1.0]],
+                      {"gradcam": arr(2, 3, 3), "saliency": arr(2, 3, 3)}, arr(2, 1, 3, 3), np.array([3, 5]),
+                      ["a", "b"], {"model": "m", "options": {"gradcam": {"layer": "conv2"}}})
+
+
 def _plain(name):
     return lambda: fill(CLASSES[name])
 
@@ -302,7 +310,7 @@ EXAMPLES = {
     "SanityResult": _sanity, "TopImages": _top, "Net2VecResult": _net2vec, "Dissection": _dissection,
     "Features": _features, "LayerTable": _layers, "ClusterMap": _cluster_map, "PipelineTable": _pipelines,
     "Scree": _plain("Scree"), "Sweep": _plain("Sweep"), "TrainingMaps": _plain("TrainingMaps"),
-    "InversionComparison": _comparison, "Decoder": _decoder, "Synthesis": _synthesis,
+    "InversionComparison": _comparison, "Comparison": _attribution_comparison, "Decoder": _decoder, "Synthesis": _synthesis,
     "InverseSet": _inverse_set, "RenderResult": _render, "CloudAnalysis": _analysis,
     "TopologyGrid": _topology_grid, "FilterCloud": _cloud, "MapperGraph": _graph, "Barcodes": _barcodes,
     "Study": _study, "Accentuation": _plain("Accentuation"), "UnitVisualization": _units,
@@ -314,7 +322,7 @@ def test_every_result_class_has_an_example():
     missing = sorted(set(CLASSES) - set(EXAMPLES))
     assert not missing, f"result classes with save/load but no example in tests/test_store.py EXAMPLES: {missing}"
     assert not sorted(set(EXAMPLES) - set(CLASSES)), "EXAMPLES names a class that no longer has save/load"
-    assert len(CLASSES) >= 36  # the discovery itself works (36 result classes when it was written)
+    assert len(CLASSES) >= 37  # the discovery itself works (37 result classes when it was written)
 
 
 def _example(name, tmp):

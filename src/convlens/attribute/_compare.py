@@ -70,6 +70,21 @@ class Comparison:
     def write_csv(self, path: str | Path) -> Path:
         return write_csv(path, COLUMNS, self.rows)
 
+    def save(self, folder: str | Path) -> Path:
+        from convlens.files import save_result
+
+        return save_result(folder, "comparison", {
+            "images": self.images, "targets": self.targets, **{f"maps/{m}": v for m, v in self.maps.items()}},
+            {"methods": self.methods, "rows": self.rows, "names": self.names, "meta": self.meta})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Comparison:
+        from convlens.files import load_result
+
+        a, i = load_result(folder, "comparison")
+        maps = {k.split("/", 1)[1]: v for k, v in a.items() if k.startswith("maps/")}
+        return cls(i["methods"], i["rows"], maps, a["images"], a["targets"], i["names"], i["meta"])
+
     def markdown(self) -> str:
         head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
         fmt = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else (  # noqa: E731

@@ -361,7 +361,6 @@ def compare_cmd(model: ModelArg, data: ImageSetArg, method: MethodOpt = None,
     import numpy as np
 
     from convlens.attribute import COMPARE_METHODS, compare, plot_comparison
-    from convlens.files import write_json
 
     if road_steps < 1:
         raise ValueError(f"--road-steps must be positive, got {road_steps}")
@@ -376,7 +375,7 @@ def compare_cmd(model: ModelArg, data: ImageSetArg, method: MethodOpt = None,
         c = compare(m, x, methods, label, masks=masks, names=names, steps=steps, fractions=fractions,
                     sanity_images=sanity_images, options=opts, seed=seed, progress=progress)
     c.write_csv(out / "compare.csv")
-    write_json(out / "compare.json", {"rows": c.rows, "names": names, "targets": c.targets.tolist(),
-                                      "options": opts, "meta": c.meta})
+    c.meta["options"] = opts
+    c.save(out)
     _save(plot_comparison(c), out, "maps.png")
     console.print(c.markdown(), highlight=False, markup=False)

@@ -380,7 +380,7 @@ def _optimize(model, x0: torch.Tensor, goal: torch.Tensor, targeted: bool, *, ep
     n = len(x0)
     start_eps = eps if norm == "linf" else eps / np.sqrt(x0[0].numel())
     budget = LinfBall(eps) if norm == "linf" else L2Ball(eps)
-    span = [0, 0]
+    span, stopped = [0, 0], [False]
 
     def build(a, b):  # images a:b, each started from its own seed
         span[:] = [a, b]
@@ -392,7 +392,8 @@ def _optimize(model, x0: torch.Tensor, goal: torch.Tensor, targeted: bool, *, ep
 
     def on_step(step, loss, state):
         a, b = span
-        if notify(progress, "attack", a * steps + (step + 1) * (b - a), n * steps, loss=loss):
+        if stopped[0] or notify(progress, "attack", a * steps + (step + 1) * (b - a), n * steps, loss=loss):
+            stopped[0] = True  # later chunks stop at once too
             return True
         if not stop_on_success:
             return None
@@ -402,7 +403,8 @@ def _optimize(model, x0: torch.Tensor, goal: torch.Tensor, targeted: bool, *, ep
     r = render_chunked(model, n, build, tuple(x0.shape[1:]), memory=memory, steps=steps, lr=step_size,
                        optimizer=lambda params: SteepestDescent(params, step_size, norm), seed=seed,
                        callback=on_step)
-    notify(progress, "attack", n * steps, n * steps)  # images that stopped early are done too
+    if not stopped[0]:
+        notify(progress, "attack", n * steps, n * steps)  # images that succeeded early are done too
     return r
 
 

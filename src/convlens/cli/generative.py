@@ -21,7 +21,7 @@ from convlens.cli._common import (
     command,
     console,
     open_data,
-    progress_bar,
+    progress_events,
 )
 
 DecoderOpt = Annotated[Path | None, typer.Option(
@@ -95,9 +95,8 @@ class GeneratorOptions(OptionGroup):
                              "DATA to train one first")
         layer = self.code_layer or default_code_layer(m)
         ds = open_data(data, limit=self.limit, seed=seed)
-        with progress_bar(f"decoder for {layer}", total=self.epochs) as update:
-            decs = train_decoders(m, ds, [layer], epochs=self.epochs, seed=seed,
-                                  callback=lambda e, rep: update(completed=e + 1, info=f"loss {rep[layer]['loss']:.3g}"))
+        with progress_events(f"decoder for {layer}") as progress:
+            decs = train_decoders(m, ds, [layer], epochs=self.epochs, seed=seed, progress=progress)
         decs[layer].save(out / "decoder")
         console.print(f"decoder for {layer} written to {out / 'decoder'}")
         return decs[layer]
@@ -129,7 +128,6 @@ def train_decoder_cmd(
 
     from convlens.data import conform
     from convlens.generative import (
-        compare_inversion,
         decoder_errors,
         default_code_layer,
         reconstruction_figure,
@@ -140,9 +138,9 @@ def train_decoder_cmd(
     m = model_opts.open(model)
     ds = open_data(data, limit=limit, seed=seed)
     layers = layer or [default_code_layer(m)]
-    with progress_bar("decoders", total=epochs) as update:
+    with progress_events("decoders (epochs)") as progress:
         decs = train_decoders(m, ds, layers, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
-                              seed=seed, callback=lambda e, rep: update(completed=e + 1))
+                              seed=seed, progress=progress)
     save_decoders(decs, out)
     x, _ = conform(ds.sample(8, seed=seed), m).tensors()
     rows = {}
@@ -154,18 +152,27 @@ def train_decoder_cmd(
                       f"{err['feature_error'].mean():.3f} (8 images)")
     reconstruction_figure(x.cpu().numpy(), rows, out / "reconstructions.png")
     if compare:
-        xc, _ = conform(ds.sample(compare, seed=seed + 1), m).tensors()
-        cmp = compare_inversion(m, decs, xc, steps=compare_steps, seed=seed)
-        cmp.save(out / "comparison")
-        reconstruction_figure(xc.cpu().numpy(), {f"{k} {name}": getattr(cmp, k)[i] for i, name in enumerate(cmp.layers)
-                                           for k in ("upconv", "regularized")}, out / "comparison.png")
-        for row in cmp.table():
-            console.print(f"{row['layer']}: pixel RMS error up-conv {row['upconv_pixel_error']:.3f} vs "
-                          f"regularized {row['regularized_pixel_error']:.3f}; feature error "
-                          f"{row['upconv_feature_error']:.3f} vs {row['regularized_feature_error']:.3f}")
-        console.print(f"time: up-conv {cmp.seconds['upconv']:.2f} s, regularized "
-                      f"{cmp.seconds['regularized']:.1f} s ({compare} images)")
+        _compare_inversion(m, decs, ds, compare, compare_steps, seed, out)
     console.print(f"decoders written to {out}")
+
+
+def _compare_inversion(m, decs, ds, images: int, steps: int, seed: int, out: Path) -> None:
+    """``images`` other images rebuilt by the decoders and by regularized inversion: errors,
+    times and both pictures (``train-decoder --compare``)."""
+    from convlens.data import conform
+    from convlens.generative import compare_inversion, reconstruction_figure
+
+    xc, _ = conform(ds.sample(images, seed=seed + 1), m).tensors()
+    cmp = compare_inversion(m, decs, xc, steps=steps, seed=seed)
+    cmp.save(out / "comparison")
+    reconstruction_figure(xc.cpu().numpy(), {f"{k} {name}": getattr(cmp, k)[i] for i, name in enumerate(cmp.layers)
+                                       for k in ("upconv", "regularized")}, out / "comparison.png")
+    for row in cmp.table():
+        console.print(f"{row['layer']}: pixel RMS error up-conv {row['upconv_pixel_error']:.3f} vs "
+                      f"regularized {row['regularized_pixel_error']:.3f}; feature error "
+                      f"{row['upconv_feature_error']:.3f} vs {row['regularized_feature_error']:.3f}")
+    console.print(f"time: up-conv {cmp.seconds['upconv']:.2f} s, regularized "
+                  f"{cmp.seconds['regularized']:.1f} s ({images} images)")
 
 
 @command(app, "dgn-am")
@@ -186,9 +193,8 @@ def dgn_am_cmd(
 
     m = model_opts.open(model)
     gen = generator.open(m, seed, out)
-    with progress_bar("DGN-AM", total=steps) as update:
-        res = dgn_am(m, gen, unit, n, steps=steps, weight=weight, seed=seed,
-                     callback=lambda s, loss, state: update(completed=s + 1, info=f"loss {loss:.3g}"))
+    with progress_events("DGN-AM (image-steps)") as progress:
+        res = dgn_am(m, gen, unit, n, steps=steps, weight=weight, seed=seed, progress=progress)
     res.save(out)
     sample_rows([(res.images, res.activations[:, None])], [f"DGN-AM {res.unit}"], out / "dgn-am.png",
                 per_row=min(10, n))
@@ -219,15 +225,7 @@ def inverse_set_cmd(
 ):
     """Sample the inverse set of a neuron: N diverse images whose activation lies in [Z1, Z2]
     (Hada & Carreira-Perpiñán), or the intersection of several neurons' inverse sets."""
-    import warnings
-
-    from convlens.generative import (
-        RangeNotReachedWarning,
-        intersection_figure,
-        inverse_set,
-        make_constraint,
-        range_figure,
-    )
+    from convlens.generative import make_constraint
 
     if len(unit) > 1 and len(range_) != len(unit):
         raise ValueError(f"{len(unit)} neurons need one --range each, got {len(range_)}")
@@ -238,29 +236,38 @@ def inverse_set_cmd(
     jobs = [[c] for c in cons] if len(unit) == 1 else [cons] + ([[c] for c in cons] if singles else [])
     results = []
     for j, job in enumerate(jobs):
-        name = " and ".join(map(str, job))
-        with progress_bar(name, total=n) as update:
-            def report(stage, step, found, update=update):
-                update(completed=found, info=f"{stage} step {step}")
-
-            with warnings.catch_warnings():  # the message is printed below, once
-                warnings.simplefilter("ignore", RangeNotReachedWarning)
-                res = inverse_set(m, gen, job, n, k=k, encoder=encoder, max_rounds=rounds,
-                                  step_size=step_size, max_steps=max_steps, seed=seed, callback=report)
-            update(completed=len(res))
-        folder = out / (f"set-{j}" if len(jobs) > 1 else "")
-        res.save(folder)
+        res = _one_set(m, gen, job, n, dict(k=k, encoder=encoder, max_rounds=rounds, step_size=step_size,
+                                            max_steps=max_steps, seed=seed))
+        res.save(out / (f"set-{j}" if len(jobs) > 1 else ""))
         results.append(res)
-        line = (f"{name}: {len(res)} samples; seeds in {res.seed_rounds} rounds ({res.seed_steps} "
-                f"steps, {res.seconds['seeding']:.1f} s), then {res.sample_steps} sampling steps "
-                f"({res.seconds['sampling']:.1f} s)")
-        console.print(line if res.complete else f"[yellow]{res.message}[/]", highlight=False)
-    if len(unit) == 1:
-        pic = range_figure(results, out / "ranges.png")
-    elif singles:
-        pic = intersection_figure(results[1:], results[0], out / "intersection.png")
-    else:
-        from convlens.generative import sample_rows
+    console.print(f"results in {out}; picture {_sets_figure(results, len(unit) == 1, singles, out)}")
 
-        pic = sample_rows(results, ["intersection"], out / "intersection.png")
-    console.print(f"results in {out}; picture {pic}")
+
+def _one_set(m, gen, job: list, n: int, options: dict):
+    """One inverse set (or intersection) with its bar, and a line on how it went."""
+    import warnings
+
+    from convlens.generative import RangeNotReachedWarning, inverse_set
+
+    name = " and ".join(map(str, job))
+    with progress_events(name) as progress:
+        with warnings.catch_warnings():  # the message is printed below, once
+            warnings.simplefilter("ignore", RangeNotReachedWarning)
+            res = inverse_set(m, gen, job, n, progress=progress, **options)
+    line = (f"{name}: {len(res)} samples; seeds in {res.seed_rounds} rounds ({res.seed_steps} "
+            f"steps, {res.seconds['seeding']:.1f} s), then {res.sample_steps} sampling steps "
+            f"({res.seconds['sampling']:.1f} s)")
+    console.print(line if res.complete else f"[yellow]{res.message}[/]", highlight=False)
+    return res
+
+
+def _sets_figure(results: list, one_neuron: bool, singles: bool, out: Path) -> Path:
+    """One neuron: its sets side by side by range; several: the intersection (beside each
+    neuron's own set when sampled)."""
+    from convlens.generative import intersection_figure, range_figure, sample_rows
+
+    if one_neuron:
+        return range_figure(results, out / "ranges.png")
+    if singles:
+        return intersection_figure(results[1:], results[0], out / "intersection.png")
+    return sample_rows(results, ["intersection"], out / "intersection.png")

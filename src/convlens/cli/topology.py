@@ -22,6 +22,7 @@ from convlens.cli._common import (
     command,
     console,
     progress_bar,
+    progress_events,
 )
 
 topology_app = typer.Typer(no_args_is_help=True, help="Topology of filter weights: filter clouds, "
@@ -191,9 +192,8 @@ def analyze_cmd(
     steps = step if step in ("last", "all") else [int(s) for s in step.split(",") if s.strip()]
     src = sources[0] if len(sources) == 1 else sources
     kw = analysis.settings()
-    with progress_bar("topology", total=None) as update:
-        grid = analyze_study(src, layer, steps=steps, arch=arch,
-                             callback=lambda d, n, what: update(completed=d, total=n, info=what), **kw)
+    with progress_events("topology") as progress:
+        grid = analyze_study(src, layer, steps=steps, arch=arch, progress=progress, **kw)
     _write_grid(grid, out)
     console.print(f"grids: {out / 'mapper_grid.png'}, {out / 'barcode_grid.png'}")
 
@@ -211,7 +211,7 @@ def layers_cmd(
 
     m = model_opts.open(model)
     kw = analysis.settings()
-    with progress_bar("layers", total=None) as update:
-        grid = analyze_layers(m, layer or None, callback=lambda d, n, what: update(completed=d, total=n, info=what), **kw)
+    with progress_events("layers") as progress:
+        grid = analyze_layers(m, layer or None, progress=progress, **kw)
     _write_grid(grid, out)
     console.print(f"grid: {out / 'mapper_grid.png'}")

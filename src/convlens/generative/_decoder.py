@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.files import atomic_path, read_json, write_json
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -234,19 +235,9 @@ def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tens
     return (recon - images).pow(2).flatten(1).sum(1).mean()
 
 
-def train_decoders(
-    model,
-    dataset,
-    layers: str | Sequence[str],
-    *,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 5e-3,
-    width: int = 64,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    callback: Callable[[int, dict], bool | None] | None = None,
-) -> dict[str, Decoder]:
+def train_decoders(model, dataset, layers: str | Sequence[str], *, epochs: int = 10, batch_size: int = 32,
+                   lr: float = 5e-3, width: int = 64, val_fraction: float = 0.1, seed: int = 0,
+                   progress: Callback | None = None) -> dict[str, Decoder]:
     """Train one up-convolutional decoder per layer on ``dataset`` (eq. 16 of the survey).
 
     Parameters
@@ -258,7 +249,9 @@ def train_decoders(
     width : channels of the decoder's first map (halved at each up-convolution, at least 16)
     val_fraction : held-out share for the validation loss in ``history``
     seed : seeds the split, the shuffling and the decoders' initial weights
-    callback : ``(epoch, {layer: {"loss", "val_loss"}}) -> stop?`` after every epoch
+    progress : receives a :class:`~convlens.progress.Progress` event ``("decoders", epoch,
+        epochs)`` after every epoch, its ``info`` holding each layer's training loss (``"LAYER
+        loss"``); ``True`` stops the training there (the decoders so far are returned)
 
     Returns
     -------
@@ -272,14 +265,7 @@ def train_decoders(
     """
     from convlens.data import conform
 
-    layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
-    if not layers:
-        raise ValueError("give at least one layer to train a decoder for")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    layers = _check_training(layers, epochs, batch_size, val_fraction)
     data = conform(dataset, model)
     images, _ = data.tensors()
     g = torch.Generator().manual_seed(int(seed))
@@ -295,36 +281,60 @@ def train_decoders(
     opts = {k: torch.optim.Adam(nets[k].parameters(), lr=lr) for k in layers}
     history: dict[str, list[dict]] = {k: [] for k in layers}
     for epoch in range(epochs):
-        perm = torch.randperm(len(train_x), generator=g)
-        sums = dict.fromkeys(layers, 0.0)
+        sums = _epoch(model, nets, opts, train_x, batch_size, g)
         for k in layers:
-            nets[k].train()
-        for start in range(0, len(train_x), batch_size):
-            x = train_x[perm[start:start + batch_size]]
-            feats = layer_features(model, x, layers)
-            for k in layers:
-                opts[k].zero_grad(set_to_none=True)
-                loss = reconstruction_loss(nets[k](feats[k]), x)
-                loss.backward()
-                opts[k].step()
-                sums[k] += float(loss.detach()) * len(x)
-        report = {}
-        for k in layers:
-            nets[k].eval()
-            entry = {"epoch": epoch, "loss": sums[k] / len(train_x)}
-            if n_val:
-                with torch.no_grad():
-                    entry["val_loss"] = float(reconstruction_loss(nets[k](layer_features(model, val_x, [k])[k]), val_x))
-            history[k].append(entry)
-            report[k] = entry
-        log.info("decoder epoch %d: %s", epoch, {k: round(v["loss"], 3) for k, v in report.items()})
-        if callback is not None and callback(epoch, report):
+            history[k].append(_validated(model, nets[k], k, val_x, epoch, sums[k] / len(train_x)))
+        log.info("decoder epoch %d: %s", epoch, {k: round(h[-1]["loss"], 3) for k, h in history.items()})
+        if notify(progress, "decoders", epoch + 1, epochs, **{f"{k} loss": h[-1]["loss"] for k, h in history.items()}):
             break
     info = {"model": getattr(model, "name", "model"), "model_hash": model.weights_hash(),
             "dataset": getattr(dataset, "name", "data"), "dataset_fingerprint": data.fingerprint,
             "images": int(len(train_x)), "held_out": int(n_val), "epochs": len(history[layers[0]]),
             "batch_size": batch_size, "lr": lr, "seed": seed}
     return {k: Decoder(nets[k], k, _code_stats(codes[k]), history[k], info) for k in layers}
+
+
+def _check_training(layers, epochs, batch_size, val_fraction) -> list[str]:
+    """The layers as a list without repeats; a ``ValueError`` for a bad setting."""
+    layers = [layers] if isinstance(layers, str) else list(dict.fromkeys(layers))
+    if not layers:
+        raise ValueError("give at least one layer to train a decoder for")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    return layers
+
+
+def _epoch(model, nets: dict, opts: dict, train_x: torch.Tensor, batch_size: int, g: torch.Generator) -> dict:
+    """One pass over ``train_x`` in a shuffled order, every layer's decoder trained on the same
+    batches (their features captured in one forward pass); the summed losses per layer."""
+    perm = torch.randperm(len(train_x), generator=g)
+    sums = dict.fromkeys(nets, 0.0)
+    for net in nets.values():
+        net.train()
+    for start in range(0, len(train_x), batch_size):
+        x = train_x[perm[start:start + batch_size]]
+        feats = layer_features(model, x, list(nets))
+        for k, net in nets.items():
+            opts[k].zero_grad(set_to_none=True)
+            loss = reconstruction_loss(net(feats[k]), x)
+            loss.backward()
+            opts[k].step()
+            sums[k] += float(loss.detach()) * len(x)
+    return sums
+
+
+def _validated(model, net, layer: str, val_x: torch.Tensor, epoch: int, loss: float) -> dict:
+    """The epoch's history entry: its training ``loss`` and, with held-out images, ``val_loss``
+    (``net`` left in eval mode)."""
+    net.eval()
+    entry = {"epoch": epoch, "loss": loss}
+    if len(val_x):
+        with torch.no_grad():
+            entry["val_loss"] = float(reconstruction_loss(net(layer_features(model, val_x, [layer])[layer]), val_x))
+    return entry
 
 
 def train_decoder(model, dataset, layer: str, **kwargs) -> Decoder:

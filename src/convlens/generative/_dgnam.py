@@ -17,6 +17,7 @@ from convlens.generative._generator import (
 )
 from convlens.generative._neurons import make_constraint, neuron_values, validate_units
 from convlens.optimize import objectives, render_chunked
+from convlens.progress import Callback, notify
 from convlens.runner import Runner, capture
 from convlens.units import Unit, parse_unit
 
@@ -68,16 +69,24 @@ def code_l2(code: torch.Tensor) -> objectives.Objective:
     return objectives.custom(lambda ctx: code.pow(2).flatten(1).sum(1), [], "L2 of the code")
 
 
-def _synthesize(model, generator, u: Unit, codes: torch.Tensor, weight: float, project, **render_kw):
+def _synthesize(model, generator, u: Unit, codes: torch.Tensor, weight: float, project, *, steps: int,
+                progress: Callback | None = None, **render_kw):
     """The engine over the codes, in chunks that fit the memory budget (the generator's own
     activations counted per image); the codes were drawn for every start first, so the chunks
     start as one batch would. Returns the merged result, the final codes and the unit's values."""
-    finals, acts = [], []
+    finals, acts, span, stopped = [], [], [0, 0], [False]
 
     def build(a, b):
+        span[:] = [a, b]
         param, c = code_param(generator, codes[a:b])
         finals.append(c)
         return (neuron(u) + weight * code_l2(c) if weight else neuron(u)), param, project
+
+    def on_step(step, loss, state):  # image-steps over all the chunks; once stopped, later chunks stop at once
+        a, b = span
+        stopped[0] = stopped[0] or notify(progress, "DGN-AM", a * steps + (step + 1) * (b - a), len(codes) * steps,
+                                          loss=loss)
+        return stopped[0]
 
     def chunk_done(a, b, r):
         acts.append(neuron_values(capture(model, r.images, [u.layer]), [u])[:, 0])
@@ -87,7 +96,7 @@ def _synthesize(model, generator, u: Unit, codes: torch.Tensor, weight: float, p
     g_bytes = Runner(generator.net if isinstance(generator, Decoder) else generator, grad=True).cost(
         tuple(codes.shape[1:]))[0]
     r = render_chunked(model, len(codes), build, image_shape, objective=neuron(u), extra=g_bytes,
-                       on_chunk=chunk_done, **render_kw)
+                       on_chunk=chunk_done, steps=steps, callback=on_step, **render_kw)
     return r, torch.cat([c.detach() for c in finals]), torch.cat(acts)
 
 
@@ -104,7 +113,7 @@ def dgn_am(
     init="images",
     box: bool = True,
     seed: int = 0,
-    callback=None,
+    progress: Callback | None = None,
 ) -> Synthesis:
     """Maximize ``unit`` over the generator's codes from ``n`` random starts (in chunks that fit
     the memory budget, each start its own code: the results of one batch).
@@ -121,7 +130,8 @@ def dgn_am(
     box : clip the codes to the range of the decoder's training codes after each step (Nguyen
         et al. clip their fc6 codes likewise)
     seed : seeds the starting codes
-    callback : the engine's ``(step, loss, state) -> stop?``
+    progress : receives a :class:`~convlens.progress.Progress` event ``("DGN-AM", image-steps done,
+        n x steps)`` after every engine step, with the mean ``loss``; ``True`` stops there
     """
     u = make_constraint(unit, 0.0, 1.0).unit  # parse and check the address
     validate_units(model, [u])
@@ -132,7 +142,7 @@ def dgn_am(
         raise ValueError(f"weight (the L2 penalty on the code) must be >= 0, got {weight}")
     codes, scale, project = starting_codes(model, generator, n, init, code_shape, seed, box)
     r, final, acts = _synthesize(model, generator, u, codes, weight, project, steps=steps, lr=lr * scale,
-                                 seed=seed, callback=callback)
+                                 seed=seed, progress=progress)
     return Synthesis(u, r.images.cpu().numpy(), final.cpu().numpy(), acts.cpu().numpy(), r.history,
                      dict(n=n, steps=r.steps, lr=lr, weight=weight, box=box, seed=seed,
                           init=init if isinstance(init, str) else "given", code_scale=scale,

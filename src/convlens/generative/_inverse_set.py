@@ -58,6 +58,7 @@ from convlens.generative._neurons import (
     validate_units,
 )
 from convlens.optimize import objectives, render
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -188,28 +189,11 @@ class _Lagrangian:
         return objectives.custom(fn, layers, "inverse-set augmented Lagrangian")
 
 
-def inverse_set(
-    model,
-    generator,
-    constraints,
-    n: int = 500,
-    *,
-    k: int = 10,
-    encoder: Encoder | str | None = None,
-    code_shape=None,
-    init="images",
-    margin: float = 0.5,
-    mu0: float = 10.0,
-    mu_factor: float = 10.0,
-    inner_steps: int = 100,
-    max_rounds: int = 8,
-    seed_lr: float = 0.05,
-    step_size: float = 0.05,
-    max_steps: int | None = None,
-    box: bool = True,
-    seed: int = 0,
-    callback=None,
-) -> InverseSet:
+def inverse_set(model, generator, constraints, n: int = 500, *, k: int = 10, encoder: Encoder | str | None = None,
+                code_shape=None, init="images", margin: float = 0.5, mu0: float = 10.0, mu_factor: float = 10.0,
+                inner_steps: int = 100, max_rounds: int = 8, seed_lr: float = 0.05, step_size: float = 0.05,
+                max_steps: int | None = None, box: bool = True, seed: int = 0,
+                progress: Callback | None = None) -> InverseSet:
     """Sample ``n`` images in the inverse set of one neuron, or in the intersection of several.
 
     Parameters
@@ -232,7 +216,10 @@ def inverse_set(
     max_steps : sampling step budget (default ``20 * ceil((n - k) / k) + 50``)
     box : keep codes inside the range of the decoder's training codes (a projection)
     seed : seeds the starting codes
-    callback : ``(stage, step, found) -> stop?`` with ``stage`` ``"seed"`` or ``"sample"``
+    progress : receives :class:`~convlens.progress.Progress` events ``("inverse set: seeds",
+        gradient steps, inner_steps x max_rounds)`` while seeding (which ends as soon as every
+        seed is in range), then ``("inverse set: samples", samples found, n)`` with the ``step``;
+        ``True`` stops there and returns what was found
 
     Returns
     -------
@@ -242,15 +229,8 @@ def inverse_set(
     cons = as_constraints(constraints)
     validate_units(model, [c.unit for c in cons])
     code_shape = check_generator(model, generator, code_shape)
-    for name, v in (("n", n), ("k", k), ("inner_steps", inner_steps), ("max_rounds", max_rounds)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if k > n:
-        raise ValueError(f"k (seeds, {k}) cannot exceed n (samples, {n})")
-    if not 0 < margin <= 1:
-        raise ValueError(f"margin must be in (0, 1] (eps0 = margin * (z2 - z1)), got {margin}")
-    if mu0 <= 0 or mu_factor <= 1:
-        raise ValueError(f"need mu0 > 0 and mu_factor > 1, got {mu0} and {mu_factor}")
+    _check_settings(n=n, k=k, inner_steps=inner_steps, max_rounds=max_rounds, margin=margin, mu0=mu0,
+                    mu_factor=mu_factor)
     if max_steps is None:
         max_steps = 20 * -(-(n - k) // k) + 50
     enc = _resolve_encoder(model, generator, encoder)
@@ -261,28 +241,57 @@ def inverse_set(
                   box=box, seed=seed, code_scale=scale, encoder=enc.layer,
                   init=init if isinstance(init, str) else "given", model=getattr(model, "name", "model"),
                   generator_layer=getattr(generator, "layer", None))
+    return _seed_then_sample(model, generator, cons, al, codes, project, params, progress)
+
+
+def _seed_then_sample(model, generator, cons, al: _Lagrangian, codes, project, params: dict,
+                      progress: Callback | None) -> InverseSet:
+    """The two stages from the starting ``codes``: the ``k`` seeds (eq. 8), then the samples
+    (eqs. 9-10), each timed; a stage that runs out of budget ends the work with what it found."""
+    n, k, scale = params["n"], params["k"], params["code_scale"]
+    asked = [False]
+
+    def relay(p) -> bool:  # a stop asked while seeding skips the sampling too
+        asked[0] = asked[0] or bool(progress(p))
+        return asked[0]
+
     t0 = time.perf_counter()
-    codes, images, f, seed_steps, rounds = _seed(model, generator, al, codes, scale * seed_lr, inner_steps,
-                                         max_rounds, mu_factor, project, callback)
+    codes, images, f, seed_steps, rounds = _seed(model, generator, al, codes, scale * params["seed_lr"],
+                                                 params["inner_steps"], params["max_rounds"], params["mu_factor"],
+                                                 project, relay if progress is not None else None)
     t_seed = time.perf_counter() - t0
     ok = al.feasible(f)
-    if not bool(ok.all()):
+    if asked[0] or not bool(ok.all()):
         msg = (f"seeding stopped after {rounds} rounds ({seed_steps} gradient steps) with "
                f"{int(ok.sum())} of {k} seeds in range for {' and '.join(map(str, cons))}; "
-               "returning those. Try a range the neuron reaches on real images, more rounds "
-               "(max_rounds / --rounds), or another generator")
+               "returning those. " + ("(Stopped by the progress callback.)" if asked[0] else
+                                      "Try a range the neuron reaches on real images, more rounds "
+                                      "(max_rounds / --rounds), or another generator"))
         return _finish(cons, al, [(codes[ok], images[ok], f[ok], 0)], seed_steps, rounds, 0, msg,
                        {"seeding": t_seed, "sampling": 0.0}, params)
-    found, sample_steps = _sample(model, generator, al, codes, images, f, n, scale * step_size, max_steps,
-                                  project, callback)
+    found, sample_steps = _sample(model, generator, al, codes, images, f, n, scale * params["step_size"],
+                                  params["max_steps"], project, progress)
     t_sample = time.perf_counter() - t0 - t_seed
     total = sum(len(b[0]) for b in found)
     msg = "" if total >= n else (
-        f"the sampling stopped at its budget of {max_steps} gradient steps with {total} of {n} "
+        f"the sampling stopped at its budget of {params['max_steps']} gradient steps with {total} of {n} "
         f"samples in range for {' and '.join(map(str, cons))}; returning those. Raise "
         "max_steps (--max-steps), or lower step_size so fewer steps leave the range")
     return _finish(cons, al, found, seed_steps, rounds, sample_steps, msg,
                    {"seeding": t_seed, "sampling": t_sample}, params, n)
+
+
+def _check_settings(*, n, k, inner_steps, max_rounds, margin, mu0, mu_factor) -> None:
+    """A ``ValueError`` naming the first bad setting of :func:`inverse_set`."""
+    for name, v in (("n", n), ("k", k), ("inner_steps", inner_steps), ("max_rounds", max_rounds)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if k > n:
+        raise ValueError(f"k (seeds, {k}) cannot exceed n (samples, {n})")
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin must be in (0, 1] (eps0 = margin * (z2 - z1)), got {margin}")
+    if mu0 <= 0 or mu_factor <= 1:
+        raise ValueError(f"need mu0 > 0 and mu_factor > 1, got {mu0} and {mu_factor}")
 
 
 def _resolve_encoder(model, generator, encoder) -> Encoder:
@@ -297,7 +306,7 @@ def _resolve_encoder(model, generator, encoder) -> Encoder:
 
 
 def _seed(model, generator, al: _Lagrangian, codes, lr, inner_steps, max_rounds, factor, project,
-          callback):
+          progress: Callback | None):
     """Eq. 8 by rounds of the engine; stops as soon as every seed is feasible. Returns the codes,
     their images and neuron values, the gradient steps taken and the rounds run."""
     steps, obj = 0, al.objective()
@@ -305,11 +314,12 @@ def _seed(model, generator, al: _Lagrangian, codes, lr, inner_steps, max_rounds,
         param, c = code_param(generator, codes)
         asked = False
 
-        def stop(step, loss, state, offset=steps):
+        def stop(step, loss, state, offset=steps, round_=rnd):
             nonlocal asked
             if bool(al.feasible(al.last_f).all()):
                 return True
-            asked = callback is not None and bool(callback("seed", offset + step, 0))
+            asked = notify(progress, "inverse set: seeds", offset + step + 1, inner_steps * max_rounds,
+                           round=round_)
             return asked
 
         r = render(model, obj, param, steps=inner_steps, lr=lr, optimizer="adam", project=project,
@@ -336,7 +346,7 @@ def _evaluate(model, generator, al: _Lagrangian, codes: torch.Tensor):
 
 
 def _sample(model, generator, al: _Lagrangian, seeds, images, f_seeds, n, beta, max_steps, project,
-            callback):
+            progress: Callback | None):
     """Eqs. 9-10: single normalized gradient steps from the current codes; the feasible ones are
     new samples and replace their rows of ``C0``."""
     found = [(seeds.clone(), images, f_seeds.clone(), 0)]
@@ -359,7 +369,7 @@ def _sample(model, generator, al: _Lagrangian, seeds, images, f_seeds, n, beta, 
             found.append((codes[ok].clone(), state.raw[ok].clone(), al.last_f[ok].clone(), step))
             al.e0[ok] = al.last_e[ok]
             count += int(ok.sum())
-        if callback is not None and callback("sample", step, count):
+        if notify(progress, "inverse set: samples", min(count, n), n, step=step):
             return True
         return count >= n
 
@@ -378,7 +388,7 @@ def _finish(cons, al, found, seed_steps, rounds, sample_steps, message, seconds,
         codes, images, acts, steps = codes[:n], images[:n], acts[:n], steps[:n]
     if message:
         log.warning(message)
-        warnings.warn(message, RangeNotReachedWarning, stacklevel=3)
+        warnings.warn(message, RangeNotReachedWarning, stacklevel=4)
     return InverseSet(cons, images.cpu().numpy(), codes.cpu().numpy(), acts.cpu().numpy(), steps,
                       seed_steps, rounds, sample_steps, not message, message, al.lam.cpu().numpy(),
                       al.mu, {k: round(v, 3) for k, v in seconds.items()}, params)

@@ -224,18 +224,9 @@ def _within_memory(build: Callable) -> Callable:
 
 
 @_within_memory
-def build_report(
-    model,
-    dataset,
-    out: str | Path,
-    *,
-    only: list[str] | None = None,
-    force: tuple[str, ...] | list[str] = (),
-    config: dict | str | Path | ReportConfig | None = None,
-    seed: int | None = None,
-    budget: Budget | dict | None = None,
-    progress: Callback | None = None,
-) -> Path:
+def build_report(model, dataset, out: str | Path, *, only: list[str] | None = None,
+                 force: tuple[str, ...] | list[str] = (), config: dict | str | Path | ReportConfig | None = None,
+                 seed: int | None = None, budget: Budget | dict | None = None, progress: Callback | None = None) -> Path:
     """Compute the chosen sections that have no up-to-date saved result, then write
     ``index.html``, one page per layer and each section's pages. Returns the index path.
 
@@ -258,13 +249,12 @@ def build_report(
         Report-wide budget overrides; the defaults are fitted to the model and the data.
     memory
         The memory budget of every run of the network (bytes or ``"2GB"``; default: the
-        configuration's ``memory``, else the current one, :mod:`convlens.runner`).
+        configuration's, else the current one, :mod:`convlens.runner`).
     progress
-        A :data:`convlens.progress.Callback`: a :class:`~convlens.progress.Progress` event before
-        and after each chosen section and before the pages are written, ``done`` of ``total``
-        planned seconds (each section counts its ``budget.seconds``; one reused from saved
-        results counts as done at once), so a bar over them has a known total and a meaningful
-        time remaining; ``info["section"]`` names what runs.
+        Receives a :class:`~convlens.progress.Progress` event ``("report", done, total)`` in
+        planned seconds before and after each chosen section and before the pages are written
+        (a section counts its ``budget.seconds``; one reused from saved results is done at
+        once), so a bar has a known total and a meaningful ETA; ``info["section"]`` names it.
 
     Raises
     ------
@@ -280,41 +270,11 @@ def build_report(
     only = section_names(only, names) if only else None
     force = section_names(force, names)
     wanted = set(only or cfg.sections or names) | set(force)
-    chosen = [s for s in every if s.name in wanted]
-    ident = _identity(model, dataset)
-    fitted = budget if isinstance(budget, Budget) else fit_budget(model, dataset)
-    if isinstance(budget, dict):
-        fitted = fitted.updated(budget)
-    fitted = fitted.updated(cfg.budget)
-    ctx = Context(model=model, dataset=dataset, out=out, config=cfg.options, progress=progress,
-                  seed=seed if seed is not None else (cfg.seed or 0), budget=fitted,
-                  budgets=cfg.budgets, layers=_layer_infos(model))
+    ctx = _context(model, dataset, out, cfg, seed, budget, progress)
     copy_static(STATIC, out / "static")
-    failures: dict[str, str] = {}
-    planned = {s.name: ctx.budget_for(s.name).seconds for s in chosen}
-    total, spent = sum(planned.values()) + RENDER_SECONDS, 0.0
-    for s in chosen:
-        notify(progress, "report", spent, total, section=s.title)
-        msg = _compute(ctx, s, _section_key(ctx, s, ident), s.name in force)
-        if msg:
-            failures[s.name] = msg
-        spent += planned[s.name]
-    notify(progress, "report", spent, total, section="writing the pages")
-    index = _render_all(ctx, failures)
-    notify(progress, "report", total, total, section="done")
-    from convlens.report._check import check_report
-
-    check = check_report(out)
-    for p in check.problems():
-        log.warning("report check: %s", p)
-    write_json(out / "report.json", {
-        "sections": [s.name for s in every if ctx._done(s)], "failed": failures,
-        "budget": ctx.budget.to_dict(), "problems": check.problems(),
-        "seconds": {s.name: read_json(out / s.name / "_done.json").get("seconds")
-                    for s in every if ctx._done(s)},
-        "cpu_seconds": {s.name: read_json(out / s.name / "_done.json").get("cpu_seconds")
-                        for s in every if ctx._done(s)},
-    })
+    index, failures = _compute_and_render(ctx, [s for s in every if s.name in wanted], force,
+                                          _identity(model, dataset))
+    check = _check_and_record(ctx, every, failures)
     if failures:
         raise ReportError("report written, but section(s) failed: "
                           + "; ".join(f"{k}: {v}" for k, v in failures.items())
@@ -323,6 +283,56 @@ def build_report(
         raise ReportError("the report loads resources from outside its folder: "
                           + "; ".join(check.external[:5]))
     return index
+
+
+def _compute_and_render(ctx: Context, chosen: list, force: list[str], ident) -> tuple[Path, dict[str, str]]:
+    """Compute the ``chosen`` sections (those in ``force`` even when up to date), then write the
+    pages; progress in planned seconds. Returns the index and ``{section: why it failed}``."""
+    failures: dict[str, str] = {}
+    planned = {s.name: ctx.budget_for(s.name).seconds for s in chosen}
+    total, spent = sum(planned.values()) + RENDER_SECONDS, 0.0
+    for s in chosen:
+        notify(ctx.progress, "report", spent, total, section=s.title)
+        msg = _compute(ctx, s, _section_key(ctx, s, ident), s.name in force)
+        if msg:
+            failures[s.name] = msg
+        spent += planned[s.name]
+    notify(ctx.progress, "report", spent, total, section="writing the pages")
+    index = _render_all(ctx, failures)
+    notify(ctx.progress, "report", total, total, section="done")
+    return index, failures
+
+
+def _context(model, dataset, out: Path, cfg: ReportConfig, seed: int | None, budget, progress) -> Context:
+    """What every section sees: the model, the data, the options and the budget fitted to the
+    model and the data (then the ``budget`` overrides, then the configuration's)."""
+    fitted = budget if isinstance(budget, Budget) else fit_budget(model, dataset)
+    if isinstance(budget, dict):
+        fitted = fitted.updated(budget)
+    fitted = fitted.updated(cfg.budget)
+    return Context(model=model, dataset=dataset, out=out, config=cfg.options, progress=progress,
+                   seed=seed if seed is not None else (cfg.seed or 0), budget=fitted,
+                   budgets=cfg.budgets, layers=_layer_infos(model))
+
+
+def _check_and_record(ctx: Context, every: list, failures: dict[str, str]):
+    """Check the written report (problems logged) and record what it holds in ``report.json``:
+    the sections done, the failed ones, the budget, and each section's wall and CPU seconds."""
+    from convlens.report._check import check_report
+
+    out = Path(ctx.out)
+    check = check_report(out)
+    for p in check.problems():
+        log.warning("report check: %s", p)
+    done = [s for s in every if ctx._done(s)]
+    stamps = {s.name: read_json(out / s.name / "_done.json") for s in done}
+    write_json(out / "report.json", {
+        "sections": [s.name for s in done], "failed": failures,
+        "budget": ctx.budget.to_dict(), "problems": check.problems(),
+        "seconds": {k: v.get("seconds") for k, v in stamps.items()},
+        "cpu_seconds": {k: v.get("cpu_seconds") for k, v in stamps.items()},
+    })
+    return check
 
 
 def _layer_infos(model) -> list[dict]:

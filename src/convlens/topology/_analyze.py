@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from convlens.files import load_result, save_result, slug
+from convlens.progress import Callback, notify
 from convlens.topology._circular import (
     NoCircleError,
     angle_agreement,
@@ -175,14 +176,14 @@ class TopologyGrid:
 
 
 def analyze_study(sources, layers: str | Sequence[str], *, steps="all", params: dict | None = None,
-                  arch: str | None = None, callback: Callable[[int, int, str], None] | None = None,
-                  **kwargs) -> TopologyGrid:
+                  arch: str | None = None, progress: Callback | None = None, **kwargs) -> TopologyGrid:
     """Grid of analyses: one row per layer, one column per training step (Figs. 8, 13).
 
     ``sources`` is a study folder, a run folder or model files; ``steps`` is 'all', 'last', an
     int or a list; ``params`` maps a layer to its own :func:`analyze_cloud` settings (e.g.
     ``{"conv2": {"k": 15, "p": 0.5, "resolution": 70, "gain": 2}}``); other keyword arguments
-    apply to every cell.
+    apply to every cell. ``progress`` receives a :class:`~convlens.progress.Progress` event
+    ``("cells", done, cells)`` after each cell, naming it in ``info["cell"]``.
     """
     layer_list = [layers] if isinstance(layers, str) else list(layers)
     clouds = {layer: filter_cloud(sources, layer, step=steps, arch=arch) for layer in layer_list}
@@ -196,15 +197,15 @@ def analyze_study(sources, layers: str | Sequence[str], *, steps="all", params: 
             kw = {**kwargs, **((params or {}).get(layer) or {})}
             cells[(layer, col)] = analyze_cloud(sub, label=f"{layer} {col}", **kw)
             done += 1
-            if callback is not None:
-                callback(done, total, f"{layer} {col}")
+            notify(progress, "cells", done, total, cell=f"{layer} {col}")
     return TopologyGrid(layer_list, cols, cells, title=str(sources) if isinstance(sources, (str, Path)) else "")
 
 
 def analyze_layers(model, layers: Sequence[str] | None = None, *, params: dict | None = None,
-                   callback: Callable[[int, int, str], None] | None = None, **kwargs) -> TopologyGrid:
+                   progress: Callback | None = None, **kwargs) -> TopologyGrid:
     """Layer-by-layer analysis of one (pretrained) model, as the paper's VGG16 study (Fig. 14):
-    one row, one column per convolution with spatial kernels (all by default)."""
+    one row, one column per convolution with spatial kernels (all by default). ``progress``
+    receives a :class:`~convlens.progress.Progress` event ``("layers", done, layers)`` after each."""
     net = getattr(model, "net", model)
     layer_list = list(layers) if layers else conv_layers(net)
     if not layer_list:
@@ -218,6 +219,5 @@ def analyze_layers(model, layers: Sequence[str] | None = None, *, params: dict |
             kw["k"] = max(1, len(cloud) // 4)
             log.info("layer %s has %d filters: k lowered to %d", layer, len(cloud), kw["k"])
         cells[(name, layer)] = analyze_cloud(cloud, label=f"{name} {layer}", **kw)
-        if callback is not None:
-            callback(j + 1, len(layer_list), layer)
+        notify(progress, "layers", j + 1, len(layer_list), layer=layer)
     return TopologyGrid([name], layer_list, cells, title=name)

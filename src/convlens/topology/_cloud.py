@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from convlens.files import load_result, read_json, save_result
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def _check_one_architecture(items) -> None:
 
 
 def filter_cloud(sources, layers: str | Sequence[str], *, step=None, arch: str | None = None,
-                 callback=None) -> FilterCloud:
+                 progress: Callback | None = None) -> FilterCloud:
     """Pool the spatial filters of ``layers`` over ``sources``.
 
     Parameters
@@ -312,8 +313,9 @@ def filter_cloud(sources, layers: str | Sequence[str], *, step=None, arch: str |
         Which snapshots of run folders to use (None: the final model).
     arch : str, optional
         Architecture for bare state-dict files that are not convlens snapshots.
-    callback : callable, optional
-        Called with ``(done, total)`` after each source.
+    progress : callable, optional
+        Receives a :class:`~convlens.progress.Progress` event ``("sources", done, sources)``
+        after each source.
 
     Examples
     --------
@@ -329,6 +331,5 @@ def filter_cloud(sources, layers: str | Sequence[str], *, step=None, arch: str |
     for j, (item, name, s) in enumerate(items):
         for layer in layer_list:
             clouds.append(_cloud_from_weight(_weight_of(item, layer, name, arch), layer, name, s))
-        if callback is not None:
-            callback(j + 1, len(items))
+        notify(progress, "sources", j + 1, len(items))
     return FilterCloud.concat(clouds)

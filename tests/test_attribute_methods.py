@@ -282,6 +282,19 @@ def test_road_and_scorecam_chunked_to_a_tiny_memory_budget_equal_one_batch(resne
     np.testing.assert_allclose(r_small, r_big, atol=1e-6)  # probabilities in [0, 1], float32
 
 
+@pytest.mark.parametrize("shape", [(2, 30, 7), (2, 5, 40)])
+def test_eigencam_first_component_equals_numpy_svd(shape):
+    from convlens.attribute._cam import first_component
+
+    m = torch.as_tensor(np.random.default_rng(3).normal(size=shape))
+    m = m - m.mean(1, keepdim=True)
+    got = first_component(m).numpy()
+    for i in range(shape[0]):
+        u, sv, _ = np.linalg.svd(m[i].numpy(), full_matrices=False)
+        ref = u[:, 0] * sv[0]
+        np.testing.assert_allclose(got[i] * np.sign(got[i] @ ref), ref, atol=1e-9 * sv[0])
+
+
 def test_pointing_game_with_tolerance():
     from convlens.attribute import pointing_game
 

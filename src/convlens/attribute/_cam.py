@@ -176,16 +176,27 @@ def scorecam(model, x, targets, layer: str, channels: int | None = None) -> torc
     return _weighted(picked, w, size)
 
 
+def first_component(m: torch.Tensor) -> torch.Tensor:
+    """The projection ``m v1`` ``(N, rows)`` of centred matrices ``m`` ``(N, rows, cols)`` on
+    their first right singular vector, from the eigenvector of the smaller Gram matrix (``m m^T``
+    or ``m^T m``): a full SVD of SqueezeNet's 1 000-channel class map took 0.1-0.7 s per image,
+    the Gram route a few ms. Its sign is arbitrary."""
+    if m.shape[1] <= m.shape[2]:
+        vals, vecs = torch.linalg.eigh(m @ m.transpose(1, 2))  # ascending: the last is the largest
+        return vecs[..., -1] * vals[..., -1].clamp_min(0).sqrt()[:, None]
+    _, vecs = torch.linalg.eigh(m.transpose(1, 2) @ m)
+    return (m @ vecs[..., -1:])[..., 0]
+
+
 @register_method("eigencam", "cam", check_layer=check_layer, summary="Eigen-CAM: the first principal component of the feature maps; "
                  "class-independent (Muhammad & Yeasin 2020)", passes=1)
 def eigencam(model, x, targets, layer: str) -> torch.Tensor:
     with frozen(model.net), torch.no_grad():
         a = layer_outputs(model, x, layer)
     n, k, h, w = a.shape
-    m = a.flatten(2).transpose(1, 2)  # (N, hw, K)
+    m = a.flatten(2).transpose(1, 2).double()  # (N, hw, K)
     m = m - m.mean(1, keepdim=True)
-    _, _, vh = torch.linalg.svd(m, full_matrices=False)
-    proj = (m @ vh[:, 0, :, None])[..., 0]  # (N, hw)
+    proj = first_component(m).float()  # (N, hw)
     # a principal component's sign is arbitrary: point it along the total activation
     sign = torch.sign((proj * a.sum(1).flatten(1)).sum(1, keepdim=True))
     sign[sign == 0] = 1

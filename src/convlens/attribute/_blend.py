@@ -37,6 +37,12 @@ def _pixel_cap(height: int, width: int) -> int:
     return max(1, min(256, BATCH_PIXELS // (height * width)))
 
 
+def _checked(batch_size) -> int | None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return batch_size
+
+
 def fit_batch(model, x: torch.Tensor, *, grad: bool = False, batch_size: int | None = None,
               run=None) -> int:
     """Images of ``x``'s shape per forward (``grad``: and backward) pass of ``model``: the
@@ -47,7 +53,7 @@ def fit_batch(model, x: torch.Tensor, *, grad: bool = False, batch_size: int | N
     :class:`~convlens.runner.MemoryBudgetError` when not even one image fits."""
     from convlens.runner import Runner
 
-    limit = batch_size or _pixel_cap(*x.shape[-2:])
+    limit = _checked(batch_size) or _pixel_cap(*x.shape[-2:])
     if run is None:
         run = Runner(model, [], output=True, grad=grad)
     return run.batch_size(tuple(x.shape[1:]), limit)
@@ -104,8 +110,5 @@ def chunks(n: int, batch_size: int | None, size: tuple[int, int]) -> list[tuple[
     """``(start, stop)`` of consecutive batches over ``n`` images (or masks) of ``size``;
     ``batch_size`` ``None``: :data:`BATCH_PIXELS` pixels a batch (what one batch of masks holds;
     :func:`blend_probs` splits each further to the memory budget)."""
-    if batch_size is None:
-        batch_size = _pixel_cap(*size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    batch_size = _checked(batch_size) or _pixel_cap(*size)
     return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

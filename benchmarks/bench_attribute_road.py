@@ -50,8 +50,17 @@ def quantus_side(npz: str, model_path: str) -> None:
     h, w = x.shape[-2:]
     road = quantus.ROAD(noise=0.01, percentages=[int(f * 100) for f in FRACTIONS], display_progressbar=False,
                         abs=False, normalise=False)
+    # Quantus 0.6.0's ROAD broadcasts a (N, 1, H, W) map to the images' (N, 3, H, W) and ranks the
+    # 3HW values, but its imputation takes *pixel* indices < HW: on colour images it fails with an
+    # IndexError (index 74297 out of bounds for size 50176 at 224 px). Work-around with the same
+    # meaning: hand it the map per channel, channel c lowered by c x (range + 1), so its ranking
+    # lists channel 0 -- the pixel indices in the map's order -- first, and fix its share's base
+    # a_size to H x W (what its docstring asks for) so p % means p % of the pixels.
+    span = float(a.max() - a.min()) + 1.0
+    a3 = np.concatenate([a - c * span for c in range(x.shape[1])], axis=1)
+    road.a_size = h * w
     t, c = time.perf_counter(), time.process_time()
-    r = road(model=net, x_batch=x, y_batch=y, a_batch=a, device="cpu")
+    r = road(model=net, x_batch=x, y_batch=y, a_batch=a3, device="cpu")
     out["road"] = {"wall": time.perf_counter() - t, "cpu": time.process_time() - c,
                    "curve": [float(v) for v in (r.values() if isinstance(r, dict) else np.ravel(r))][:20]}
     flip = quantus.PixelFlipping(features_in_step=h * w // FLIP_STEPS, perturb_baseline="black",

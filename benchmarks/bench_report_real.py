@@ -40,7 +40,7 @@ class RssSampler(threading.Thread):
 
     def __init__(self, period: float = 0.05):
         super().__init__(daemon=True)
-        self.period, self.samples, self._stop = period, [], threading.Event()
+        self.period, self.samples, self._halt = period, [], threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE")
 
     def rss(self) -> int:
@@ -48,12 +48,12 @@ class RssSampler(threading.Thread):
             return int(f.read().split()[1]) * self._page
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.samples.append((time.time(), self.rss()))
             time.sleep(self.period)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def peak(self, t0: float, t1: float) -> int:

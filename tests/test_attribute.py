@@ -295,6 +295,31 @@ def test_deletion_and_insertion_curves(lenet, digits):
         deletion_curve(lenet, x, np.zeros((27, 27)))
 
 
+def test_curves_batched_over_images_equal_plain_forward_passes(lenet, digits):
+    """Deletion and insertion curves of several images, their (image, step) rows batched together
+    (and split under a batch of 3), against each perturbed image built by hand and run alone
+    through the model in float32."""
+    from convlens.attribute import blurred, perturbation_curves
+
+    x = torch.stack([digits.image(i) for i in range(3)])
+    maps = np.random.default_rng(0).random((3, 28, 28))
+    for kind in ("deletion", "insertion"):
+        curves = perturbation_curves(lenet, x, maps, [1, 2, 3], kind=kind, steps=4, batch_size=3, precision="float32")
+        for i, c in enumerate(curves):
+            order = np.argsort(-maps[i].ravel(), kind="stable")
+            base = torch.zeros_like(x[i]) if kind == "deletion" else blurred(x[i : i + 1])[0]
+            ref = []
+            for k in np.round(np.linspace(0, 28 * 28, 5)).astype(int):
+                changed = torch.zeros(28 * 28, dtype=torch.bool)
+                changed[torch.as_tensor(order[:k])] = True
+                img = torch.where(changed.view(28, 28), base, x[i]) if kind == "deletion" else \
+                    torch.where(changed.view(28, 28), x[i], base)
+                with torch.no_grad():
+                    ref.append(float(torch.softmax(lenet(img[None]), 1)[0, i + 1]))
+            assert c.target == i + 1
+            np.testing.assert_allclose(c.probs, ref, atol=1e-5)  # float32 probabilities
+
+
 def test_activation_grid_every_layer(lenet, digits, tmp_path):
     from convlens import capture
     from convlens.attribute import ActivationGrid, activation_grid

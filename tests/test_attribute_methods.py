@@ -261,6 +261,40 @@ def test_road_morf_drops_faster_than_lerf_for_the_planted_region():
     assert morf.probs[0, 1] < 0.52 < p0 - 0.1  # removing all evidence leaves a coin toss
 
 
+def test_road_and_scorecam_chunked_to_a_tiny_memory_budget_equal_one_batch(resnet):
+    """Score-CAM's masked images and ROAD's imputed ones run through the one evaluation path:
+    under a budget that admits one image a pass the results equal those of one batch (float32:
+    each image is computed on its own, so only summation order may differ)."""
+    from convlens.attribute import road
+    from convlens.runner import Runner, memory_budget
+
+    x = _images(resnet, 3, seed=2)
+    per, const, _ = Runner(resnet, [], output=True, precision="float32", fuse=True).cost(tuple(x.shape[1:]))
+    tiny = const + int(1.5 * per)  # one image a pass, not two
+    with memory_budget(tiny):
+        assert Runner(resnet, [], output=True, precision="float32", fuse=True).batch_size(tuple(x.shape[1:])) == 1
+        small = attribute(resnet, x, method="scorecam").maps
+        r_small = road(resnet, x, np.asarray(small), [0, 1, 2], fractions=[0.2, 0.6], precision="float32").probs
+    with memory_budget("1GB"):
+        big = attribute(resnet, x, method="scorecam").maps
+        r_big = road(resnet, x, np.asarray(big), [0, 1, 2], fractions=[0.2, 0.6], precision="float32").probs
+    np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-6 * float(np.abs(big).max()))
+    np.testing.assert_allclose(r_small, r_big, atol=1e-6)  # probabilities in [0, 1], float32
+
+
+@pytest.mark.parametrize("shape", [(2, 30, 7), (2, 5, 40)])
+def test_eigencam_first_component_equals_numpy_svd(shape):
+    from convlens.attribute._cam import first_component
+
+    m = torch.as_tensor(np.random.default_rng(3).normal(size=shape))
+    m = m - m.mean(1, keepdim=True)
+    got = first_component(m).numpy()
+    for i in range(shape[0]):
+        u, sv, _ = np.linalg.svd(m[i].numpy(), full_matrices=False)
+        ref = u[:, 0] * sv[0]
+        np.testing.assert_allclose(got[i] * np.sign(got[i] @ ref), ref, atol=1e-9 * sv[0])
+
+
 def test_pointing_game_with_tolerance():
     from convlens.attribute import pointing_game
 

@@ -480,6 +480,13 @@ def batch_size(model, layers: str | Sequence[str], shape: Sequence[int], limit: 
     return run.batch_size(shape, limit, extra=extra)
 
 
+def share_costs(net: nn.Module, like: nn.Module) -> None:
+    """Let ``net``, a copy of ``like`` with other weights (the same layers and shapes, so the same
+    bytes per input), share ``like``'s measured costs, now and later, so the copy is not probed
+    again: the sanity checks' randomized copies of a model."""
+    _measured[net] = _measured.setdefault(like, {})
+
+
 def spans(n: int, size: int) -> list[tuple[int, int]]:
     """``(start, stop)`` of consecutive chunks of at most ``size`` over ``n`` items."""
     size = max(1, int(size))
@@ -489,5 +496,5 @@ def spans(n: int, size: int) -> list[tuple[int, int]]:
 __all__ = [
     "GRAD_FACTOR", "OUTPUT", "MemoryBudgetError", "Runner", "available_memory", "batch_size", "capture",
     "current_memory", "default_memory", "format_bytes", "forward_batches", "memory_budget",
-    "outputs", "parse_memory", "spans",
+    "outputs", "parse_memory", "share_costs", "spans",
 ]

@@ -33,6 +33,7 @@ from convlens.attribute._faithful import (
     deletion_curve,
     insertion_curve,
     perturbation_curve,
+    perturbation_curves,
     random_order,
 )
 from convlens.attribute._grid import ActivationGrid, activation_grid, spatial_layers
@@ -85,7 +86,7 @@ __all__ = [
     "RULES", "ActivationGrid", "Curve", "LimeResult", "OcclusionResult", "Projection", "TopImages",
     "UnitMonitor", "activation_grid", "attribution_maps", "compare_methods", "backproject", "blurred", "check_images", "deconvnet",
     "deletion_curve", "fit_local_model", "guided_backprop", "insertion_curve", "lime", "monitor_unit",
-    "occlusion", "perturbation_curve", "perturbation_probs", "plot_activation_grid", "plot_curves",
+    "occlusion", "perturbation_curve", "perturbation_curves", "perturbation_probs", "plot_activation_grid", "plot_curves",
     "plot_lime", "plot_monitor", "plot_occlusion", "plot_projections", "plot_top_images",
     "project_top", "projection_image", "random_order", "receptive_fields", "resolve_class",
     "saliency", "spatial_layers", "superpixels", "top_images",

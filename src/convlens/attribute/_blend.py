@@ -26,15 +26,37 @@ from convlens.progress import Callback, notify
 #: :func:`convlens.attribute.lime` docstring); pass ``precision="float32"`` for exact scores.
 DEFAULT_PRECISION = "auto"
 
-#: Pixels per batch (batch size x height x width) that keep a batch's activations in cache:
-#: SqueezeNet at 227 px ran fastest at 4-8 images a batch (8.8 ms float32 channels-last,
-#: 4.5 ms bfloat16 per image; 11 and 5.7 ms at 16, 19 ms plain at 10), LeNet at 28 px at 256.
+#: Pixels per batch (batch size x height x width) that keep a batch's activations in cache, the
+#: most images one pass takes even when the memory budget allows more: SqueezeNet at 227 px ran
+#: fastest at 4-8 images a batch (8.8 ms float32 channels-last, 4.5 ms bfloat16 per image; 11 and
+#: 5.7 ms at 16, 19 ms plain at 10), LeNet at 28 px at 256.
 BATCH_PIXELS = 2**18
 
 
-def auto_batch(height: int, width: int) -> int:
-    """A batch size for images of ``height`` x ``width``: ``BATCH_PIXELS`` in all, 1 to 256."""
+def _pixel_cap(height: int, width: int) -> int:
     return max(1, min(256, BATCH_PIXELS // (height * width)))
+
+
+def _checked(batch_size) -> int | None:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    return batch_size
+
+
+def fit_batch(model, x: torch.Tensor, *, grad: bool = False, batch_size: int | None = None,
+              run=None) -> int:
+    """Images of ``x``'s shape per forward (``grad``: and backward) pass of ``model``: the
+    memory budget's share from the one evaluation path (:meth:`convlens.runner.Runner.batch_size`,
+    measured once per network and configuration), at most ``batch_size`` (default
+    :data:`BATCH_PIXELS` pixels). ``run``: an entered :class:`~convlens.runner.Runner` to ask
+    (else one for the whole network, with gradients when ``grad``). Raises
+    :class:`~convlens.runner.MemoryBudgetError` when not even one image fits."""
+    from convlens.runner import Runner
+
+    limit = _checked(batch_size) or _pixel_cap(*x.shape[-2:])
+    if run is None:
+        run = Runner(model, [], output=True, grad=grad)
+    return run.batch_size(tuple(x.shape[1:]), limit)
 
 
 def blend_probs(
@@ -85,10 +107,8 @@ def blend_probs(
 
 
 def chunks(n: int, batch_size: int | None, size: tuple[int, int]) -> list[tuple[int, int]]:
-    """``(start, stop)`` of consecutive batches over ``n`` images of ``size``; ``batch_size``
-    ``None`` picks :func:`auto_batch`."""
-    if batch_size is None:
-        batch_size = auto_batch(*size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    """``(start, stop)`` of consecutive batches over ``n`` images (or masks) of ``size``;
+    ``batch_size`` ``None``: :data:`BATCH_PIXELS` pixels a batch (what one batch of masks holds;
+    :func:`blend_probs` splits each further to the memory budget)."""
+    batch_size = _checked(batch_size) or _pixel_cap(*size)
     return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]

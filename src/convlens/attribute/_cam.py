@@ -17,7 +17,7 @@ module by name; the default is the deepest layer whose output has a spatial map.
 Grad-CAM against Captum's ``LayerGradCam`` to 1e-5. Score-CAM weighs by the probability as the paper's Algorithm 1 (pytorch-grad-cam takes a softmax of
 the logits over channels instead, which gives every channel weight when there are few). It runs
 ``N x K`` masked forward passes
-in batches built one at a time (pytorch-grad-cam builds all ``N x K`` images at once: 16 GB for 26
+in batches built one at a time through :class:`convlens.runner.Runner` (pytorch-grad-cam builds all ``N x K`` images at once: 16 GB for 26
 images at 227 px through 1 000 channels); ``channels`` keeps the most active ones only.
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convlens.attribute._blend import auto_batch
+from convlens.attribute._blend import fit_batch
 from convlens.attribute._gradients import _by_rule, scores
 from convlens.attribute._registry import register_method
 from convlens.probe import frozen, get_layer, hooks
@@ -81,14 +81,17 @@ def _layer_output(model, x, layer):
 
 
 def layer_outputs(model, x, layer) -> torch.Tensor:
-    """``layer``'s output (float32) for every image, in batches of :func:`auto_batch`."""
-    b = auto_batch(*x.shape[-2:])
-    return torch.cat([_layer_output(model, x[i : i + b], layer).float() for i in range(0, len(x), b)])
+    """``layer``'s output (float32) for every image, through the one evaluation path
+    (:func:`convlens.runner.capture`: chunked to the memory budget, the pass stopped there)."""
+    from convlens.runner import capture
+
+    return capture(model, x, layer)[layer].float()
 
 
 def activations_and_grads(model, x, targets, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``layer``'s output ``A`` and ``d score / d A`` for every image, in batches."""
-    b = auto_batch(*x.shape[-2:])
+    """``layer``'s output ``A`` and ``d score / d A`` for every image, in batches of
+    :func:`~convlens.attribute._blend.fit_batch` images."""
+    b = fit_batch(model, x, grad=True)
     acts, grads = [], []
     for i in range(0, len(x), b):
         held = {}
@@ -145,8 +148,11 @@ def gradcam_pp(model, x, targets, layer: str) -> torch.Tensor:
 @register_method("scorecam", "cam", check_layer=check_layer, summary="Score-CAM: each feature map, as a mask on the image, weighted "
                  "by the score it keeps (Wang et al. 2020)", passes=lambda size, o: 1 + int(o["channels"] or 512))
 def scorecam(model, x, targets, layer: str, channels: int | None = None) -> torch.Tensor:
-    """``channels``: use only the most active channels of each image (default all)."""
-    from convlens.fast import fast
+    """``channels``: use only the most active channels of each image (default all). The masked
+    images run through the one evaluation path (:class:`convlens.runner.Runner`), made one batch
+    at a time, as many as the memory budget allows (at most
+    :data:`~convlens.attribute._blend.BATCH_PIXELS` pixels)."""
+    from convlens.runner import OUTPUT, Runner
 
     with frozen(model.net), torch.no_grad():
         acts = layer_outputs(model, x, layer)
@@ -154,22 +160,32 @@ def scorecam(model, x, targets, layer: str, channels: int | None = None) -> torc
     keep = k if channels is None else max(1, min(int(channels), k))
     chosen = acts.flatten(2).mean(2).topk(keep, 1).indices  # (N, keep)
     size = x.shape[-2:]
-    b = auto_batch(*size)
     weights = torch.empty(n, keep)
-    net = model.net
-    with frozen(net), fast(net), torch.inference_mode():
+    with Runner(model) as run, torch.inference_mode():
+        b = fit_batch(model, x, run=run)
         for i in range(n):
-            up = upsample(acts[i, chosen[i]], size)  # (keep, H, W)
-            lo = up.flatten(1).amin(1).view(-1, 1, 1)
-            hi = up.flatten(1).amax(1).view(-1, 1, 1)
-            up = (up - lo) / (hi - lo + 1e-8)
-            t = targets[i : i + 1] if isinstance(targets, torch.Tensor) else None
+            t = int(targets[i])
             for s in range(0, keep, b):
-                batch = x[i : i + 1] * up[s : s + b, None]
-                weights[i, s : s + b] = torch.softmax(model(batch).float(), 1)[:, int(t)].cpu()
+                up = upsample(acts[i, chosen[i, s : s + b]], size)  # (B, H, W): this batch's masks only
+                lo = up.flatten(1).amin(1).view(-1, 1, 1)
+                hi = up.flatten(1).amax(1).view(-1, 1, 1)
+                masked = x[i : i + 1] * ((up - lo) / (hi - lo + 1e-8))[:, None].to(x.device)
+                weights[i, s : s + b] = torch.softmax(run.step(masked)[OUTPUT].float().flatten(1), 1)[:, t].cpu()
     w = weights.to(acts)
     picked = torch.gather(acts, 1, chosen.to(acts.device)[:, :, None, None].expand(-1, -1, *acts.shape[2:]))
     return _weighted(picked, w, size)
+
+
+def first_component(m: torch.Tensor) -> torch.Tensor:
+    """The projection ``m v1`` ``(N, rows)`` of centred matrices ``m`` ``(N, rows, cols)`` on
+    their first right singular vector, from the eigenvector of the smaller Gram matrix (``m m^T``
+    or ``m^T m``): a full SVD of SqueezeNet's 1 000-channel class map took 0.1-0.7 s per image,
+    the Gram route a few ms. Its sign is arbitrary."""
+    if m.shape[1] <= m.shape[2]:
+        vals, vecs = torch.linalg.eigh(m @ m.transpose(1, 2))  # ascending: the last is the largest
+        return vecs[..., -1] * vals[..., -1].clamp_min(0).sqrt()[:, None]
+    _, vecs = torch.linalg.eigh(m.transpose(1, 2) @ m)
+    return (m @ vecs[..., -1:])[..., 0]
 
 
 @register_method("eigencam", "cam", check_layer=check_layer, summary="Eigen-CAM: the first principal component of the feature maps; "
@@ -178,10 +194,9 @@ def eigencam(model, x, targets, layer: str) -> torch.Tensor:
     with frozen(model.net), torch.no_grad():
         a = layer_outputs(model, x, layer)
     n, k, h, w = a.shape
-    m = a.flatten(2).transpose(1, 2)  # (N, hw, K)
+    m = a.flatten(2).transpose(1, 2).double()  # (N, hw, K)
     m = m - m.mean(1, keepdim=True)
-    _, _, vh = torch.linalg.svd(m, full_matrices=False)
-    proj = (m @ vh[:, 0, :, None])[..., 0]  # (N, hw)
+    proj = first_component(m).float()  # (N, hw)
     # a principal component's sign is arbitrary: point it along the total activation
     sign = torch.sign((proj * a.sum(1).flatten(1)).sum(1, keepdim=True))
     sign[sign == 0] = 1

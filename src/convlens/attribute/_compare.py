@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from convlens.attribute._checks import check_images
-from convlens.attribute._faithful import Curve, perturbation_curve
+from convlens.attribute._faithful import Curve, perturbation_curve, perturbation_curves
 from convlens.attribute._registry import attribute, resolve_targets
 from convlens.progress import Callback, notify
 
@@ -123,10 +123,8 @@ def compare(model, images, methods=COMPARE_METHODS, target=None, *, masks: np.nd
     for k, name in enumerate(methods):
         a = attribute(model, x, targets, method=name, **options.get(name, {}))
         maps[name] = a.maps
-        dele = [perturbation_curve(model, x[i], a.maps[i], int(targets[i]), kind="deletion", steps=steps).area
-                for i in range(len(x))]
-        ins = [perturbation_curve(model, x[i], a.maps[i], int(targets[i]), kind="insertion", steps=steps).area
-               for i in range(len(x))]
+        dele, ins = ([c.area for c in perturbation_curves(model, x, a.maps, targets, kind=kind, steps=steps)]
+                     for kind in ("deletion", "insertion"))
         morf = road(model, x, a.maps, targets, order="morf", fractions=fractions, seed=seed).score
         lerf = road(model, x, a.maps, targets, order="lerf", fractions=fractions, seed=seed).score
         point = float(pointing_game(a.maps[has], masks[has]).mean()) if has.any() else float("nan")

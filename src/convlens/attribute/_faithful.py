@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from convlens.attribute._blend import DEFAULT_PRECISION, blend_probs, chunks
+from convlens.attribute._blend import DEFAULT_PRECISION, fit_batch
 from convlens.attribute._checks import check_images, resolve_class
 
 
@@ -69,29 +69,64 @@ def perturbation_curve(model, image, attribution, target=None, *, kind: str = "d
     summed over channels). ``target`` defaults to the predicted class; ``baseline`` defaults to
     0 (black) for deletion and ``"blur"`` for insertion. ``batch_size`` and ``precision`` are as
     in :func:`convlens.attribute.lime` (``precision="float32"`` for exact probabilities)."""
+    x = check_images(model, image)
+    if len(x) != 1:
+        raise ValueError(f"one image at a time, got a batch of {len(x)}")
+    return perturbation_curves(model, x, [attribution], None if target is None else [target], kind=kind,
+                               steps=steps, baseline=baseline, batch_size=batch_size, precision=precision)[0]
+
+
+def perturbation_curves(model, images, attributions, targets=None, *, kind: str = "deletion", steps: int = 50,
+                        baseline=None, batch_size: int | None = None,
+                        precision: str = DEFAULT_PRECISION) -> list[Curve]:
+    """:func:`perturbation_curve` of every image of ``images`` ``(N, C, H, W)`` with its map of
+    ``attributions`` (``N`` maps) and target (``None``: each image's predicted class), batched over
+    images *and* steps: the ``N x (steps + 1)`` perturbed images run through the one evaluation
+    path (:class:`convlens.runner.Runner`) in batches that fit the memory budget (at most
+    ``batch_size``, default :data:`~convlens.attribute._blend.BATCH_PIXELS` pixels), each picked
+    pixel by pixel from the two normalised images (see :mod:`convlens.attribute._blend`)."""
+    from convlens.runner import OUTPUT, Runner
+
     if kind not in ("deletion", "insertion"):
         raise ValueError(f"kind must be 'deletion' or 'insertion', got {kind!r}")
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
-    x = check_images(model, image)
-    if len(x) != 1:
-        raise ValueError(f"one image at a time, got a batch of {len(x)}")
-    x = x[0]
-    c, h, w = x.shape
-    order = torch.as_tensor(_order(attribution, (h, w)))
-    rank = torch.empty(h * w, dtype=torch.long)
-    rank[order] = torch.arange(h * w)
-    rank = rank.view(1, h, w).to(x.device)
-    base = _baseline(x, baseline if baseline is not None else (0.0 if kind == "deletion" else "blur"))
+    x = check_images(model, images)
+    if len(attributions) != len(x):
+        raise ValueError(f"{len(attributions)} attribution maps for {len(x)} images: give one per image")
+    n, (h, w) = len(x), x.shape[-2:]
+    rank = torch.empty((n, h * w), dtype=torch.long)
+    for i, a in enumerate(attributions):
+        rank[i, torch.as_tensor(_order(a, (h, w)))] = torch.arange(h * w)
+    rank = rank.view(n, h, w).to(x.device)
+    default = 0.0 if kind == "deletion" else "blur"
+    base = torch.stack([_baseline(x[i], baseline if baseline is not None else default) for i in range(n)]).to(x.device)
     start, end = (x, base) if kind == "deletion" else (base, x)
-    counts = torch.round(torch.linspace(0, h * w, steps + 1)).long()
-    masks = (rank < counts[a:b].to(x.device).view(-1, 1, 1)
-             for a, b in chunks(len(counts), batch_size, (h, w)))
-    probs, _ = blend_probs(model, start, end, masks, total=len(counts), precision=precision)
-    unchanged = probs[0] if kind == "deletion" else probs[-1]  # the image itself
-    target = int(unchanged.argmax()) if target is None else resolve_class(model, target)
-    probs = probs[:, target]
-    return Curve(kind, target, (counts.double() / (h * w)).cpu().numpy(), probs.double().cpu().numpy())
+    counts = torch.round(torch.linspace(0, h * w, steps + 1)).long().to(x.device)
+    rows, out = n * (steps + 1), []
+    run = Runner(model, [], output=True, precision=precision, fuse=True)
+    with run, torch.inference_mode():
+        # (N, H, W, C) in the dtype the network runs in: each perturbed image is picked pixel by
+        # pixel from the two (exact), and its NCHW view is channels-last without a copy
+        s, e = (model.spec.normalize(im.to(run.device, torch.float32)).to(run.dtype).permute(0, 2, 3, 1).contiguous()
+                for im in (start, end))
+        b = fit_batch(model, x, batch_size=batch_size, run=run)
+        for r0 in range(0, rows, b):
+            r = torch.arange(r0, min(r0 + b, rows), device=x.device)
+            img, k = r // (steps + 1), r % (steps + 1)
+            keep = (rank[img] < counts[k].view(-1, 1, 1))[..., None]
+            batch = torch.where(keep, e[img], s[img]).permute(0, 3, 1, 2)
+            out.append(torch.softmax(run.step(batch, normalized=True)[OUTPUT].float().flatten(1), 1).cpu())
+    probs = torch.cat(out).view(n, steps + 1, -1)
+    unchanged = probs[:, 0] if kind == "deletion" else probs[:, -1]  # the images themselves
+    if targets is None:
+        chosen = unchanged.argmax(1).tolist()
+    else:
+        if len(targets) != n:
+            raise ValueError(f"{len(targets)} targets for {n} images: give one per image")
+        chosen = [resolve_class(model, int(t) if isinstance(t, (np.integer, torch.Tensor)) else t) for t in targets]
+    fractions = (counts.double() / (h * w)).cpu().numpy()
+    return [Curve(kind, int(t), fractions, probs[i, :, t].double().numpy()) for i, t in enumerate(chosen)]
 
 
 def deletion_curve(model, image, attribution, target=None, **kw) -> Curve:

@@ -1,8 +1,9 @@
 """Gradient methods of the registry: saliency, guided backpropagation, integrated gradients,
 SmoothGrad; and the model-independent references: a random order and an edge detector.
 
-All are batched to :func:`convlens.attribute._blend.auto_batch` images (or interpolation steps,
-or noisy copies) per forward/backward pass, so memory stays bounded whatever ``N`` is. Integrated
+All are batched to :func:`convlens.attribute._blend.fit_batch` images (or interpolation steps,
+or noisy copies) per forward/backward pass: the memory budget's share from the one evaluation
+path (:mod:`convlens.runner`, gradients counted), so memory stays bounded whatever ``N`` is. Integrated
 gradients use Captum's Gauss-Legendre rule (``tests`` check them against Captum's
 ``IntegratedGradients`` to 1e-5, and completeness); SmoothGrad draws its noise from a seeded
 ``torch.Generator`` (Captum's ``NoiseTunnel`` draws from the global RNG).
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens.attribute._backprop import backproject
-from convlens.attribute._blend import auto_batch
+from convlens.attribute._blend import fit_batch
 from convlens.attribute._registry import register_method
 from convlens.probe import Capture, frozen
 
@@ -38,8 +39,8 @@ def scores(model, x: torch.Tensor, targets) -> torch.Tensor:
 
 
 def input_gradients(model, x: torch.Tensor, targets) -> torch.Tensor:
-    """``d score / d x`` ``(N, C, H, W)``, in batches of :func:`auto_batch` images."""
-    b = auto_batch(*x.shape[-2:])
+    """``d score / d x`` ``(N, C, H, W)``, in batches of :func:`fit_batch` images."""
+    b = fit_batch(model, x, grad=True)
     parts = []
     with frozen(model.net), torch.enable_grad():
         for i in range(0, len(x), b):
@@ -55,7 +56,7 @@ def _by_rule(model, x, targets, rule: str) -> torch.Tensor:
     if not isinstance(targets, torch.Tensor):
         return torch.as_tensor(backproject(model, x, str(targets), rule=rule, spread="map", scale="one").maps)
     out = torch.empty_like(x, device="cpu")
-    b = auto_batch(*x.shape[-2:])
+    b = fit_batch(model, x, grad=True)
     for c in targets.unique().tolist():
         idx = torch.nonzero(targets == c).flatten()
         for i in range(0, len(idx), b):
@@ -130,7 +131,7 @@ def integrated_gradients_raw(model, x, targets, *, baseline="black", n_steps: in
     alphas, weights = ig_steps(n_steps)
     alphas, weights = alphas.to(x), weights.to(x)
     n, rest = len(x), x.shape[1:]
-    b = auto_batch(*x.shape[-2:])
+    b = fit_batch(model, x, grad=True)
     total = torch.zeros_like(x)
     # rows (image, step) in one flat range, cut into batches: memory is one batch's graph
     flat = n * n_steps

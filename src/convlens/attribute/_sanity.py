@@ -93,6 +93,9 @@ def copy_model(model):
     except Exception as e:  # noqa: BLE001 - any failure to copy means the same to the user
         raise ValueError(f"cannot copy the model to randomize it ({type(e).__name__}: {e}); the sanity "
                          "checks never modify the model itself, so they need a copyable nn.Module") from None
+    from convlens.runner import share_costs
+
+    share_costs(net, model.net)  # same layers, same bytes per input: measured once
     return Model(net, model.spec, f"{model.name} (randomized)", model.meta)
 
 

@@ -332,7 +332,7 @@ def sanity_cmd(model: ModelArg, data: DataArg, method: MethodOpt = None,
     from convlens.attribute import plot_sanity, sanity_check, write_csv
 
     m = model_opts.open(model)
-    x, names, _ = _image_set(data, m, None, limit, resize, seed)
+    x, names, _ = _image_set(data, m, limit, resize, seed)
     methods = method or ["saliency", "guided-backprop", "integrated-gradients", "smoothgrad", "gradcam",
                          "guided-gradcam", "edge"]
     opts = _method_options(option, layer, methods)

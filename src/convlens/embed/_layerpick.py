@@ -17,7 +17,7 @@ Which criterion agrees best with the labelled choice was measured (docs/notes/is
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +33,9 @@ from convlens.embed._pipeline import (
     run_pipelines,
 )
 from convlens.files import load_result, save_result, write_text
+from convlens.progress import Callback, notify
 
-DEFAULT_CRITERION = "silhouette"
+DEFAULT_CRITERION = "excess_silhouette"
 
 
 def check_criterion(criterion: str) -> str:
@@ -101,7 +102,11 @@ class LayerTable:
         pick = self.pick(pipeline)
         ranked = sorted((v, k) for k, v in crit.items() if not math.isnan(v))[::-1]
         runner = ranked[1] if len(ranked) > 1 else None
-        what = {"silhouette": "mean silhouette of its k-means clusters (how well separated the "
+        what = {"excess_silhouette": "mean silhouette of its k-means clusters in excess of the "
+                                     "silhouette k-means finds in structureless (Gaussian) data of "
+                                     "the same spread, i.e. the layer's principal variances (how "
+                                     "much more clustered than chance)",
+                "silhouette": "mean silhouette of its k-means clusters (how well separated the "
                               "clusters are against how spread out each is; 1 is best)",
                 "stability": "agreement of its k-means clusterings across seeds (mean pairwise "
                              "adjusted Rand index; 1: every seed gives the same clusters)"}[c]
@@ -153,10 +158,11 @@ def run_layers(features: Mapping[str, object], labels=None, n_clusters: int | No
                whiten: bool = False, n_init: int = 10, n_components: int = 50,
                perplexity: float = 30.0, n_iter: int = 500, criterion: str = DEFAULT_CRITERION,
                descriptions: Mapping[str, str] | None = None,
-               callback: Callable[[int, int], None] | None = None) -> LayerTable:
+               progress: Callback | None = None) -> LayerTable:
     """:func:`run_pipelines` on every layer of ``features`` (``{layer: Features or array}``,
     from :func:`extract_layers`: one pass over the images), the same seeds and clusters for
-    each. ``callback(done, total)`` after each run, over all layers."""
+    each. ``progress``: a ``("pipelines", runs done, runs)`` event after each run, counted over
+    all layers (``info``: the layer and pipeline; its answer is ignored)."""
     check_criterion(criterion)
     if len(features) < 1:
         raise ValueError("give the features of at least one layer")
@@ -164,13 +170,12 @@ def run_layers(features: Mapping[str, object], labels=None, n_clusters: int | No
     total = len(features) * len(pipelines) * seed_n
     tables, done = {}, 0
     for layer, f in features.items():
-        def cb(d, t, base=done):
-            if callback:
-                callback(base + d, total)
+        def cb(p, base=done, layer=layer):
+            notify(progress, "pipelines", base + p.done, total, layer=layer, **p.info)
 
         t = run_pipelines(f, labels, n_clusters, seeds=seeds, pipelines=pipelines, layer=layer,
                           whiten=whiten, n_init=n_init, n_components=n_components,
-                          perplexity=perplexity, n_iter=n_iter, callback=cb)
+                          perplexity=perplexity, n_iter=n_iter, null=True, progress=cb)
         y = labels if labels is not None else getattr(f, "labels", None)
         if y is not None and (np.asarray(y) >= 0).all():
             t.params["n_classes"] = int(len(np.unique(y)))

@@ -8,8 +8,10 @@ label-free criterion of the clustering picks it (:data:`CRITERIA`):
   silhouette k-means finds on a Gaussian null with the layer's principal variances
   (:func:`~convlens.embed._pipeline.null_spaces`): how much more clustered than structureless
   data of the same spread. The plain silhouette rewards a layer whose variance lies in a few
-  directions whether or not its clusters mean anything (on CIFAR-10 through the SqueezeNet it
-  picks the first block, 18 points below the best); against the null that layer scores ~0;
+  directions whether or not it holds clusters; against the null such a layer scores ~0.
+  What no label-free criterion here can tell is whether real clusters are the ones the user
+  means: on CIFAR-10 through the SqueezeNet the first blocks hold real (colour) clusters and
+  every criterion picks them, 17-18 points below the best layer (measured, see below);
 - ``silhouette``: the mean silhouette of the k-means clusters in the space k-means ran in (the
   features, the principal components, or the t-SNE map): how far apart the clusters are against
   how spread out each is;

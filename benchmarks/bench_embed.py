@@ -154,7 +154,7 @@ def _old_table1(x, y, k, seeds):
     return accs
 
 
-def bench_table1(compare: bool = True, seeds: int = 5) -> None:
+def bench_table1(compare: bool = True, seeds: int = 5, layers: bool = True) -> None:
     from threadpoolctl import threadpool_limits
 
     from convlens.embed import run_layers, run_pipelines
@@ -191,7 +191,7 @@ def bench_table1(compare: bool = True, seeds: int = 5) -> None:
             _, w_old, c_old = _timed(lambda: _old_table1(x["features.12"], y, k, seeds))
             print(f"  previous loop     {w_old:6.1f} s wall  {c_old:6.1f} s CPU   speed-up "
                   f"{c_old / max(cpu, 1e-9):.2f}x (CPU)")
-        if len(x) > 1:
+        if layers and len(x) > 1:
             lt, wall, cpu = _timed(lambda: run_layers(x, y, k, seeds=seeds, whiten=True))
             p = "PCA-whitened/t-SNE/k-means"
             print(f"  every layer ({len(x)}), whitened: {wall:.1f} s wall, {cpu:.1f} s CPU; best {lt.best(p)}, "
@@ -205,12 +205,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--only", choices=("extraction", "tsne", "table1"), help="run one part")
     ap.add_argument("--no-compare", action="store_true", help="table1: skip the previous loop")
+    ap.add_argument("--one-layer", action="store_true", help="table1: skip the every-layer run")
     args = ap.parse_args(argv)
     if args.only == "tsne":
         bench_tsne(args.quick)
         return 0
     if args.only == "table1":
-        bench_table1(not args.no_compare)
+        bench_table1(not args.no_compare, layers=not args.one_layer)
         return 0
     torch.set_num_threads(args.threads)
     from convlens import load_dataset, load_model

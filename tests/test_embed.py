@@ -19,9 +19,11 @@ from convlens.embed import (
     cluster_scores,
     confusion_matrix,
     extract_features,
+    extract_layers,
     kmeans,
     matching_accuracy,
     perplexity_sweep,
+    run_layers,
     run_pipelines,
     scree,
 )
@@ -233,6 +235,34 @@ def test_tsne_transform_places_new_images_beside_their_class(relu4):
         t.transform(x[new][:, :10])
 
 
+def test_long_embed_functions_report_progress_events_with_a_known_total(lenet, digits_lenet, relu4, tmp_path):
+    """The one protocol (convlens.progress): events with the total known in advance, the last
+    one complete; where stopping makes sense (t-SNE, the sweep) True stops with what there is."""
+    from convlens.progress import Progress
+
+    seen: list[Progress] = []
+    ds = digits_lenet.sample(40, seed=0)
+    extract_layers(lenet, ds, ["relu3", "relu4"], batch_size=16, cache_dir=tmp_path, progress=seen.append)
+    assert {e.task for e in seen} == {"features"} and all(e.total == 40 for e in seen)
+    assert [e.done for e in seen] == [16, 32, 40]
+    seen.clear()
+    extract_layers(lenet, ds, ["relu3"], cache_dir=tmp_path, progress=seen.append)  # from the cache
+    assert [(e.done, e.total) for e in seen] == [(40, 40)]
+    seen.clear()
+    x = relu4.values[:90]
+    run_layers({"a": x, "b": x[:, ::-1].copy()}, relu4.labels[:90], 10, seeds=2,
+               pipelines=["k-means", "PCA/k-means"], progress=seen.append)
+    assert [e.done for e in seen] == list(range(1, 9)) and {e.total for e in seen} == {8}
+    assert seen[0].info == {"layer": "a", "pipeline": "k-means"}
+    events = []
+    tsne = TSNE(perplexity=10, n_iter=200, progress=lambda e: events.append(e) or e.done >= 100)
+    coords = tsne.fit_transform(x)
+    assert coords.shape == (90, 2) and [e.done for e in events] == [50, 100]  # stopped at 100
+    assert events[0].total == 450 and events[0].task == "t-SNE" and "kl" in events[0].info
+    sw = perplexity_sweep(x, (5, 10, 20), progress=lambda e: True)  # stop after the first map
+    assert sw.perplexities == [5.0] and sw.maps.shape == (1, 90, 2)
+
+
 def test_perplexity_sweep_skips_perplexities_too_large(relu4):
     sw = perplexity_sweep(relu4.values[:90], (5, 20, 40), relu4.labels[:90], 10, n_iter=150)
     assert sw.perplexities == [5.0, 20.0] and sw.maps.shape == (2, 90, 2) and len(sw.accuracy) == 2
@@ -297,6 +327,9 @@ def test_tsne_over_training_snapshots(digits, tmp_path):
     # each map starts from the previous one: the same weights twice give the same picture, not
     # a rotated or reflected one (raw coordinates, no alignment)
     last = tmp_path / "run" / "snapshots" / "step_0000030.pt"
+    one = tsne_over_training([last, last], ds, "relu3", perplexity=15, n_iter=200,
+                             progress=lambda e: e.done >= 1)  # True: stop after the first map
+    assert one.coords.shape == (1, 150, 2) and len(one.params["snapshots"]) == 1
     twice = tsne_over_training([last, last], ds, "relu3", perplexity=15, n_iter=200)
     a, b = twice.coords
     r = [np.corrcoef(a[:, j], b[:, j])[0, 1] for j in (0, 1)]

@@ -185,7 +185,8 @@ def test_layer_auto_picks_the_planted_layer_without_labels():
                         n_iter=250, perplexity=20, whiten=whiten)
         assert not lt.labelled
         for p in lt.pipelines:
-            assert lt.pick(p, "silhouette") == "planted", (p, lt.scores(p, "silhouette"))
+            for crit in ("excess_silhouette", "silhouette"):
+                assert lt.pick(p, crit) == "planted", (p, crit, lt.scores(p, crit))
         # stability only where the seeds change the clustering: the t-SNE map is deterministic,
         # so k-means on it can agree with itself on noise too (measured: a tie at 1.0)
         p = lt.pipelines[0]
@@ -194,6 +195,39 @@ def test_layer_auto_picks_the_planted_layer_without_labels():
     scored = run_layers(feats, y, k, seeds=2, pipelines=["PCA/k-means"])
     assert scored.best("PCA/k-means") == "planted"
     assert scored.scores("PCA/k-means", "accuracy_mean")["planted"] > 0.95
+
+
+def test_excess_silhouette_is_zero_on_structureless_data_and_sees_past_the_dimension():
+    """The trap the plain silhouette falls into on CIFAR: a layer whose variance lies in a few
+    directions gives k-means compact-looking clusters of nothing (a high silhouette), while the
+    layer holding the classes, spread over many dimensions, scores lower. Against a Gaussian of
+    the same spectrum the first is no more clustered than chance (excess ~ 0, within the sampling
+    spread of a silhouette at this size) and the second is."""
+    rng = np.random.default_rng(1)
+    n, k = 300, 3
+    y = np.repeat(np.arange(k), n // k)
+    flat = rng.normal(size=(n, 20)) * np.r_[8.0, 2.0, np.full(18, 0.2)]  # one strong direction
+    centres = rng.normal(size=(k, 40))
+    deep = centres[y] + rng.normal(size=(n, 40))  # classes in 40 dimensions
+    feats = {"flat": flat.astype(np.float32), "deep": deep.astype(np.float32)}
+    lt = run_layers(feats, None, k, seeds=2, pipelines=["k-means", "PCA/k-means"], n_components=20)
+    spread = 1 / np.sqrt(n)  # the sampling spread of a mean over n points' silhouettes
+    for p in lt.pipelines:
+        sil, ex = lt.scores(p, "silhouette"), lt.scores(p, "excess_silhouette")
+        assert sil["flat"] > sil["deep"] + spread, sil  # the plain silhouette is fooled
+        assert abs(ex["flat"]) < spread and ex["deep"] > 2 * spread, ex
+        assert lt.pick(p, "excess_silhouette") == "deep"
+        null = lt.tables["flat"].criteria[p]["null_silhouette"]
+        assert ex["flat"] == pytest.approx(sil["flat"] - null)
+    assert lt.criterion == "excess_silhouette" and "structureless" in lt.explain("PCA/k-means")
+
+
+def test_single_layer_table_skips_the_null():
+    x = np.random.default_rng(0).normal(size=(60, 5)).astype(np.float32)
+    t = run_pipelines(x, None, 2, seeds=2, pipelines=["PCA/k-means"])
+    assert "excess_silhouette" not in t.criteria["PCA/k-means"]
+    t = run_pipelines(x, None, 2, seeds=2, pipelines=["PCA/k-means"], null=True)
+    assert t.criteria["PCA/k-means"]["excess_silhouette"] is not None
 
 
 # -- tiles ------------------------------------------------------------------------------------------

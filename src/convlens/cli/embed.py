@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from convlens.cli._common import (
     LimitOpt,
     ModelArg,
     ModelOptions,
+    OptionGroup,
     OutOpt,
     ResizeOpt,
     SeedOpt,
@@ -25,6 +27,7 @@ from convlens.cli._common import (
     console,
     open_data,
     progress_bar,
+    progress_events,
 )
 
 LayerOpt = Annotated[str, typer.Option("--layer", "-l", help="Layer name (`convlens layers MODEL` lists them).")]
@@ -59,20 +62,59 @@ def _floats(text: str | None) -> list[float]:
         raise ValueError(f"cannot read {text!r}: write comma-separated numbers, e.g. 5,30,50") from None
 
 
-def _extract(m, ds, layers, pooling, batch_size, cache, workers, scheduler):
+def _extract(m, ds, layers, opts: ExtractOptions):
     from convlens.embed import extract_layers
 
+    pooling, batch_size, workers, scheduler = opts.pooling, opts.batch_size, opts.workers, opts.scheduler
+    cache = _cache(opts.cache, opts.no_cache)
+
     what = layers[0] if len(layers) == 1 else f"{len(layers)} layers (one pass)"
-    with progress_bar(f"features of {what}", total=len(ds)) as update:
-        cb = lambda done, total: update(completed=done, total=total)  # noqa: E731
+    with progress_events(f"features of {what}") as progress:
         if workers is None and scheduler is None:
             return extract_layers(m, ds, layers, pooling=pooling, batch_size=batch_size,
-                                  cache_dir=cache, callback=cb)
+                                  cache_dir=cache, progress=progress)
         from convlens.parallel import get_client
 
         with get_client(workers=workers, scheduler=scheduler) as client:
             return extract_layers(m, ds, layers, pooling=pooling, batch_size=batch_size,
-                                  cache_dir=cache, client=client, callback=cb)
+                                  cache_dir=cache, client=client, progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions(OptionGroup):
+    """How the features are extracted and cached."""
+
+    pooling: PoolingOpt = "avg"
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64
+    cache: CacheOpt = None
+    no_cache: NoCacheOpt = False
+    workers: WorkersOpt = None
+    scheduler: SchedulerOpt = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterOptions(OptionGroup):
+    """PCA, the map, k-means, and how Table 1 runs and chooses a layer."""
+
+    clusters: Annotated[int | None, typer.Option(help=(
+        "k-means clusters (default: number of classes). More than the classes lets a class split; "
+        "tables then score one-to-one (Hungarian) and many-to-one (each cluster to its majority class)."))] = None
+    whiten: Annotated[bool, typer.Option("--whiten/--no-whiten", help=(
+        "Scale every principal component to unit variance before t-SNE/k-means (Cohn & Holm)."))] = False
+    n_init: Annotated[int, typer.Option("--n-init", help="k-means restarts per run (the best is kept).")] = 10
+    criterion: Annotated[str, typer.Option("--layer-criterion", help=(
+        "How --layer auto chooses without labels: excess_silhouette (silhouette above that of "
+        "structureless data of the same spread), silhouette or stability."))] = "excess_silhouette"
+    components: ComponentsOpt = 50
+    map_method: Annotated[str, typer.Option("--map", help="2-D map: tsne, umap or pca.")] = "tsne"
+    perplexity: PerplexityOpt = 30.0
+    seeds: Annotated[int, typer.Option(help="Seeds for the three pipelines' table (0: skip).")] = 5
+
+    def check(self) -> None:
+        from convlens.embed import check_criterion, check_n_init
+
+        check_n_init(self.n_init)
+        check_criterion(self.criterion)
 
 
 @command(app, "embed")
@@ -80,29 +122,13 @@ def embed(
     model: ModelArg,
     data: DataArg,
     layer: EmbedLayerOpt = "default",
-    pooling: PoolingOpt = "avg",
-    clusters: Annotated[int | None, typer.Option(help=(
-        "k-means clusters (default: number of classes). More than the classes lets a class split; "
-        "tables then score one-to-one (Hungarian) and many-to-one (each cluster to its majority class)."))] = None,
-    whiten: Annotated[bool, typer.Option("--whiten/--no-whiten", help=(
-        "Scale every principal component to unit variance before t-SNE/k-means (Cohn & Holm)."))] = False,
-    n_init: Annotated[int, typer.Option("--n-init", help="k-means restarts per run (the best is kept).")] = 10,
-    criterion: Annotated[str, typer.Option("--layer-criterion", help=(
-        "How --layer auto chooses without labels: silhouette or stability."))] = "silhouette",
-    components: ComponentsOpt = 50,
-    map_method: Annotated[str, typer.Option("--map", help="2-D map: tsne, umap or pca.")] = "tsne",
-    perplexity: PerplexityOpt = 30.0,
     sweep: Annotated[str | None, typer.Option(help="Perplexity sweep, e.g. 5,30,50,100 (Fig. 6).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds for the three pipelines' table (0: skip).")] = 5,
     scree_plot: Annotated[bool, typer.Option("--scree/--no-scree", help="Scree plot (Fig. 3).")] = True,
     interactive: Annotated[bool, typer.Option(help="Write the hover-to-see-the-image page.")] = True,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    workers: WorkersOpt = None,
-    scheduler: SchedulerOpt = None,
     out: OutOpt = Path("results/embed"),
     model_opts: ModelOptions = ModelOptions(),
+    extract: ExtractOptions = ExtractOptions(),
+    co: ClusterOptions = ClusterOptions(),
     resize: ResizeOpt = "model",
     tile: TileOpt = None,
     clahe: ClaheOpt = False,
@@ -114,106 +140,130 @@ def embed(
     with --layer auto/all/a list, Table 1 for every layer from one pass and the layer chosen."""
     import torch
 
-    from convlens.embed import (
-        check_criterion,
-        check_n_init,
-        choose_layer,
-        cluster_map,
-        describe_features,
-        perplexity_sweep,
-        resolve_layers,
-        run_layers,
-        run_pipelines,
-        save_map_outputs,
-        scree,
-    )
+    from convlens.embed import describe_features, resolve_layers, save_map_outputs
     from convlens.files import write_json
 
     torch.manual_seed(seed)
-    check_n_init(n_init)
-    check_criterion(criterion)
+    co.check()
     m = model_opts.open(model)
     layers, how = resolve_layers(m, layer)
     if tile:
-        from convlens.embed import check_tile
-
-        raw = open_data(data, None, strict=strict, limit=limit, seed=seed)
-        for i in range(len(raw)):  # every image must hold one tile
-            check_tile(tuple(raw.image(i).shape), tile, raw.ids[i])
+        _check_tiles(data, tile, strict, limit, seed)
     ds = open_data(data, m, resize=resize, tile=tile, clahe=clahe, strict=strict, limit=limit, seed=seed)
-    all_feats = _extract(m, ds, layers, pooling, batch_size, _cache(cache, no_cache), workers, scheduler)
+    all_feats = _extract(m, ds, layers, extract)
     first = next(iter(all_feats.values()))
     labelled = bool((first.labels >= 0).all()) and len(set(first.labels.tolist())) > 1
     out.mkdir(parents=True, exist_ok=True)
-    words = describe_features(m, all_feats, pooling)
-    summary = {"model": m.name, "data": ds.name, "pooling": pooling, "whiten": whiten,
-               "n_init": n_init}
+    words = describe_features(m, all_feats, extract.pooling)
+    summary = {"model": m.name, "data": ds.name, "pooling": extract.pooling, "whiten": co.whiten,
+               "n_init": co.n_init}
     if len(layers) > 1:
-        if seeds < 1:
-            raise ValueError("choosing among layers runs the pipelines on each: give --seeds 1 or more")
-        if not labelled and clusters is None:
-            raise ValueError("give the number of clusters (--clusters K): the images have no labels")
-        total = len(layers) * 3 * seeds
-        with progress_bar(f"pipelines on {len(layers)} layers", total=total) as update:
-            lt = run_layers({k: f for k, f in all_feats.items()}, None, clusters, seeds=seeds,
-                            whiten=whiten, n_init=n_init, n_components=components,
-                            perplexity=perplexity, criterion=criterion, descriptions=words,
-                            callback=lambda d, t: update(completed=d, total=t))
-        lt.save(out)
-        chosen, why = choose_layer(lt, how, whiten)
-        console.print(lt.to_markdown())
-        console.print(why)
-        summary.update(layers=layers, layer=chosen, layer_choice=why, criterion=criterion)
+        chosen = _choose_layer(all_feats, how, labelled, co, words, out, summary)
     else:
-        chosen = layers[0]
-        summary["layer"] = chosen
+        chosen = summary["layer"] = layers[0]
     feats = all_feats[chosen]
-    summary.update(features=list(feats.shape), feature_cache=feats.path, layer_words=words[chosen])
-    console.print(f"features {feats.shape[0]} x {feats.shape[1]}: {words[chosen]}"
-                  + (f", cached at {feats.path}" if feats.path else ""))
-    x = feats.values
-    with progress_bar("map and clusters") as update:
-        result = cluster_map(feats, clusters, n_components=components, method=map_method,
-                             perplexity=perplexity, seed=seed, whiten=whiten, n_init=n_init)
-        update(info="done")
-    files = save_map_outputs(result, out, images=ds if interactive else None)
-    summary.update(scores=result.scores, params=result.params, files=files)
+    result = _map(feats, words[chosen], co, seed, summary)
+    summary["files"] = save_map_outputs(result, out, images=ds if interactive else None)
     if tile:
         summary["tiles"] = _tile_outputs(result, data, tile, out, strict, limit, seed)
+    k = result.params["n_clusters"]
     if scree_plot:
-        from convlens.embed import plot_scree
-        from convlens.files import save_figure
-
-        sc = scree(x, feats.labels if labelled else None, result.params["n_clusters"],
-                   chosen=components, seed=seed)
-        sc.save(out)
-        save_figure(plot_scree(sc), out / "scree.png")
+        _scree(feats, labelled, k, co.components, seed, out)
     if sweep:
-        from convlens.embed import pca_reduce, plot_sweep
-        from convlens.files import save_figure
-
-        z, _ = pca_reduce(x, components, seed=seed, whiten=whiten)
-        with progress_bar("perplexity sweep") as update:
-            sw = perplexity_sweep(z, _floats(sweep), feats.labels if labelled else None,
-                                  result.params["n_clusters"], seed=seed,
-                                  callback=lambda d, t: update(completed=d, total=t))
-        sw.save(out)
-        save_figure(plot_sweep(sw, feats.labels if labelled else None, feats.class_names), out / "sweep.png")
-        summary["sweep"] = {"perplexities": sw.perplexities, "accuracy": sw.accuracy}
-    if seeds > 0 and labelled and len(layers) == 1:
-        with progress_bar("pipelines", total=3 * seeds) as update:
-            table = run_pipelines(feats, n_clusters=result.params["n_clusters"], seeds=seeds,
-                                  n_components=components, perplexity=perplexity, layer=chosen,
-                                  whiten=whiten, n_init=n_init,
-                                  callback=lambda d, t: update(completed=d, total=t))
-        table.save(out)
-        console.print(table.to_markdown())
+        summary["sweep"] = _sweep(feats, labelled, k, co, sweep, seed, out)
+    if co.seeds > 0 and labelled and len(layers) == 1:
+        _one_layer_table(feats, k, co, chosen, out)
     write_json(out / "summary.json", summary)
+    _print_scores(result, out)
+
+
+def _print_scores(result, out: Path) -> None:
     if result.scores:
         s = result.scores
         console.print(f"{result.pipeline}: accuracy one-to-one {s['accuracy']:.2%}, many-to-one "
                       f"{s['accuracy_m2o']:.2%}, NMI {s['nmi']:.3f}, ARI {s['ari']:.3f}")
     console.print(f"results in {out}")
+
+
+def _map(feats, words: str, co: ClusterOptions, seed: int, summary: dict):
+    """The clustered 2-D map of the chosen layer (its features named in words on the console)."""
+    from convlens.embed import cluster_map
+
+    summary.update(features=list(feats.shape), feature_cache=feats.path, layer_words=words)
+    console.print(f"features {feats.shape[0]} x {feats.shape[1]}: {words}"
+                  + (f", cached at {feats.path}" if feats.path else ""))
+    with progress_bar("map and clusters") as update:
+        result = cluster_map(feats, co.clusters, n_components=co.components, method=co.map_method,
+                             perplexity=co.perplexity, seed=seed, whiten=co.whiten, n_init=co.n_init)
+        update(info="done")
+    summary.update(scores=result.scores, params=result.params)
+    return result
+
+
+def _one_layer_table(feats, k: int, co: ClusterOptions, layer: str, out: Path) -> None:
+    """Table 1 (three pipelines over the seeds) on the one layer, saved and printed."""
+    from convlens.embed import run_pipelines
+
+    with progress_events("pipelines") as progress:
+        table = run_pipelines(feats, n_clusters=k, seeds=co.seeds, n_components=co.components,
+                              perplexity=co.perplexity, layer=layer, whiten=co.whiten,
+                              n_init=co.n_init, progress=progress)
+    table.save(out)
+    console.print(table.to_markdown())
+
+
+def _check_tiles(data, tile, strict, limit, seed) -> None:
+    """Every image must hold one tile: refused before anything is written."""
+    from convlens.embed import check_tile
+
+    raw = open_data(data, None, strict=strict, limit=limit, seed=seed)
+    for i in range(len(raw)):
+        check_tile(tuple(raw.image(i).shape), tile, raw.ids[i])
+
+
+def _choose_layer(all_feats, how, labelled, co: ClusterOptions, words, out, summary) -> str:
+    """Table 1 on every layer (saved to ``out/layers.*``), the layer chosen and why (into
+    ``summary``)."""
+    from convlens.embed import choose_layer, run_layers
+
+    if co.seeds < 1:
+        raise ValueError("choosing among layers runs the pipelines on each: give --seeds 1 or more")
+    if not labelled and co.clusters is None:
+        raise ValueError("give the number of clusters (--clusters K): the images have no labels")
+    with progress_events(f"pipelines on {len(all_feats)} layers") as progress:
+        lt = run_layers(dict(all_feats), None, co.clusters, seeds=co.seeds, whiten=co.whiten,
+                        n_init=co.n_init, n_components=co.components, perplexity=co.perplexity,
+                        criterion=co.criterion, descriptions=words, progress=progress)
+    lt.save(out)
+    chosen, why = choose_layer(lt, how, co.whiten)
+    console.print(lt.to_markdown())
+    console.print(why)
+    summary.update(layers=list(all_feats), layer=chosen, layer_choice=why, criterion=co.criterion)
+    return chosen
+
+
+def _scree(feats, labelled, k, components, seed, out) -> None:
+    """The scree plot (Fig. 3) and its table."""
+    from convlens.embed import plot_scree, scree
+    from convlens.files import save_figure
+
+    sc = scree(feats.values, feats.labels if labelled else None, k, chosen=components, seed=seed)
+    sc.save(out)
+    save_figure(plot_scree(sc), out / "scree.png")
+
+
+def _sweep(feats, labelled, k, co: ClusterOptions, sweep, seed, out) -> dict:
+    """The perplexity sweep (Fig. 6): its maps, figure and accuracies."""
+    from convlens.embed import pca_reduce, perplexity_sweep, plot_sweep
+    from convlens.files import save_figure
+
+    y = feats.labels if labelled else None
+    z, _ = pca_reduce(feats.values, co.components, seed=seed, whiten=co.whiten)
+    with progress_events("perplexity sweep") as progress:
+        sw = perplexity_sweep(z, _floats(sweep), y, k, seed=seed, progress=progress)
+    sw.save(out)
+    save_figure(plot_sweep(sw, y, feats.class_names), out / "sweep.png")
+    return {"perplexities": sw.perplexities, "accuracy": sw.accuracy}
 
 
 def _tile_outputs(result, data, tile, out, strict, limit, seed, examples: int = 6) -> dict:
@@ -264,10 +314,10 @@ def embed_training(
     from convlens.files import save_figure
 
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
-    with progress_bar("snapshots") as update:
+    with progress_events("snapshots") as progress:
         maps = tsne_over_training(run, ds, layer, device=device, pooling=pooling, n_components=components,
                                   perplexity=perplexity, seed=seed, cache_dir=_cache(cache, no_cache),
-                                  callback=lambda d, t: update(completed=d, total=t))
+                                  progress=progress)
     maps.save(out)
     save_figure(plot_training_maps(maps), out / "small_multiples.png")
     save_training_gif(maps, out / "training.gif")

@@ -46,6 +46,7 @@ from convlens.embed._extract import (
 )
 from convlens.embed._interactive import scatter_fragment, write_scatter_page, write_thumbnails
 from convlens.embed._layerpick import (
+    DEFAULT_CRITERION,
     LayerTable,
     check_criterion,
     choose_layer,
@@ -62,11 +63,13 @@ from convlens.embed._layers import (
 )
 from convlens.embed._outputs import save_map_outputs
 from convlens.embed._pipeline import (
+    CRITERIA,
     PIPELINES,
     ClusterMap,
     PipelineTable,
     cluster_map,
     format_score,
+    null_spaces,
     run_pipelines,
 )
 from convlens.embed._plots import (
@@ -82,7 +85,7 @@ from convlens.embed._tiles import TileVotes, check_tile, parse_tile_id, plot_til
 from convlens.embed._training import TrainingMaps, tsne_over_training
 
 __all__ = [
-    "check_criterion", "check_n_init", "check_tile", "choose_layer", "describe_features",
+    "CRITERIA", "DEFAULT_CRITERION", "null_spaces", "check_criterion", "check_n_init", "check_tile", "choose_layer", "describe_features",
     "format_score", "resolve_layers",
     "PIPELINES", "POOLINGS", "TSNE", "Block", "ClusterMap", "Features", "LayerTable",
     "PipelineTable", "Scores", "Scree", "Sweep", "TrainingMaps", "UMAPMap", "best_matching",

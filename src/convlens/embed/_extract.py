@@ -12,7 +12,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from convlens.files import read_json, write_json
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +199,11 @@ def prefetch(items: Iterator, depth: int = 1) -> Iterator:
 
 def extract_rows(model, dataset, layers: list[str], pooling: str, indices: np.ndarray,
                  arrays: dict, batch_size: int, ref_shape: tuple[int, ...],
-                 callback: Callable[[int], None] | None = None) -> int:
+                 progress: Callback | None = None) -> int:
     """Run ``indices`` through ``model`` once, capturing every one of ``layers`` in the same
     pass, and write each layer's pooled features into the matching rows of ``arrays[layer]``.
-    Returns the number of images done."""
+    Returns the number of images done; ``progress``: a ``("features", done, len(indices))`` event
+    after each batch."""
     from convlens.runner import batch_size as fitting
     from convlens.runner import forward_batches
 
@@ -222,8 +224,7 @@ def extract_rows(model, dataset, layers: list[str], pooling: str, indices: np.nd
             f = pool(out[k], pooling).cpu().numpy().astype(np.float32, copy=False)
             writers[k].add(int(indices[start]), f)  # indices are contiguous
         done += len(f)
-        if callback:
-            callback(len(f))
+        notify(progress, "features", done, len(indices))
     for w in writers.values():
         w.flush()
     return done
@@ -248,7 +249,7 @@ def extract_features(
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
     client=None,
-    callback: Callable[[int, int], None] | None = None,
+    progress: Callback | None = None,
     memory: int | float | str | None = None,
 ) -> Features:
     """Features of ``layer`` for every image of ``dataset`` (already conformed to the model).
@@ -266,7 +267,8 @@ def extract_features(
         ``None``: kept in memory (or in a temporary folder when ``client`` is given)
     client : a ``distributed.Client`` (see :func:`convlens.parallel.get_client`): the images are
         split into one contiguous shard per worker and every worker writes its own rows
-    callback : ``callback(done, total)`` after each batch (single process) or shard (Dask)
+    progress : a :class:`~convlens.progress.Progress` event ``("features", images done,
+        images)`` after each batch (single process) or shard (Dask); its answer is ignored
     memory : the memory budget (:mod:`convlens.runner`; default: the current one)
 
     Returns
@@ -274,7 +276,7 @@ def extract_features(
     Features
     """
     return extract_layers(model, dataset, [layer], pooling=pooling, batch_size=batch_size,
-                          cache_dir=cache_dir, client=client, callback=callback, memory=memory)[layer]
+                          cache_dir=cache_dir, client=client, progress=progress, memory=memory)[layer]
 
 
 def extract_layers(
@@ -286,7 +288,7 @@ def extract_layers(
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
     client=None,
-    callback: Callable[[int, int], None] | None = None,
+    progress: Callback | None = None,
     memory: int | float | str | None = None,
 ) -> dict[str, Features]:
     """Features of every one of ``layers`` from ONE pass over the images (the forward pass stops
@@ -314,9 +316,9 @@ def extract_layers(
     n = len(dataset)
     if todo:
         result.update(_extract_missing(model, dataset, todo, pooling, batch_size, keys, targets,
-                                       cache_dir, client, callback, memory))
-    elif callback:
-        callback(n, n)
+                                       cache_dir, client, progress, memory))
+    else:
+        notify(progress, "features", n, n, cached=len(layers))
     return {k: result[k] for k in layers}
 
 
@@ -353,7 +355,7 @@ def _finish(feats: Features, workdirs: dict, target: Path | None) -> Features:
 
 
 def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets, cache_dir, client,
-                     callback, memory) -> dict[str, Features]:
+                     progress, memory) -> dict[str, Features]:
     from convlens.runner import batch_size as fitting
     from convlens.runner import memory_budget
 
@@ -379,19 +381,12 @@ def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets,
         arrays, stores = _allocate(layers, widths, n, rows, workdirs)
         shards = None
         if client is None:
-            done = [0]
-
-            def cb(j):
-                done[0] += j
-                if callback:
-                    callback(done[0], n)
-
             with memory_budget(memory):
                 extract_rows(model, dataset, layers, pooling, np.arange(n), arrays, batch_size,
-                             ref_shape, cb)
+                             ref_shape, progress)
         else:
             shards = _extract_dask(client, model, dataset, layers, pooling, stores, n, batch_size,
-                                   rows, ref_shape, callback)
+                                   rows, ref_shape, progress)
         return {k: _finish(Features(arrays[k], list(dataset.ids), np.asarray(dataset.labels),
                                     tuple(dataset.class_names), k, pooling, keys[k],
                                     {**base_meta, "width": widths[k],
@@ -405,7 +400,7 @@ def _extract_missing(model, dataset, layers, pooling, batch_size, keys, targets,
 
 
 def _extract_dask(client, model, dataset, layers, pooling, stores, n, batch_size, chunk, ref_shape,
-                  callback):
+                  progress):
     from distributed import as_completed
 
     from convlens.parallel import worker_count
@@ -421,7 +416,6 @@ def _extract_dask(client, model, dataset, layers, pooling, stores, n, batch_size
     done = 0
     for fut in as_completed(futures):
         done += fut.result()
-        if callback:
-            callback(done, n)
+        notify(progress, "features", done, n)
     log.info("extracted %d images on %d Dask workers in %d shards", n, workers, len(bounds))
     return len(bounds)

@@ -100,6 +100,37 @@ def _check(coords, ids, thumbs, labels):
     return c
 
 
+def _default_text(lab: np.ndarray, names: list[str], ok: np.ndarray | None) -> list[str]:
+    """The tooltip line of each point: its class name (and "wrong cluster" where ``ok`` is False)."""
+    text = [(names[v] if 0 <= v < len(names) else (str(v) if v >= 0 else "")) for v in lab.tolist()]
+    if ok is not None:
+        text = [t + ("" if o else " (wrong cluster)") for t, o in zip(text, ok.tolist())]
+    return text
+
+
+def _points(c: np.ndarray, lab: np.ndarray, ok: np.ndarray, r: float) -> Markup:
+    """The SVG of every point: a circle in its colour, a cross (``.pt.wrong``) where not ``ok``."""
+    parts = []
+    for i, ((x, y), v, good) in enumerate(zip(c.tolist(), lab.tolist(), ok.tolist())):
+        color = PALETTE[v % len(PALETTE)] if v >= 0 else "#999"
+        if good:
+            parts.append(f'<circle class="pt" data-i="{i}" tabindex="0" cx="{x:.1f}" cy="{y:.1f}" '
+                         f'r="{r:g}" fill="{color}" fill-opacity="0.75" stroke="{color}"/>')
+        else:
+            d = f"M{x - r:.1f},{y - r:.1f}L{x + r:.1f},{y + r:.1f}M{x - r:.1f},{y + r:.1f}L{x + r:.1f},{y - r:.1f}"
+            parts.append(f'<path class="pt wrong" data-i="{i}" tabindex="0" d="{d}" stroke="{color}" '
+                         f'stroke-width="2" fill="none"/>')
+    return Markup("".join(parts))
+
+
+def _legend(lab: np.ndarray, names: list[str]) -> Markup:
+    """One legend entry per colour in use, named by its class."""
+    used = sorted({v for v in lab.tolist() if v >= 0})
+    return Markup("").join(
+        Markup('<li><span style="background:{}"></span>{}</li>').format(
+            PALETTE[v % len(PALETTE)], names[v] if v < len(names) else str(v)) for v in used)
+
+
 def scatter_fragment(
     coords,
     ids: Sequence[str],
@@ -134,29 +165,13 @@ def scatter_fragment(
     names = list(class_names)
     ok = np.ones(n, bool) if correct is None else np.asarray(correct, dtype=bool)
     if text is None:
-        text = [(names[v] if 0 <= v < len(names) else (str(v) if v >= 0 else "")) for v in lab.tolist()]
-        if correct is not None:
-            text = [t + ("" if o else " (wrong cluster)") for t, o in zip(text, ok.tolist())]
-    parts = []
-    r = float(radius)
-    for i, ((x, y), v, good) in enumerate(zip(c.tolist(), lab.tolist(), ok.tolist())):
-        color = PALETTE[v % len(PALETTE)] if v >= 0 else "#999"
-        if good:
-            parts.append(f'<circle class="pt" data-i="{i}" tabindex="0" cx="{x:.1f}" cy="{y:.1f}" '
-                         f'r="{r:g}" fill="{color}" fill-opacity="0.75" stroke="{color}"/>')
-        else:
-            d = f"M{x - r:.1f},{y - r:.1f}L{x + r:.1f},{y + r:.1f}M{x - r:.1f},{y + r:.1f}L{x + r:.1f},{y - r:.1f}"
-            parts.append(f'<path class="pt wrong" data-i="{i}" tabindex="0" d="{d}" stroke="{color}" '
-                         f'stroke-width="2" fill="none"/>')
+        text = _default_text(lab, names, None if correct is None else ok)
     data = {"ids": [str(s) for s in ids], "thumbs": list(thumbs) if thumbs is not None else [None] * n,
             "text": [str(t) for t in text]}
-    used = sorted({v for v in lab.tolist() if v >= 0})
-    legend = Markup("").join(
-        Markup('<li><span style="background:{}"></span>{}</li>').format(
-            PALETTE[v % len(PALETTE)], names[v] if v < len(names) else str(v)) for v in used)
+    legend = _legend(lab, names)
     svg = Markup('<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{cap}">'
                  '{pts}</svg>').format(w=width, h=height, cap=caption or "scatter of images",
-                                       pts=Markup("".join(parts)))
+                                       pts=_points(c, lab, ok, float(radius)))
     return Markup(
         '<div class="cl-scatter" id="{uid}"><style>{css}</style>{svg}'
         '<div class="cl-tooltip" id="{tip}" role="tooltip" hidden>'

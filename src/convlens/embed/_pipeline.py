@@ -8,7 +8,7 @@ import csv
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from convlens.embed._cluster import (
 )
 from convlens.embed._reduce import TSNE, UMAPMap, _matrix, _nbytes, _on_disk, pca_reduce
 from convlens.files import load_result, save_result, write_text
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _unpack(features, labels, ids, class_names):
 
 
 METRICS = ("accuracy", "accuracy_m2o", "nmi", "ari")
-CRITERIA = ("silhouette", "stability")
+CRITERIA = ("excess_silhouette", "silhouette", "stability")
 
 
 def pipeline_name(p: str, whiten: bool) -> str:
@@ -218,8 +219,9 @@ class PipelineTable:
 def markdown_header(labelled: bool) -> str:
     if labelled:
         return ("| pipeline | accuracy one-to-one (%) | accuracy many-to-one (%) | NMI | ARI | "
-                "silhouette | stability | seconds |\n|---|---|---|---|---|---|---|---|")
-    return "| pipeline | silhouette | stability | seconds |\n|---|---|---|---|"
+                "silhouette | excess silhouette | stability | seconds |\n"
+                "|---|---|---|---|---|---|---|---|---|")
+    return "| pipeline | silhouette | excess silhouette | stability | seconds |\n|---|---|---|---|---|"
 
 
 def format_score(v) -> str:
@@ -227,7 +229,8 @@ def format_score(v) -> str:
 
 
 def markdown_row(r: dict, labelled: bool) -> str:
-    crit = f"| {format_score(r.get('silhouette'))} | {format_score(r.get('stability'))} "
+    crit = (f"| {format_score(r.get('silhouette'))} | {format_score(r.get('excess_silhouette'))} "
+            f"| {format_score(r.get('stability'))} ")
     if not labelled:
         return f"| {r['pipeline']} {crit}| {r['seconds_mean']:.2f} |"
     return (f"| {r['pipeline']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
@@ -258,8 +261,8 @@ def _silhouette(space: np.ndarray, clusters: np.ndarray, seed: int, sample: int 
 def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds: int | Sequence[int] = 5,
                   n_components: int = 50, perplexity: float = 30.0, n_iter: int = 500,
                   pipelines: Sequence[str] = PIPELINES, layer: str | None = None,
-                  whiten: bool = False, n_init: int = 10,
-                  callback: Callable[[int, int], None] | None = None) -> PipelineTable:
+                  whiten: bool = False, n_init: int = 10, null: bool = False,
+                  progress: Callback | None = None) -> PipelineTable:
     """Each pipeline of Table 1 at each seed, scored when labelled (one-to-one and many-to-one
     accuracy, NMI, ARI) and by label-free criteria (silhouette, agreement across seeds).
 
@@ -268,8 +271,12 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
     neighbours: deterministic). The seeds vary k-means' initialisation, so
     the spread over seeds is that of k-means. ``whiten`` scales every principal component to unit
     variance before k-means or t-SNE (Cohn & Holm); ``n_init`` k-means restarts per run.
+    ``null``: also the ``excess_silhouette`` criterion (:func:`null_spaces`: k-means on a
+    Gaussian of the same spectrum, one more t-SNE map), used to choose a layer.
 
-    Returns a :class:`PipelineTable`; ``callback(done, total)`` after each run."""
+    Returns a :class:`PipelineTable`; ``progress``: a :class:`~convlens.progress.Progress` event
+    ``("pipelines", runs done, runs)`` after each run (``info``: the pipeline; its answer is
+    ignored: a table with some seeds missing would not be Table 1)."""
     x, labels, _, _ = _unpack(features, labels, None, ())
     layer = layer or getattr(features, "layer", "L")
     y = None
@@ -281,6 +288,7 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
     k = _n_clusters(n_clusters, y, x.shape[0])
     seed_list = _check_runs(x, y, k, n_init, pipelines, seeds)
     spaces, shared = _spaces(x, pipelines, n_components, whiten, perplexity, n_iter, seed_list[0])
+    nulls = null_spaces(x, spaces, whiten, perplexity, n_iter, seed_list[0]) if null else {}
     runs, total = [], len(seed_list) * len(pipelines)
     found: dict[str, list[np.ndarray]] = {p: [] for p in pipelines}
     criteria: dict[str, dict] = {}
@@ -297,11 +305,12 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
                 run.update(cluster_scores(y, c).to_dict())
             runs.append(run)
             sil.append(_silhouette(spaces[p], c, s))
-            if callback:
-                callback(len(runs), total)
+            notify(progress, "pipelines", len(runs), total, pipeline=name)
         stab = _stability(found[p])
         criteria[name] = {"silhouette": None if np.isnan(sil).all() else float(np.nanmean(sil)),
                           "stability": None if np.isnan(stab) else stab}  # None: JSON has no NaN
+        if p in nulls:
+            criteria[name].update(_excess(criteria[name]["silhouette"], nulls[p], k, n_init, seed_list[0]))
     return PipelineTable(layer, runs, {"n_clusters": k, "n_components": n_components,
                                        "perplexity": perplexity, "n_iter": n_iter, "images": x.shape[0],
                                        "dims": int(x.shape[1]), "whiten": whiten, "n_init": n_init},
@@ -323,6 +332,45 @@ def _check_runs(x, y, k: int, n_init: int, pipelines, seeds) -> list[int]:
         raise ValueError(f"the {x.shape} features do not fit in memory: k-means on them "
                          "directly is not possible; run the PCA pipelines only")
     return seed_list
+
+
+def null_spaces(x, spaces: dict, whiten: bool, perplexity: float, n_iter: int, seed: int,
+                top: int = 512) -> dict:
+    """For each space k-means ran in, the same made from a Gaussian null of the same spectrum:
+    ``N`` points drawn from a normal distribution with the variances of the layer's principal
+    components and no cluster structure (the reference distribution of the gap statistic,
+    Tibshirani, Walther & Hastie 2001, aligned with the data's principal axes). k-means and
+    the silhouette only see distances, so the rotation does not matter: the null is drawn in
+    principal-component coordinates. ``PCA/k-means``: the variances of the components kept
+    (all 1 when whitened); ``PCA/t-SNE/k-means``: that null's t-SNE map, made as the layer's;
+    ``k-means``: the leading ``top`` variances of the features (the rest, small, left out)."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    n = len(x)
+    if "PCA/k-means" in spaces:
+        z = spaces["PCA/k-means"]
+        sd = np.ones(z.shape[1]) if whiten else z.std(axis=0, ddof=1)
+        out["PCA/k-means"] = (rng.standard_normal(z.shape) * sd).astype(np.float32)
+        if "PCA/t-SNE/k-means" in spaces:
+            out["PCA/t-SNE/k-means"] = TSNE(perplexity=perplexity, n_iter=n_iter, seed=seed).fit_transform(
+                out["PCA/k-means"]).astype(np.float32)
+    if "k-means" in spaces:
+        r = min(n, x.shape[1], top)
+        lam = PCA(n_components=r, random_state=seed,
+                  svd_solver="full" if r == min(x.shape) else "randomized").fit(x).explained_variance_
+        out["k-means"] = (rng.standard_normal((n, r)) * np.sqrt(lam)).astype(np.float32)
+    return out
+
+
+def _excess(sil: float | None, null: np.ndarray, k: int, n_init: int, seed: int) -> dict:
+    """``excess_silhouette``: the silhouette of the clusters less that of k-means' clusters on the
+    null (how much more clustered than structureless data of the same spread), and the null's."""
+    ref = _silhouette(null, kmeans(null, k, seed=seed, n_init=n_init), seed)
+    if sil is None or np.isnan(ref):
+        return {"excess_silhouette": None, "null_silhouette": None}
+    return {"excess_silhouette": float(sil - ref), "null_silhouette": float(ref)}
 
 
 def _spaces(x, pipelines, n_components, whiten, perplexity, n_iter, seed):

@@ -8,7 +8,7 @@ work in ``__init__``, ``fit`` / ``transform`` / ``fit_transform``, learned state
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from convlens.embed._cluster import check_labels, check_n_clusters, kmeans, matching_accuracy
 from convlens.files import load_result, save_result
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,9 @@ class TSNE:
         previous map, to keep successive maps aligned)
     seed : random state
     n_jobs : threads for openTSNE
-    callback : ``callback(iteration, kl_divergence, embedding) -> stop?`` every 50 iterations
+    progress : a :class:`~convlens.progress.Progress` event ``("t-SNE", iterations done,
+        iterations)`` every 50 iterations (``info``: ``kl``, the KL divergence); when it returns
+        ``True`` the optimization stops and the map so far is kept
     neighbors : ``"auto"`` (exact nearest neighbours below :data:`EXACT_NEIGHBORS_BELOW` points,
         where they are ~10x cheaper than openTSNE's default approximate index; approximate
         above), or any method name openTSNE takes (``"exact"``, ``"annoy"``, ``"pynndescent"``)
@@ -161,7 +164,7 @@ class TSNE:
 
     def __init__(self, *, perplexity: float = 30.0, n_iter: int = 500, early_exaggeration_iter: int = 250,
                  initialization: str | np.ndarray = "pca", seed: int = 0, n_jobs: int = 1,
-                 callback: Callable | None = None, neighbors: str = "auto"):
+                 progress: Callback | None = None, neighbors: str = "auto"):
         self.neighbors = neighbors
         self.perplexity = perplexity
         self.n_iter = n_iter
@@ -169,7 +172,7 @@ class TSNE:
         self.initialization = initialization
         self.seed = seed
         self.n_jobs = n_jobs
-        self.callback = callback
+        self.progress = progress
 
     def _check(self, n: int) -> None:
         if not self.perplexity > 0:
@@ -183,6 +186,18 @@ class TSNE:
             return self.neighbors
         return "exact" if n < EXACT_NEIGHBORS_BELOW else "auto"
 
+    def _reporter(self):
+        """openTSNE's callback ``(iteration, kl, embedding) -> stop?`` (its iterations restart at
+        each phase; called every 50) as :class:`~convlens.progress.Progress` events."""
+        total = self.early_exaggeration_iter + self.n_iter
+        calls = [0]
+
+        def report(iteration, kl, embedding) -> bool:
+            calls[0] += 1
+            return notify(self.progress, "t-SNE", min(total, 50 * calls[0]), total, kl=float(kl))
+
+        return report
+
     def fit(self, x, y=None) -> TSNE:
         import openTSNE
 
@@ -193,7 +208,7 @@ class TSNE:
             if init.shape != (len(x), 2):
                 raise ValueError(f"initialization array must be ({len(x)}, 2), got {init.shape}")
             init = openTSNE.initialization.rescale(np.asarray(init, dtype=np.float64))
-        cbs = [self.callback] if self.callback else None
+        cbs = [self._reporter()] if self.progress else None
         self.n_features_in_ = x.shape[1]
         self.embedding_ = openTSNE.TSNE(
             perplexity=self.perplexity, n_iter=self.n_iter, initialization=init,
@@ -269,8 +284,10 @@ class Sweep:
 
 def perplexity_sweep(x, perplexities: Sequence[float] = (5, 30, 50, 100), labels=None,
                      n_clusters: int | None = None, *, seed: int = 0, n_iter: int = 500,
-                     callback: Callable[[int, int], None] | None = None) -> Sweep:
-    """One t-SNE map per perplexity (perplexities too large for the data are skipped)."""
+                     progress: Callback | None = None) -> Sweep:
+    """One t-SNE map per perplexity (perplexities too large for the data are skipped);
+    ``progress``: a ``("perplexities", done, total)`` event after each map (``info``: the
+    perplexity; when it returns ``True`` the maps made so far are returned)."""
     x = _matrix(x)
     ok = [float(p) for p in perplexities if 0 < p < (len(x) - 1) / 3]
     if not ok:
@@ -282,6 +299,6 @@ def perplexity_sweep(x, perplexities: Sequence[float] = (5, 30, 50, 100), labels
         maps.append(z)
         if y is not None:
             acc.append(matching_accuracy(y, kmeans(z, n_clusters or len(np.unique(y)), seed=seed)))
-        if callback:
-            callback(i + 1, len(ok))
-    return Sweep(ok, np.stack(maps), acc)
+        if notify(progress, "perplexities", i + 1, len(ok), perplexity=p):
+            break
+    return Sweep(ok[:len(maps)], np.stack(maps), acc)

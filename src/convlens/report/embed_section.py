@@ -9,7 +9,8 @@ the best with labels and on the label-free pick without, as ``convlens embed --l
 head; a name or a list), ``pooling`` (``avg``), ``images`` (a seeded sample of at
 most this many, default 300, and never more than the section's budget of images), ``seeds`` (2),
 ``perplexity`` (30), ``components`` (50), ``whiten`` (false), ``n_init`` (10), ``clusters``
-(default: the number of classes), ``criterion`` (``silhouette``).
+(default: the number of classes), ``criterion`` (``excess_silhouette``: the silhouette above
+that of structureless data of the same spread; ``silhouette``, ``stability``).
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ def _pick_layer(all_feats, layers, how, k, opt, words, info, out, *, seeds, whit
                 perplexity) -> str:
     """The one layer, or, for several, the per-layer table (saved, and its rows in ``info``) and
     the layer it picks (with the reason in ``info["choice"]``)."""
-    from convlens.embed import choose_layer, run_layers
+    from convlens.embed import DEFAULT_CRITERION, choose_layer, run_layers
 
     if len(layers) == 1:
         return layers[0]
     lt = run_layers(all_feats, None, k, seeds=max(2, seeds), whiten=whiten, n_init=n_init,
                     n_components=comps, perplexity=perplexity,
-                    criterion=opt.get("criterion", "silhouette"), descriptions=words)
+                    criterion=opt.get("criterion", DEFAULT_CRITERION), descriptions=words)
     lt.save(out)
     layer, why = choose_layer(lt, how, whiten)
     info["choice"] = why
@@ -153,14 +154,17 @@ def _render(ctx: Context) -> Markup:
         parts.append(figure(f"{NAME}/map_cluster.png", "t-SNE map coloured by k-means cluster."))
     if r.get("layer_table"):
         cols = ["layer", "features", "pipeline", "accuracy one-to-one (%)", "accuracy many-to-one (%)",
-                "silhouette", "stability"]
+                "silhouette", "excess silhouette", "stability"]
         rows = [[t["layer"], t["features"], t["pipeline"].split("/", 1)[1] if "/" in t["pipeline"]
                  else t["pipeline"], _pct(t, "accuracy"), _pct(t, "accuracy_m2o"),
-                 format_score(t.get("silhouette")), format_score(t.get("stability"))]
+                 format_score(t.get("silhouette")), format_score(t.get("excess_silhouette")),
+                 format_score(t.get("stability"))]
                 for t in r["layer_table"]]
         parts.append(csv_table(out, "layers_table", cols, rows,
-                               "Table 1 on every block output (one pass over the images); silhouette "
-                               "and stability need no labels and choose the layer without them"))
+                               "Table 1 on every block output (one pass over the images); the "
+                               "silhouette, its excess over structureless data of the same "
+                               "spread, and stability need no labels: one of them (the excess "
+                               "silhouette by default) chooses the layer without them"))
     parts.append(Markup('<p><a href="{}">Interactive map</a>: hover a point to see its image.</p>').format(
         f"{NAME}.html"))
     _write_page(ctx, r)

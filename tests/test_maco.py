@@ -69,12 +69,34 @@ def test_transparency_is_the_sum_of_the_absolute_image_gradients():
     for ph in phases:
         with torch.no_grad():
             ref.phase.copy_(ph)
-        x = ref.image().detach().requires_grad_(True)
+        x = ref.reference_image().detach().requires_grad_(True)
         loss = -net[:3](x)[torch.arange(3), torch.arange(3)].mean(dim=(1, 2)).sum()  # layer "2"
         (g,) = torch.autograd.grad(loss, x)
         want += g.abs()
     assert len(phases) == 5
     assert torch.allclose(p.transparency, want, rtol=1e-4, atol=1e-7 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("size,channels", [((12, 12), 3), ((9, 7), 3), ((8, 11), 1)])
+def test_fused_image_equals_its_composition_and_its_gradient(size, channels):
+    """MacoImage.image (one autograd node, hand-written backward) against the same map composed
+    of ordinary differentiable steps, and its backward against finite differences (float64)."""
+    from convlens.optimize._maco import _MacoImage
+    from convlens.optimize._param import _COLOR_SQRT_NORMALIZED
+
+    h, w = size
+    p = MacoImage(2, _random_magnitude(channels, h, w, seed=5), size, seed=2, transparency=False)
+    g = torch.randn(2, channels, h, w, generator=torch.Generator().manual_seed(0))
+    fused = p.image()
+    (got,) = torch.autograd.grad((fused * g).sum(), p.phase)
+    ref = p.reference_image()
+    (want,) = torch.autograd.grad((ref * g).sum(), p.phase)
+    assert torch.allclose(fused, ref, rtol=0, atol=8 * F32)  # values in (0, 1)
+    assert torch.allclose(got, want, rtol=0, atol=64 * F32 * float(want.abs().max()))
+    phase = p.phase.detach().double().requires_grad_(True)
+    mag = (p.contrast * p.magnitude).double()
+    mix = _COLOR_SQRT_NORMALIZED.double() if channels == 3 else None
+    assert torch.autograd.gradcheck(lambda ph: _MacoImage.apply(ph, mag, p, mix), (phase,), eps=1e-6, atol=1e-6)
 
 
 def test_random_crops_decay_and_keep_the_size():

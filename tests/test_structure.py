@@ -41,9 +41,8 @@ STILL_LONG = {
     "convlens.cli.generative.train_decoder_cmd", "convlens.cli.generative.inverse_set_cmd",
     "convlens.embed._interactive.scatter_fragment",
     "convlens.embed._training.tsne_over_training", "convlens.generative._decoder.train_decoders",
-    "convlens.generative._inverse_set.inverse_set", "convlens.optimize._render.render",
+    "convlens.generative._inverse_set.inverse_set",
     "convlens.report._build.build_report",
-    "convlens.visualize._am.activation_maximization",
 }
 
 

@@ -77,7 +77,7 @@ def test_transparency_is_the_sum_of_the_absolute_image_gradients():
     assert torch.allclose(p.transparency, want, rtol=1e-4, atol=1e-7 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("size,channels", [((12, 12), 3), ((9, 7), 3), ((8, 11), 1)])
+@pytest.mark.parametrize("size,channels", [((8, 8), 3), ((7, 5), 3), ((6, 9), 1)])
 def test_fused_image_equals_its_composition_and_its_gradient(size, channels):
     """MacoImage.image (one autograd node, hand-written backward) against the same map composed
     of ordinary differentiable steps, and its backward against finite differences (float64)."""
@@ -96,7 +96,8 @@ def test_fused_image_equals_its_composition_and_its_gradient(size, channels):
     phase = p.phase.detach().double().requires_grad_(True)
     mag = (p.contrast * p.magnitude).double()
     mix = _COLOR_SQRT_NORMALIZED.double() if channels == 3 else None
-    assert torch.autograd.gradcheck(lambda ph: _MacoImage.apply(ph, mag, p, mix), (phase,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda ph: _MacoImage.apply(ph, mag, p, mix), (phase,), eps=1e-6, atol=1e-6,
+                                    fast_mode=True)
 
 
 def test_random_crops_decay_and_keep_the_size():
@@ -274,3 +275,15 @@ def test_report_gallery_uses_maco_from_128_px():
 
     assert _defaults(model(128))["param"] == "maco" and _defaults(model(227))["param"] == "maco"
     assert _defaults(model(64))["param"] == "pixel" and _defaults(model(96))["param"] == "fourier"
+
+
+def test_activation_maximization_stopped_by_progress_lists_the_units_not_reached(lenet):
+    from convlens.visualize import activation_maximization
+
+    events = []
+    r = activation_maximization(lenet, "conv2", "0-5", steps=3, param="pixel", transforms=None,
+                                batch_size=2, progress=lambda e: events.append(e) or e.done == 3)
+    assert [(e.task, e.done, e.total) for e in events] == [("activation maximization", k, 9) for k in (1, 2, 3)]
+    # the first chunk ran its 3 steps; the other two never started: listed, not called dead
+    assert r.params["not_optimized"] == [2, 3, 4, 5]
+    assert not set(r.dead) & {2, 3, 4, 5} and r.images.shape == (6, 1, 28, 28)

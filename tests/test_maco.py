@@ -69,12 +69,35 @@ def test_transparency_is_the_sum_of_the_absolute_image_gradients():
     for ph in phases:
         with torch.no_grad():
             ref.phase.copy_(ph)
-        x = ref.image().detach().requires_grad_(True)
+        x = ref.reference_image().detach().requires_grad_(True)
         loss = -net[:3](x)[torch.arange(3), torch.arange(3)].mean(dim=(1, 2)).sum()  # layer "2"
         (g,) = torch.autograd.grad(loss, x)
         want += g.abs()
     assert len(phases) == 5
     assert torch.allclose(p.transparency, want, rtol=1e-4, atol=1e-7 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("size,channels", [((8, 8), 3), ((7, 5), 3), ((6, 9), 1)])
+def test_fused_image_equals_its_composition_and_its_gradient(size, channels):
+    """MacoImage.image (one autograd node, hand-written backward) against the same map composed
+    of ordinary differentiable steps, and its backward against finite differences (float64)."""
+    from convlens.optimize._maco import _MacoImage
+    from convlens.optimize._param import _COLOR_SQRT_NORMALIZED
+
+    h, w = size
+    p = MacoImage(2, _random_magnitude(channels, h, w, seed=5), size, seed=2, transparency=False)
+    g = torch.randn(2, channels, h, w, generator=torch.Generator().manual_seed(0))
+    fused = p.image()
+    (got,) = torch.autograd.grad((fused * g).sum(), p.phase)
+    ref = p.reference_image()
+    (want,) = torch.autograd.grad((ref * g).sum(), p.phase)
+    assert torch.allclose(fused, ref, rtol=0, atol=8 * F32)  # values in (0, 1)
+    assert torch.allclose(got, want, rtol=0, atol=64 * F32 * float(want.abs().max()))
+    phase = p.phase.detach().double().requires_grad_(True)
+    mag = (p.contrast * p.magnitude).double()
+    mix = _COLOR_SQRT_NORMALIZED.double() if channels == 3 else None
+    assert torch.autograd.gradcheck(lambda ph: _MacoImage.apply(ph, mag, p, mix), (phase,), eps=1e-6, atol=1e-6,
+                                    fast_mode=True)
 
 
 def test_random_crops_decay_and_keep_the_size():
@@ -252,3 +275,15 @@ def test_report_gallery_uses_maco_from_128_px():
 
     assert _defaults(model(128))["param"] == "maco" and _defaults(model(227))["param"] == "maco"
     assert _defaults(model(64))["param"] == "pixel" and _defaults(model(96))["param"] == "fourier"
+
+
+def test_activation_maximization_stopped_by_progress_lists_the_units_not_reached(lenet):
+    from convlens.visualize import activation_maximization
+
+    events = []
+    r = activation_maximization(lenet, "conv2", "0-5", steps=3, param="pixel", transforms=None,
+                                batch_size=2, progress=lambda e: events.append(e) or e.done == 3)
+    assert [(e.task, e.done, e.total) for e in events] == [("activation maximization", k, 9) for k in (1, 2, 3)]
+    # the first chunk ran its 3 steps; the other two never started: listed, not called dead
+    assert r.params["not_optimized"] == [2, 3, 4, 5]
+    assert not set(r.dead) & {2, 3, 4, 5} and r.images.shape == (6, 1, 28, 28)

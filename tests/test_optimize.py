@@ -170,6 +170,27 @@ def test_callback_stops_single_images_which_keep_their_state():
     assert r.steps == 5
 
 
+def test_progress_events_count_the_steps_and_stop_the_run_across_chunks():
+    m = _tiny()
+    events = []
+    r = opt.render(m, O.channel("conv", 0), opt.PixelImage(2, 1, 4), steps=10,
+                   progress=lambda e: events.append(e) or e.done == 3)
+    assert [(e.task, e.done, e.total) for e in events] == [("optimization", k, 10) for k in (1, 2, 3)]
+    assert r.steps == 3 and r.halted and r.stopped_at.tolist() == [-1, -1]
+    assert events[-1].info["loss"] == pytest.approx(r.history[-1])
+    # chunked: one count over all chunks; stopping in the second chunk leaves the third unmoved
+    start = torch.full((5, 1, 4, 4), 0.5)
+
+    def build(a, b):
+        return O.channel("conv", 0), opt.PixelImage(init=start[a:b].clone()), None
+
+    seen = []
+    r = opt.render_chunked(m, 5, build, (1, 4, 4), limit=2, steps=4, task="demo",
+                           progress=lambda e: seen.append((e.task, e.done, e.total)) or e.done == 6)
+    assert seen == [("demo", k, 12) for k in range(1, 7)] and r.halted
+    assert not torch.equal(r.images[2], start[2]) and torch.equal(r.images[4], start[4])
+
+
 def test_total_variation_alpha_norm_and_l2_closed_forms():
     a = 0.1
     x = (torch.arange(5.0) * a).expand(1, 1, 5, 5).clone()       # horizontal ramp

@@ -146,8 +146,10 @@ def test_chunked_activation_maximization_equals_one_batch():
     per = images_per_render(m, objectives.channel("2", 0), (3, 12, 12), memory="1GB")
     assert per >= 64
     small = _budget(m, ["2"], (3, 12, 12), 9, grad=True, extra=8 * 3 * 12 * 12 * 4)
-    chunked = activation_maximization(m, "2", "all", memory=small, callback=lambda d, t: calls.append(d), **kw)
-    assert len(one.units) == 64 and len(calls) >= 7  # 64 units in chunks of at most 9
+    chunked = activation_maximization(m, "2", "all", memory=small, progress=lambda e: calls.append((e.done, e.total)), **kw)
+    assert len(one.units) == 64  # 64 units in chunks of at most 9: 4 steps each, counted over all
+    chunks = -(-64 // 9)
+    assert len(calls) >= 4 * chunks and calls == [(k + 1, len(calls)) for k in range(len(calls))]
     np.testing.assert_allclose(chunked.images, one.images, rtol=0, atol=1e-4)
     np.testing.assert_allclose(chunked.reached, one.reached, rtol=1e-4, atol=1e-4)
     assert chunked.dead == one.dead

@@ -89,12 +89,12 @@ def visualize(
     ref = open_data(reference, m) if reference else None
     spec = (open_spectrum(spectrum, (size, size) if size else tuple(m.spec.size), param)
             if spectrum else None)
-    with progress_bar(f"{layer} units") as update:
+    with progress_events(f"{layer} units (steps)") as progress:
         r = activation_maximization(
             m, layer, units, size=size, steps=steps, lr=lr, param=param, objective=objective,
             transforms=transforms, spectrum=spec, grey=grey, tv=tv, l2=l2,
             normalize_grad=normalize_grad, batch_size=batch_size, reference=ref, seed=seed,
-            precision=precision, callback=lambda done, total: update(completed=done, total=total))
+            precision=precision, progress=progress)
     folder = out / layer
     r.save(folder)
     save_unit_pngs(r, folder / "units", scale=max(1, 128 // max(r.images.shape[-2:])))
@@ -133,10 +133,9 @@ def accentuate_cmd(
 
     m = model_opts.open(model)
     x = _one_image(image, m)
-    with progress_bar("accentuating") as update:
+    with progress_events("accentuating (steps)") as progress:
         r = feature_accentuation(m, layer, units, x, steps=steps, lr=lr, penalty=penalty,
-                                 objective=objective, grey=grey, seed=seed)
-        update(completed=1, total=1)
+                                 objective=objective, grey=grey, seed=seed, progress=progress)
     r.save(out)
     for k, u in enumerate(r.units):
         console.print(f"unit {int(u)}: {r.before[k]:.4g} -> {r.after[k]:.4g} "
@@ -165,9 +164,9 @@ def class_model_cmd(
 
     m = model_opts.open(model)
     chosen = target if target == "all" else [c.strip() for c in target.split(",")]
-    with progress_events("class models (steps)") as callback:
+    with progress_events("class models (steps)") as progress:
         r = class_model(m, chosen, size=size, steps=steps, lr=lr, l2=l2, tv=tv, param=param,
-                        transforms=transforms, seed=seed, callback=callback)
+                        transforms=transforms, seed=seed, progress=progress)
     r.save(out)
     for k, name in enumerate(r.names):
         save_png(r.images[k], out / f"class_{int(r.classes[k]):04d}.png")
@@ -238,10 +237,9 @@ def fool_cmd(
 
     m = model_opts.open(model)
     chosen = target_class if target_class == "all" else [c.strip() for c in target_class.split(",")]
-    with progress_bar("fooling", total=max_steps) as update:
+    with progress_events("fooling (steps)") as progress:
         r = fooling_images(m, chosen, target=target, max_steps=max_steps, lr=lr, regularize=regularize,
-                           size=size, seed=seed,
-                           callback=lambda step, worst: update(completed=step + 1, info=f"lowest p {worst:.5f}"))
+                           size=size, seed=seed, progress=progress)
     r.save(out)
     for k, name in enumerate(r.names):
         st = "not reached" if r.steps[k] < 0 else f"step {r.steps[k]}"

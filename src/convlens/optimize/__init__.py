@@ -31,7 +31,9 @@ images one batch would.
 :func:`render` runs the loop: optional gradient normalisation (each image's gradient divided
 by its RMS, Lees' recipe), optional redirected ReLU gradients (Lucid's escape from units that
 are off everywhere on the starting image), a callback ``(step, loss, state) -> stop?`` before each update (return
-``True`` to stop, or a bool tensor to stop single images), NaN checks that name the step,
+``True`` to stop, or a bool tensor to stop single images), a :mod:`convlens.progress` callback
+(``progress=``, an event per step, ``True`` stops; :func:`render_chunked` counts over all chunks),
+NaN checks that name the step,
 seeded transforms, and the network's mode restored afterwards. Images are display-space
 ``[0, 1]`` tensors; the model applies its own normalisation.
 

@@ -27,7 +27,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convlens.optimize._param import Parametrization, _generator, decorrelate_color
+from convlens.optimize._param import (
+    _COLOR_SQRT_NORMALIZED,
+    Parametrization,
+    _generator,
+    decorrelate_color,
+)
 from convlens.optimize._spectrum import Spectrum
 
 
@@ -114,9 +119,8 @@ class MacoImage(Parametrization):
     def effective_phase(self) -> torch.Tensor:
         """The phase the image has: odd (``phi(-k) = -phi(k)``) on the self-conjugate columns."""
         p = self.phase
-        fixed = [0.5 * (p[..., c] - p[:, :, self._rows, c]) for c in self._cols]
         parts, last = [], 0
-        for c, col in zip(self._cols, fixed):
+        for c, col in zip(self._cols, self._odd(p)):
             parts += [p[..., last:c], col[..., None]]
             last = c + 1
         parts.append(p[..., last:])
@@ -131,16 +135,64 @@ class MacoImage(Parametrization):
         return torch.fft.irfft2(self.spectrum(), s=self.size, norm="ortho")
 
     def image(self) -> torch.Tensor:
+        """``sigmoid(contrast * decorrelate(spatial()))``, forward and backward in one autograd
+        node (:class:`_MacoImage`): the same values and gradient as composing the steps, in
+        about half the time, and with the transparency accumulated in its backward."""
+        mix = _COLOR_SQRT_NORMALIZED.to(self.phase.device) if self.channels == 3 else None
+        return _MacoImage.apply(self.phase, self.contrast * self.magnitude, self, mix)
+
+    def reference_image(self) -> torch.Tensor:
+        """:meth:`image` composed of ordinary differentiable steps (its reference in the tests)."""
         x = self.contrast * self.spatial()
-        if self.channels == 3:
-            x = decorrelate_color(x)
-        img = torch.sigmoid(x)
-        if self.accumulate and img.requires_grad:
-            img.register_hook(self._accumulate)
-        return img
+        return torch.sigmoid(decorrelate_color(x) if self.channels == 3 else x)
+
+    def _odd(self, p: torch.Tensor) -> list[torch.Tensor]:
+        """The self-conjugate columns of ``p`` made odd, ``(p(k) - p(-k)) / 2`` (a symmetric
+        projection: it is also its own adjoint)."""
+        return [0.5 * (p[..., c] - p[:, :, self._rows, c]) for c in self._cols]
 
     def _accumulate(self, grad: torch.Tensor) -> None:
         self.transparency.add_(grad.detach().abs().to(self.transparency.dtype))
+
+
+class _MacoImage(torch.autograd.Function):
+    """phase -> ``sigmoid(mix @ irfft2(M exp(i odd(phase))))`` with a hand-written backward:
+    ``dphase = odd(Im(conj(z) * rfft2*(mix^T (g * s (1 - s)))))``, where ``rfft2*`` is the
+    adjoint of ``irfft2`` (``rfft2`` with the interior columns, which stand for two, doubled).
+    ``ctx.image._accumulate`` gets the image's gradient, as a hook on the image would."""
+
+    @staticmethod
+    def forward(ctx, phase, magnitude, image: MacoImage, mix):
+        z = torch.polar(magnitude.expand_as(phase), phase)
+        for c, odd in zip(image._cols, image._odd(phase)):
+            z[..., c] = torch.polar(magnitude[..., c].expand_as(odd), odd)
+        x = torch.fft.irfft2(z, s=image.size, norm="ortho")
+        if mix is not None:
+            n, ch, h, w = x.shape
+            x = (mix @ x.view(n, ch, h * w)).view(n, ch, h, w)
+        out = x.sigmoid_()
+        ctx.save_for_backward(z, out, mix)
+        ctx.image = image
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, out, mix = ctx.saved_tensors
+        image = ctx.image
+        if image.accumulate:
+            image._accumulate(grad)
+        g = torch.ops.aten.sigmoid_backward(grad, out)
+        if mix is not None:
+            n, ch, h, w = g.shape
+            g = (mix.T @ g.reshape(n, ch, h * w)).view(n, ch, h, w)
+        gz = torch.view_as_real(torch.fft.rfft2(g, norm="ortho"))
+        interior = slice(1, gz.shape[-2] - 1 if image.size[1] % 2 == 0 else gz.shape[-2])
+        zr = torch.view_as_real(z)
+        gp = zr[..., 0] * gz[..., 1] - zr[..., 1] * gz[..., 0]
+        gp[..., interior] *= 2
+        for c, odd in zip(image._cols, image._odd(gp)):
+            gp[..., c] = odd
+        return gp, None, None, None
 
 
 class RandomCrops:
@@ -194,10 +246,10 @@ class RandomCrops:
         if s < 1.0 or self.spread > 0:
             grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        if self.noise > 0:
-            gauss = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
-            unif = torch.rand(x.shape, generator=g).to(x.device, x.dtype) - 0.5
-            x = x + self.noise * (gauss + unif)
+        if self.noise > 0:  # drawn scaled, summed in place, added in one pass: 2 draws + 2 passes
+            noise = torch.empty(x.shape).normal_(0.0, self.noise, generator=g)
+            noise += torch.empty(x.shape).uniform_(-self.noise / 2, self.noise / 2, generator=g)
+            x = x + noise.to(x.device, x.dtype)
         return x
 
     def __repr__(self) -> str:

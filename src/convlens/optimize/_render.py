@@ -17,6 +17,8 @@ from convlens.optimize._project import Compose as ComposeProjections
 from convlens.optimize._relu import redirected_relus
 from convlens.optimize._transforms import Compose as ComposeTransforms
 from convlens.optimize.objectives import OUTPUT, Objective, ObjectiveContext
+from convlens.progress import Callback as ProgressCallback
+from convlens.progress import notify
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class RenderResult:
     without transforms; ``history``: the mean loss at each step; ``steps``: steps run;
     ``stopped_at``: the step at which a callback stopped each image (-1: ran to the end);
     ``interrupted``: stopped by ``KeyboardInterrupt`` (the images are the last ones);
+    ``halted``: stopped by the ``progress`` callback (likewise);
     ``precision``: the dtype the network ran in during the optimization (``losses`` are always
     float32).
     """
@@ -62,6 +65,7 @@ class RenderResult:
     interrupted: bool = False
     description: str = ""
     precision: str = "float32"
+    halted: bool = False  # a progress callback asked to stop (not saved: it says how this run went)
 
     def save(self, directory: str | Path) -> Path:
         from convlens.files import save_result
@@ -199,139 +203,160 @@ def _make_optimizer(optimizer, params, lr):
     return table[optimizer](params, lr=lr)
 
 
-def render(
-    model,
-    objective: Objective,
-    param: Parametrization,
-    *,
-    steps: int = 256,
-    lr: float = 0.05,
-    optimizer: str | Callable = "adam",
-    transforms: Callable | Sequence[Callable] | None = None,
-    project: Callable | Sequence[Callable] | None = None,
-    normalize_grad: bool = False,
-    redirect_relu: bool = False,
-    seed: int | torch.Generator = 0,
-    callback: Callback | None = None,
-    precision: str = "float32",
-    memory: int | float | str | None = None,
-) -> RenderResult:
-    """Optimize ``param`` so that the network's response minimizes ``objective``.
-
-    Parameters
-    ----------
-    model : a :class:`convlens.Model` (or an ``nn.Module``); it takes display-space images. Its
-        mode and parameters' ``requires_grad`` are restored afterwards.
-    objective : an :class:`~convlens.optimize.objectives.Objective`, one loss per image
-    param : a :class:`Parametrization` (or a ``(params, make_image)`` pair)
-    steps : the most optimizer steps
-    lr, optimizer : ``"adam"`` (default), ``"sgd"`` or a callable ``params -> Optimizer``
-    transforms : callables ``(x, generator) -> x`` applied before each forward pass
-    project : callables ``(param, step) -> None`` applied after each update (budgets, bounds,
-        blur, clipping)
-    normalize_grad : divide each image's gradient by its RMS before the update (Lees)
-    redirect_relu : give the network's ``nn.ReLU`` modules Lucid's redirected gradients, so
-        that a unit off everywhere on the starting image can still be raised (forward unchanged)
-    seed : seeds the transforms' generator (or pass a ``torch.Generator``)
-    callback : ``(step, loss, state) -> stop?`` called after the backward pass and before the
-        update; return ``True`` to stop, or a bool tensor ``(N,)`` to stop those images (needs
-        batch-first parameters; a stopped image keeps the state the callback saw)
-    precision : ``"float32"`` (default), ``"bfloat16"`` or ``"auto"`` (bfloat16 where the
-        hardware runs it natively; see :mod:`convlens.fast`): the dtype of the network's
-        convolutions and matrix products during the optimization. The parametrization,
-        transforms, objectives and the final :func:`objective_loss` stay in float32. The network
-        always runs with channels-last weights (same results as NCHW up to rounding).
-    memory : the memory budget (:mod:`convlens.runner`; default: the current one): the batch
-        must fit it with gradients, or this fails before the first step naming the need (see
-        :func:`images_per_render` to chunk a larger request)
-
-    Returns
-    -------
-    RenderResult
-    """
-    model = _as_model(model)
-    param = to_param(param)
+def _check_request(objective, steps) -> None:
     if not isinstance(objective, Objective):
         raise TypeError(f"objective must be an Objective (see convlens.optimize.objectives), got "
                         f"{type(objective).__name__}")
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    tf = ComposeTransforms(transforms if isinstance(transforms, (list, tuple)) else
-                           ([transforms] if transforms is not None else []))
-    proj = ComposeProjections(project if isinstance(project, (list, tuple)) else
-                              ([project] if project is not None else []))
-    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
-    params = param.parameters()
-    n = param.batch_size
-    opt = _make_optimizer(optimizer, params, lr)
-    run = _runner(model, objective, grad=True, precision=precision, memory=memory)
-    if n and objective.layers:  # the whole batch must fit the budget: callers chunk larger requests
-        with torch.no_grad():
-            shape = tuple(tf(param.image(), torch.Generator().manual_seed(0)).shape[1:])
-        fit = run.batch_size(shape, extra=extra_bytes(param, shape))
-        if fit < n:
-            from convlens.runner import MemoryBudgetError, format_bytes
 
-            raise MemoryBudgetError(
-                f"optimizing {n} images of shape {shape} at once does not fit the memory budget "
-                f"{format_bytes(run.memory)} (at most {fit} do): split the request (the convlens.visualize "
-                "functions chunk by themselves; convlens.optimize.images_per_render says how many fit) "
-                "or raise --memory")
-    done = torch.zeros(n, dtype=torch.bool)
-    stopped_at = np.full(n, -1, dtype=int)
-    history: list[float] = []
-    interrupted, step = False, 0
+
+def _composed(parts, compose):
+    return compose(parts if isinstance(parts, (list, tuple)) else ([parts] if parts is not None else []))
+
+
+def _check_fits(run, param: Parametrization, tf) -> None:
+    """Raise :class:`~convlens.runner.MemoryBudgetError` before the first step when the whole
+    batch does not fit the memory budget with its gradients (callers chunk larger requests)."""
+    n = param.batch_size
+    with torch.no_grad():
+        shape = tuple(tf(param.image(), torch.Generator().manual_seed(0)).shape[1:])
+    fit = run.batch_size(shape, extra=extra_bytes(param, shape))
+    if fit < n:
+        from convlens.runner import MemoryBudgetError, format_bytes
+
+        raise MemoryBudgetError(
+            f"optimizing {n} images of shape {shape} at once does not fit the memory budget "
+            f"{format_bytes(run.memory)} (at most {fit} do): split the request (the convlens.visualize "
+            "functions chunk by themselves; convlens.optimize.images_per_render says how many fit) "
+            "or raise --memory")
+
+
+@dataclass
+class _Loop:
+    """The step loop of :func:`render`: its parts, and what it records (the loss history, the
+    step at which each image stopped)."""
+
+    param: Parametrization
+    objective: Objective
+    run: object
+    tf: Callable
+    proj: Callable
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    normalize_grad: bool
+    callback: Callback | None
+    progress: ProgressCallback | None
+    history: list[float] = field(default_factory=list)
+    halted: bool = False
+
+    def __post_init__(self):
+        self.params = self.param.parameters()
+        self.n = self.param.batch_size
+        self.done = torch.zeros(self.n, dtype=torch.bool)
+        self.stopped_at = np.full(self.n, -1, dtype=int)
+
+    def steps(self, steps: int) -> None:
+        """Run up to ``steps`` steps, until a callback or the progress callback stops them."""
+        for step in range(steps):
+            self.opt.zero_grad(set_to_none=True)
+            raw = self.param.image()
+            x = self.tf(raw, self.gen)
+            acts = _acts(self.run, self.objective, x)
+            losses = self.objective(ObjectiveContext(acts, x, raw, step))
+            losses.sum().backward()
+            _check_finite(self.params, losses.detach(), step, self.objective.description)
+            live = ~self.done
+            self.history.append(float(losses.detach()[live].mean()) if live.any() else float("nan"))
+            if self.callback is not None and self._verdict(step, losses, x, raw, acts):
+                return
+            if notify(self.progress, "optimization", step + 1, steps, loss=self.history[-1]):
+                self.halted = True
+                return
+            if self.normalize_grad:
+                _normalize_grads(self.params, self.n)
+            _update(self.opt, self.params, self.done, self.n, step, self.proj, self.param)
+
+    def _verdict(self, step, losses, x, raw, acts) -> bool:
+        """Ask the callback; record the images it stops. ``True``: stop the run."""
+        state = RenderState(step, losses.detach(), x.detach(), raw.detach(),
+                            {k: v.detach() for k, v in acts.items()}, self.done.clone(), self.param)
+        verdict = self.callback(step, self.history[-1], state)
+        if isinstance(verdict, torch.Tensor):
+            newly = verdict.to(torch.bool).cpu() & ~self.done
+            self.stopped_at[newly.numpy()] = step
+            self.done |= newly
+            return bool(self.done.all())
+        if verdict:
+            self.stopped_at[~self.done.numpy()] = step
+        return bool(verdict)
+
+
+def render(
+    model, objective: Objective, param: Parametrization, *, steps: int = 256, lr: float = 0.05,
+    optimizer: str | Callable = "adam", transforms: Callable | Sequence[Callable] | None = None,
+    project: Callable | Sequence[Callable] | None = None, normalize_grad: bool = False,
+    redirect_relu: bool = False, seed: int | torch.Generator = 0, callback: Callback | None = None,
+    progress: ProgressCallback | None = None, precision: str = "float32",
+    memory: int | float | str | None = None,
+) -> RenderResult:
+    """Optimize ``param`` so that the network's response minimizes ``objective``.
+
+    ``model``: a :class:`convlens.Model` (or an ``nn.Module``) taking display-space images; its
+    mode and parameters' ``requires_grad`` are restored afterwards. ``objective``: an
+    :class:`~convlens.optimize.objectives.Objective`, one loss per image. ``param``: a
+    :class:`Parametrization` (or a ``(params, make_image)`` pair). ``steps``: the most optimizer
+    steps; ``lr``, ``optimizer``: ``"adam"`` (default), ``"sgd"`` or ``params -> Optimizer``.
+    ``transforms``: callables ``(x, generator) -> x`` before each forward pass, drawing from a
+    generator seeded ``seed`` (or a ``torch.Generator``). ``project``: callables ``(param,
+    step) -> None`` after each update (budgets, bounds, blur, clipping). ``normalize_grad``:
+    each image's gradient divided by its RMS before the update (Lees). ``redirect_relu``:
+    Lucid's redirected gradients through ``nn.ReLU`` modules, so that a unit off everywhere on
+    the starting image can still be raised (forward unchanged).
+
+    ``callback``: the step hook ``(step, loss, state: RenderState) -> stop?``, after the
+    backward pass and before the update; ``True`` stops the run, a bool tensor ``(N,)`` stops
+    those images (batch-first parameters; a stopped image keeps the state the hook saw).
+    ``progress``: a :mod:`convlens.progress` callback, a :class:`~convlens.progress.Progress`
+    event (task ``"optimization"``, ``done`` of ``steps``, the mean ``loss``) after each step;
+    ``True`` stops the run there (the images as they are).
+
+    ``precision``: ``"float32"`` (default), ``"bfloat16"`` or ``"auto"`` (bfloat16 where the
+    hardware runs it natively, :mod:`convlens.fast`) for the network's convolutions and matrix
+    products; the parametrization, transforms, objectives and the final :func:`objective_loss` stay in
+    float32, and the network runs channels-last. ``memory``: the budget (:mod:`convlens.runner`)
+    the batch must fit with gradients, or this fails before the first step naming the need
+    (:func:`images_per_render` says how to chunk a larger request).
+    """
+    model, param = _as_model(model), to_param(param)
+    _check_request(objective, steps)
+    tf = _composed(transforms, ComposeTransforms)
+    run = _runner(model, objective, grad=True, precision=precision, memory=memory)
+    if param.batch_size and objective.layers:
+        _check_fits(run, param, tf)
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
+    loop = _Loop(param, objective, run, tf, _composed(project, ComposeProjections),
+                 _make_optimizer(optimizer, param.parameters(), lr), gen, normalize_grad, callback, progress)
+    interrupted = False
     with (redirected_relus(model.net) if redirect_relu else nullcontext()), run:  # ReLUs first, hooks after
         try:
-            for step in range(steps):
-                opt.zero_grad(set_to_none=True)
-                raw = param.image()
-                x = tf(raw, gen)
-                acts = _acts(run, objective, x)
-                losses = objective(ObjectiveContext(acts, x, raw, step))
-                losses.sum().backward()
-                _check_finite(params, losses.detach(), step, objective.description)
-                history.append(float(losses.detach()[~done].mean()) if (~done).any() else float("nan"))
-                if callback is not None:
-                    state = RenderState(step, losses.detach(), x.detach(), raw.detach(),
-                                        {k: v.detach() for k, v in acts.items()}, done.clone(), param)
-                    verdict = callback(step, history[-1], state)
-                    if isinstance(verdict, torch.Tensor):
-                        newly = verdict.to(torch.bool).cpu() & ~done
-                        stopped_at[newly.cpu().numpy()] = step
-                        done |= newly
-                        if done.all():
-                            break
-                    elif verdict:
-                        stopped_at[~done.cpu().numpy()] = step
-                        break
-                if normalize_grad:
-                    _normalize_grads(params, n)
-                _update(opt, params, done, n, step, proj, param)
+            loop.steps(steps)
         except KeyboardInterrupt:
             interrupted = True
-            log.warning("optimization interrupted at step %d; returning the current images", step)
+            log.warning("optimization interrupted at step %d; returning the current images", len(loop.history))
     with torch.no_grad():
         images = param.image().detach().clamp(0, 1)
-    final = objective_loss(model, objective, images, memory=run.memory) if n else torch.zeros(0)
-    dtype = run.dtype
-    return RenderResult(images, final.cpu().numpy(), history, len(history), stopped_at,
-                        interrupted, objective.description, str(dtype).removeprefix("torch."))
+    final = objective_loss(model, objective, images, memory=run.memory) if param.batch_size else torch.zeros(0)
+    return RenderResult(images, final.cpu().numpy(), loop.history, len(loop.history), loop.stopped_at,
+                        interrupted, objective.description, str(run.dtype).removeprefix("torch."), loop.halted)
 
 
 def render_chunked(
-    model,
-    n: int,
-    build: Callable[[int, int], tuple[Objective, Parametrization, Callable | Sequence[Callable] | None]],
-    image_shape: Sequence[int],
-    *,
-    objective: Objective | None = None,
-    limit: int | None = None,
-    precision: str = "float32",
-    memory: int | float | str | None = None,
-    extra: int = 0,
-    on_chunk: Callable[[int, int, RenderResult], None] | None = None,
-    **render_kwargs,
+    model, n: int, build: Callable[[int, int], tuple[Objective, Parametrization, Callable | Sequence[Callable] | None]],
+    image_shape: Sequence[int], *, objective: Objective | None = None, limit: int | None = None,
+    precision: str = "float32", memory: int | float | str | None = None, extra: int = 0,
+    on_chunk: Callable[[int, int, RenderResult], None] | None = None, steps: int = 256,
+    progress: ProgressCallback | None = None, task: str = "optimization", **render_kwargs,
 ) -> RenderResult:
     """:func:`render` of ``n`` independent images in chunks that fit the memory budget.
 
@@ -342,18 +367,31 @@ def render_chunked(
     ``objective``: the one that sizes the chunks (default: ``build(0, 1)``'s; give the whole
     request's when the images' objectives reach different depths). ``limit``: the most images per
     chunk; ``extra``: bytes per image the parametrization costs beyond a pixel grid (a
-    generator's activations). ``on_chunk(start, stop, result)`` after each chunk. The rest goes to :func:`render`.
+    generator's activations). ``on_chunk(start, stop, result)`` after each chunk.
+    ``progress``: a :mod:`convlens.progress` callback, one event per step of ``task`` counted
+    over all chunks (``steps`` times the number of chunks); ``True`` stops there (``halted``),
+    and the chunks not yet run keep their starting images. The rest goes to :func:`render`.
     An interrupted chunk stops the run (``KeyboardInterrupt``) when chunks remain."""
     from convlens.runner import spans
 
     model = _as_model(model)
     size = images_per_render(model, objective if objective is not None else build(0, min(1, n))[0],
                              image_shape, precision=precision, memory=memory, limit=limit, extra=extra) if n else 1
-    parts = []
-    chunks = spans(n, size)
+    parts, chunks, stop = [], spans(n, size), []
+
+    def chunk_progress(j):
+        def step_done(e):
+            if notify(progress, task, j * steps + e.done, steps * len(chunks), **e.info):
+                stop.append(j)
+                return True
+            return False
+        return step_done if progress is not None else None
+
     for j, (a, b) in enumerate(chunks):
         obj, p, proj = build(a, b)
-        r = render(model, obj, p, project=proj, precision=precision, memory=memory, **render_kwargs)
+        r = render(model, obj, p, project=proj, precision=precision, memory=memory,
+                   steps=0 if stop else steps, progress=chunk_progress(j), **render_kwargs)
+        r.halted = bool(stop)  # asked to stop in this chunk or an earlier one (these never moved)
         parts.append(r)
         if on_chunk is not None:
             on_chunk(a, b, r)
@@ -375,7 +413,7 @@ def _merge(parts: list[RenderResult]) -> RenderResult:
     stopped = None if any(r.stopped_at is None for r in parts) else np.concatenate([r.stopped_at for r in parts])
     return RenderResult(torch.cat([r.images for r in parts]), np.concatenate([r.losses for r in parts]), history,
                         steps, stopped, any(r.interrupted for r in parts), parts[0].description,
-                        parts[0].precision)
+                        parts[0].precision, any(r.halted for r in parts))
 
 
 def _update(opt, params, done: torch.Tensor, n: int, step: int, proj, param) -> None:

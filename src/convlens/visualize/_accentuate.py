@@ -20,6 +20,7 @@ import torch
 from convlens.files import load_result, save_result
 from convlens.optimize import objectives, render
 from convlens.probe import get_layer
+from convlens.progress import Callback
 from convlens.runner import capture
 from convlens.visualize._am import _map_max, _objective, select_units
 from convlens.visualize._common import make_param, make_transforms, model_info
@@ -56,14 +57,16 @@ class Accentuation:
 def feature_accentuation(model, layer: str, units, image: torch.Tensor, *, steps: int = 128,
                          lr: float = 0.05, penalty: float = 10.0, objective: str = "channel",
                          transforms: str | None = "standard", grey: bool | None = None,
-                         seed: int = 0, precision: str = "float32") -> Accentuation:
+                         seed: int = 0, precision: str = "float32",
+                         progress: Callback | None = None) -> Accentuation:
     """Accentuate ``units`` of ``layer`` in ``image`` (``(C, H, W)`` in ``[0, 1]``, fitted to
     the model), one optimized copy per unit, all in one batch.
 
     ``penalty`` weighs the mean squared pixel distance to the seed against the activation
     relative to its value on the seed (larger: closer to the seed). ``grey``: optimize one
     channel fed replicated (default: when the seed's channels are equal, e.g. a grey data set
-    through a colour input).
+    through a colour input). ``progress``: a :mod:`convlens.progress` callback, an event per
+    step (task ``"optimization"``); ``True`` stops there.
     """
     get_layer(model.net, layer)
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != model.spec.channels:
@@ -94,7 +97,7 @@ def feature_accentuation(model, layer: str, units, image: torch.Tensor, *, steps
     p, proj = make_param("fourier", len(sel), x0.shape[0], (h, w), seed, init=seeds, grey=bool(grey))
     r = render(model, rel + penalty * near, p, steps=steps, lr=lr,
                transforms=make_transforms(transforms, (h, w), steps), project=proj,
-               redirect_relu=False, seed=seed, precision=precision)
+               redirect_relu=False, seed=seed, precision=precision, progress=progress)
     after = -objective_loss(model, obj, r.images)
     dist = (r.images - seeds).pow(2).flatten(1).mean(1).sqrt()
     peak = _map_max(capture(model, r.images, [layer])[layer], torch.as_tensor(sel))

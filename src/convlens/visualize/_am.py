@@ -5,7 +5,6 @@ the highest activation a reference dataset gives it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from convlens.files import load_result, save_result
 from convlens.optimize import natural_spectrum, objectives, render_chunked
 from convlens.probe import get_layer
+from convlens.progress import Callback
 from convlens.runner import capture
 from convlens.units import parse_unit_list
 from convlens.visualize._common import (
@@ -134,73 +134,47 @@ def _reference(model, dataset, layer: str, units: np.ndarray, batch_size: int):
     return top.values[:, 0], images, [row[0] for row in top.ids]
 
 
-def activation_maximization(
-    model,
-    layer: str,
-    units: str | list[int] | None = "all",
-    *,
-    size: int | tuple[int, int] | None = None,
-    steps: int = 256,
-    lr: float | None = None,
-    param: str = "fourier",
-    objective: str = "channel",
-    transforms: str | None = "auto",
-    spectrum=None,
-    grey: bool | None = None,
-    tv: float = 0.0,
-    l2: float = 0.0,
-    normalize_grad: bool = False,
-    redirect_relu: bool = True,
-    batch_size: int | None = None,
-    reference=None,
-    seed: int = 0,
-    callback: Callable[[int, int], None] | None = None,
-    precision: str = "float32",
-    memory: int | float | str | None = None,
-) -> UnitVisualization:
-    """An image that maximizes each unit of ``layer``, as many units per optimization as the
-    memory budget allows (at most ``batch_size``); a chunked run gives the images one batch would.
+@dataclass
+class _Plan:
+    """What :func:`activation_maximization` optimizes, checked before any work: the units, the
+    image size and channels, the parametrization with its spectrum, the objective."""
 
-    Parameters
-    ----------
-    model : a :class:`convlens.Model`
-    layer : layer name (``convlens layers MODEL`` lists them)
-    units : ``"all"``, ``"0-63"``, ``"1,5,9-12"`` or a list of indices
-    size : image size (default: the model's input size)
-    steps, lr : optimizer steps and Adam's learning rate (default: 0.05, or 0.5 for MaCo)
-    param : ``"fourier"`` (decorrelated colour, default), ``"pixel"`` (clamped to [0, 1]) or
-        ``"maco"`` (Fel et al.: fixed Fourier magnitude ``spectrum``, optimized phase; use a
-        larger ``lr``, default 0.5, since the parameters are angles)
-    objective : ``"channel"`` -- the map's mean (Lees, Yosinski) -- or ``"unit"`` -- the centre
-        neuron (or a dense layer's unit)
-    transforms : ``"auto"`` (MaCo's random crops for ``param="maco"``, else ``"standard"``),
-        ``"standard"`` (jitter, scale, rotation), ``"crops"`` or ``None``
-    spectrum : for ``param="maco"``: a :class:`~convlens.optimize.Spectrum`
-        (:func:`~convlens.optimize.data_spectrum` of the user's data), default the built-in
-        natural spectrum; resampled (and logged) when computed at another size
-    grey : optimize one grey channel, fed replicated to the model's channels; default: when
-        the spectrum is grey (a grey data set), or the model's input has one channel
-    tv, l2 : weights of the total-variation and L2-decay priors (per pixel)
-    normalize_grad : divide gradients by their RMS (Lees' Keras recipe)
-    redirect_relu : redirected ReLU gradients (Lucid), so that units off everywhere on the
-        starting image can still be raised; a unit stays dead only if even these cannot move it
-    reference : an :class:`~convlens.data.ImageDataset` conformed to the model; each unit is
-        compared with the highest activation an image of it gives (same statistic: map maximum)
-    batch_size : the most units per optimization (default: as many as fit ``memory``)
-    memory : the memory budget (:mod:`convlens.runner`; default: the current one)
-    callback : ``callback(units_done, units_total)``
-    precision : the network's dtype during the optimization, ``"float32"`` (default),
-        ``"bfloat16"`` or ``"auto"`` (see :func:`convlens.optimize.render`); the activations
-        reached are measured in float32 either way
+    layer: str
+    units: list[int]
+    size: tuple[int, int]
+    channels: int
+    param: str
+    objective: str
+    ndim: int
+    steps: int
+    lr: float
+    grey: bool
+    spectrum: object
+    transforms: object
+    tv: float
+    l2: float
+    seed: int
 
-    Returns
-    -------
-    UnitVisualization
-    """
+    def build(self, a: int, b: int):
+        """``(objective, parametrization, projections)`` of units ``a:b`` (one chunk)."""
+        h, w = self.size
+        p, proj = make_param(self.param, b - a, self.channels, self.size, self.seed, first=a,
+                             spectrum=self.spectrum, grey=self.grey)
+        if hasattr(self.transforms, "reset"):  # crops count their steps: each chunk starts at step 0
+            self.transforms.reset()
+        obj = _objective(self.objective, self.layer, self.units[a:b], self.ndim)
+        if self.tv:
+            obj = obj + self.tv / (h * w) * objectives.total_variation()
+        if self.l2:
+            obj = obj + self.l2 / (h * w) * objectives.l2()
+        return obj, p, proj
+
+
+def _plan(model, layer, units, *, size, steps, lr, param, objective, transforms, spectrum, grey,
+          tv, l2, batch_size, seed) -> _Plan:
     get_layer(model.net, layer)
     if param not in DEFAULT_LR:
         raise ValueError(f"param must be 'fourier', 'pixel' or 'maco', got {param!r}")
-    lr = DEFAULT_LR[param] if lr is None else lr
     h, w = image_size(model, size)
     c = model.spec.channels
     probe = capture(model, torch.full((1, c, h, w), 0.5, device=model.device), [layer])[layer]
@@ -212,24 +186,26 @@ def activation_maximization(
         grey = c == 1 or (param == "maco" and spectrum is not None and spectrum.grey)
     if param == "maco" and spectrum is not None:
         spectrum = spectrum.to_size((h, w))  # resampled (and logged) when computed at another size
-    tf = make_transforms(transforms, (h, w), steps, param)
-    moved = torch.zeros(len(sel), dtype=torch.bool, device=model.device)
+    return _Plan(layer, sel, (h, w), c, param, objective, probe.ndim, steps,
+                 DEFAULT_LR[param] if lr is None else lr, bool(grey), spectrum,
+                 make_transforms(transforms, (h, w), steps, param), tv, l2, seed)
 
-    span = [0, 0]  # the rows of the chunk being optimized
-    current = {}  # the chunk's parametrization (its transparency map)
+
+def _optimize(model, plan: _Plan, *, batch_size, normalize_grad, redirect_relu, progress,
+              precision, memory):
+    """Render the plan's units in chunks; ``(images, reached, moved, ran, transparency)``:
+    each unit's activation on its image (map maximum, measured per chunk while its maps are
+    small), whether its parameters ever got a gradient, whether its chunk ran at all (not
+    when ``progress`` stopped the run before it), and MaCo's transparency maps."""
+    n = len(plan.units)
+    moved = torch.zeros(n, dtype=torch.bool, device=model.device)
+    ran = torch.ones(n, dtype=torch.bool)
+    span, current, values, transparency = [0, 0], {}, [], []
 
     def build(a, b):
         span[:] = [a, b]
-        p, proj = make_param(param, b - a, c, (h, w), seed, first=a, spectrum=spectrum,
-                             grey=bool(grey))
+        obj, p, proj = plan.build(a, b)
         current["param"] = p
-        if hasattr(tf, "reset"):  # crops count their steps: each chunk starts at step 0
-            tf.reset()
-        obj = _objective(objective, layer, sel[a:b], probe.ndim)
-        if tv:
-            obj = obj + tv / (h * w) * objectives.total_variation()
-        if l2:
-            obj = obj + l2 / (h * w) * objectives.l2()
         return obj, p, proj
 
     def watch(step, loss, state):
@@ -237,34 +213,68 @@ def activation_maximization(
             if t.grad is not None:
                 moved[span[0]:span[1]] |= t.grad.flatten(1).abs().amax(1) > 0
 
-    values, transparency = [], []
-
-    def chunk_done(a, b, r):  # each chunk's own units, measured while its maps are small
-        values.append(_map_max(capture(model, r.images, [layer], memory=memory)[layer], torch.as_tensor(sel[a:b])))
+    def chunk_done(a, b, r):
+        values.append(_map_max(capture(model, r.images, [plan.layer], memory=memory)[plan.layer],
+                               torch.as_tensor(plan.units[a:b])))
+        ran[a:b] = r.steps > 0 or plan.steps == 0
         t = transparency_of(current["param"])
         if t is not None:
             transparency.append(t.cpu().numpy())
-        if callback:
-            callback(b, len(sel))
 
-    r = render_chunked(model, len(sel), build, (c, h, w), limit=batch_size, steps=steps, lr=lr,
-                       transforms=tf, normalize_grad=normalize_grad, redirect_relu=redirect_relu, seed=seed,
-                       callback=watch, precision=precision, memory=memory, on_chunk=chunk_done)
-    value = torch.cat(values)
-    dead = [u for u, v, m in zip(sel, value.tolist(), moved.tolist()) if not m or v <= 1e-6]
-    images, reached = [r.images.cpu().numpy()], [value.cpu().numpy()]
-    if dead:
-        log.info("layer %s: dead units skipped (no gradient or stuck at zero): %s", layer, dead)
-    out = UnitVisualization(layer, np.array(sel), np.concatenate(images), np.concatenate(reached),
-                            dead, params=dict(size=[h, w], steps=steps, lr=lr, param=param,
-                                              objective=objective, transforms=transforms, tv=tv, l2=l2,
-                                              normalize_grad=normalize_grad, redirect_relu=redirect_relu,
-                                              batch_size=batch_size, seed=seed, grey=bool(grey),
-                                              **model_info(model)),
-                            transparency=np.concatenate(transparency) if transparency else None)
-    if param == "maco":
-        out.params["spectrum"] = (spectrum.describe() if spectrum is not None
-                                  else natural_spectrum((h, w), 1 if grey else 3).describe())
+    r = render_chunked(model, n, build, (plan.channels, *plan.size), limit=batch_size, steps=plan.steps,
+                       lr=plan.lr, transforms=plan.transforms, normalize_grad=normalize_grad,
+                       redirect_relu=redirect_relu, seed=plan.seed, callback=watch, progress=progress,
+                       task="activation maximization", precision=precision, memory=memory,
+                       on_chunk=chunk_done)
+    return (r.images.cpu().numpy(), torch.cat(values).cpu().numpy(), moved.cpu().numpy(), ran.numpy(),
+            np.concatenate(transparency) if transparency else None)
+
+
+def activation_maximization(
+    model, layer: str, units: str | list[int] | None = "all", *,
+    size: int | tuple[int, int] | None = None, steps: int = 256, lr: float | None = None,
+    param: str = "fourier", objective: str = "channel", transforms: str | None = "auto",
+    spectrum=None, grey: bool | None = None, tv: float = 0.0, l2: float = 0.0,
+    normalize_grad: bool = False, redirect_relu: bool = True, batch_size: int | None = None,
+    reference=None, seed: int = 0, progress: Callback | None = None, precision: str = "float32",
+    memory: int | float | str | None = None,
+) -> UnitVisualization:
+    """An image that maximizes each unit of ``layer`` (``convlens layers MODEL`` lists them),
+    as many units per optimization as the memory budget ``memory`` allows (at most
+    ``batch_size``); a chunked run gives the images one batch would.
+
+    ``units``: ``"all"``, ``"0-63"``, ``"1,5,9-12"`` or indices. ``size``: the image size
+    (default the model's input). ``steps``, ``lr``: Adam's steps and rate (default 0.05, or 0.5
+    for MaCo, whose parameters are angles). ``param``: ``"fourier"`` (decorrelated colour),
+    ``"pixel"`` (clamped to [0, 1]) or ``"maco"`` (Fel et al.: the Fourier magnitude fixed to
+    ``spectrum``, a :class:`~convlens.optimize.Spectrum` such as
+    :func:`~convlens.optimize.data_spectrum` of the user's data, default the built-in natural
+    one, resampled and logged when computed at another size; the phase optimized).
+    ``objective``: ``"channel"``, the map's mean (Lees, Yosinski), or ``"unit"``, the centre
+    neuron (a dense layer's unit). ``transforms``: ``"auto"`` (noise for MaCo, else
+    ``"standard"``), ``"standard"`` (jitter, scale, rotation), ``"crops"``, ``"noise"`` or
+    ``None``. ``grey``: one grey channel fed replicated to the model's channels (default: when
+    the spectrum or the model's input is grey). ``tv``, ``l2``: total-variation and L2 priors
+    (per pixel). ``normalize_grad``: gradients divided by their RMS (Lees). ``redirect_relu``:
+    Lucid's redirected ReLU gradients, so that a unit off everywhere on the starting image can
+    still be raised (it stays dead only if even these cannot move it). ``reference``: an
+    :class:`~convlens.data.ImageDataset` conformed to the model; each unit is compared with
+    the highest activation (map maximum) an image of it gives. ``progress``: a
+    :mod:`convlens.progress` callback, an event per step over all chunks (task ``"activation
+    maximization"``); ``True`` stops there, the units not reached keep their starting images
+    and are listed in ``params["not_optimized"]``. ``precision``: the network's dtype during
+    the optimization (:func:`convlens.optimize.render`); the activations reached are measured
+    in float32 either way.
+    """
+    plan = _plan(model, layer, units, size=size, steps=steps, lr=lr, param=param, objective=objective,
+                 transforms=transforms, spectrum=spectrum, grey=grey, tv=tv, l2=l2, batch_size=batch_size,
+                 seed=seed)
+    images, reached, moved, ran, transparency = _optimize(
+        model, plan, batch_size=batch_size, normalize_grad=normalize_grad, redirect_relu=redirect_relu,
+        progress=progress, precision=precision, memory=memory)
+    out = _result(model, plan, images, reached, moved, ran, transparency,
+                  dict(transforms=transforms, normalize_grad=normalize_grad, redirect_relu=redirect_relu,
+                       batch_size=batch_size))
     if reference is not None:
         out.reference_max, out.reference_images, out.reference_ids = _reference(
             model, reference, layer, out.units, 128)
@@ -273,3 +283,21 @@ def activation_maximization(
     return out
 
 
+def _result(model, plan: _Plan, images, reached, moved, ran, transparency, options: dict) -> UnitVisualization:
+    sel = plan.units
+    dead = [u for u, v, m, r in zip(sel, reached.tolist(), moved.tolist(), ran.tolist()) if r and (not m or v <= 1e-6)]
+    if dead:
+        log.info("layer %s: dead units skipped (no gradient or stuck at zero): %s", plan.layer, dead)
+    h, w = plan.size
+    out = UnitVisualization(plan.layer, np.array(sel), images, reached, dead,
+                            params=dict(size=[h, w], steps=plan.steps, lr=plan.lr, param=plan.param,
+                                        objective=plan.objective, tv=plan.tv, l2=plan.l2, seed=plan.seed,
+                                        grey=plan.grey, **options, **model_info(model)),
+                            transparency=transparency)
+    if not ran.all():
+        out.params["not_optimized"] = [u for u, r in zip(sel, ran.tolist()) if not r]
+        log.info("layer %s: stopped before units %s", plan.layer, out.params["not_optimized"])
+    if plan.param == "maco":
+        out.params["spectrum"] = (plan.spectrum.describe() if plan.spectrum is not None
+                                  else natural_spectrum((h, w), 1 if plan.grey else 3).describe())
+    return out

@@ -4,7 +4,6 @@ scores up, with a record of the confidence the network gives them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from convlens.files import load_result, save_result
-from convlens.optimize import BlurEvery, images_per_render, objectives, render_chunked
+from convlens.optimize import BlurEvery, objectives, render_chunked
 from convlens.optimize.objectives import OUTPUT
 from convlens.progress import Callback, notify
 from convlens.visualize._common import image_size, make_param, make_transforms, model_info
@@ -102,12 +101,13 @@ def class_model(
     seed: int = 0,
     batch_size: int | None = None,
     memory: int | float | str | None = None,
-    callback: Callback | None = None,
+    progress: Callback | None = None,
 ) -> ClassImages:
     """Simonyan et al.'s class model: ``argmax_I S_c(I) - lambda ||I||^2`` for each class,
     as many classes per optimization as the memory budget ``memory`` allows (at most
     ``batch_size``); a chunked run gives the images one batch would (each image its own seed).
-    A :class:`convlens.progress.Progress` event goes to ``callback`` after each step.
+    ``progress``: a :mod:`convlens.progress` callback, an event per step over all chunks;
+    ``True`` stops there (the classes not reached keep their starting images).
 
     ``S_c`` is the class score before softmax; ``l2`` is ``lambda`` per pixel (the penalty is
     ``l2 / (H W) * sum (I - 0.5)^2``, about mid-grey since images live in ``[0, 1]``). ``param``
@@ -127,17 +127,9 @@ def class_model(
             obj = obj + tv / (h * w) * objectives.total_variation()
         return obj, p, proj
 
-    per = images_per_render(model, objectives.class_logit(cls[:1]), (c, h, w), memory=memory,
-                            limit=batch_size) if callback else 1
-    total, chunk = steps * -(-len(cls) // per), [-1]
-
-    def step_done(step, loss, state):
-        chunk[0] += step == 0
-        notify(callback, "class models", chunk[0] * steps + step + 1, total, loss=loss)
-
     r = render_chunked(model, len(cls), build, (c, h, w), limit=batch_size, memory=memory, steps=steps,
                        lr=lr, seed=seed, transforms=make_transforms(transforms, (h, w)),
-                       callback=step_done if callback else None)
+                       progress=progress, task="class models")
     s, conf = _scores(model, r.images, cls, memory)
     return ClassImages("class_model", np.array(cls), _names(model, cls), r.images.cpu().numpy(), s,
                        conf, np.full(len(cls), r.steps),
@@ -146,20 +138,10 @@ def class_model(
 
 
 def fooling_images(
-    model,
-    classes="all",
-    *,
-    target: float = 0.9999,
-    max_steps: int = 500,
-    lr: float = 0.05,
-    regularize: bool = False,
-    l2: float = 0.1,
-    blur: float = 0.5,
-    size: int | tuple[int, int] | None = None,
-    seed: int = 0,
-    callback: Callable[[int, float], None] | None = None,
-    batch_size: int | None = None,
-    memory: int | float | str | None = None,
+    model, classes="all", *, target: float = 0.9999, max_steps: int = 500, lr: float = 0.05,
+    regularize: bool = False, l2: float = 0.1, blur: float = 0.5,
+    size: int | tuple[int, int] | None = None, seed: int = 0, progress: Callback | None = None,
+    batch_size: int | None = None, memory: int | float | str | None = None,
 ) -> ClassImages:
     """Nguyen et al.'s fooling images: ascend each class score from noise until the softmax
     confidence of the class reaches ``target`` (99.99 % by default) or ``max_steps`` pass.
@@ -168,13 +150,15 @@ def fooling_images(
     (``l2`` per pixel) and a Gaussian blur of ``blur`` px every 4 steps make the images
     smoother, usually at the cost of more steps. Each image stops as soon as it reaches the
     target; ``steps`` records when (-1: never). Classes run in chunks that fit ``memory`` (at
-    most ``batch_size``), with the results of one batch.
+    most ``batch_size``), with the results of one batch. ``progress``: a
+    :mod:`convlens.progress` callback, an event per step (``max_steps`` per chunk) with the
+    lowest confidence of the chunk; ``True`` stops there.
     """
     if not 0 < target < 1:
         raise ValueError(f"target confidence must be in (0, 1), got {target}")
     cls = resolve_classes(model, classes)
     h, w = image_size(model, size)
-    span = [0, 0]
+    span, worst = [0, 0], [0.0]
 
     def build(a, b):
         span[:] = [a, b]
@@ -188,12 +172,15 @@ def fooling_images(
     def reached(step, loss, state):
         idx = torch.arange(span[1] - span[0]), torch.as_tensor(cls[span[0]:span[1]])
         conf = torch.softmax(state.acts[OUTPUT].flatten(1), 1)[idx]
-        if callback:
-            callback(step, float(conf.min()))
+        worst[0] = float(conf.min())
         return conf >= target
 
+    def step_done(e):
+        return notify(progress, e.task, e.done, e.total, **{"lowest p": worst[0]})
+
     r = render_chunked(model, len(cls), build, (model.spec.channels, h, w), limit=batch_size, memory=memory,
-                       steps=max_steps, lr=lr, seed=seed, callback=reached)
+                       steps=max_steps, lr=lr, seed=seed, callback=reached,
+                       progress=step_done if progress is not None else None, task="fooling images")
     s, conf = _scores(model, r.images, cls, memory)
     missed = [c for c, st in zip(cls, r.stopped_at) if st < 0]
     if missed:

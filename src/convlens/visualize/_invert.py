@@ -11,6 +11,7 @@ import torch
 
 from convlens.files import load_result, save_result
 from convlens.optimize import objectives, render_chunked
+from convlens.progress import Callback
 from convlens.runner import capture
 from convlens.visualize._common import make_param, model_info
 
@@ -95,6 +96,7 @@ def invert(
     perturb: str | None = None,
     param: str = "pixel",
     seed: int = 0,
+    progress: Callback | None = None,
 ) -> Inversion:
     """Rebuild ``image`` from its features at each of ``layers`` (default: every layer), all
     layers in one batch.
@@ -103,7 +105,8 @@ def invert(
     ``||phi(x) - phi0||^2 / ||phi0||^2 + tv/(HW) R_TV^beta(x) + alpha_weight/(HW) R_alpha(x)``
     over images ``x`` in ``[0, 1]``, where ``R_TV^beta`` is the total variation with exponent
     ``beta`` and ``R_alpha`` the alpha-norm about mid-grey. ``perturb`` (``"binarize"`` or
-    ``"dropout"``) changes the target features first (Dosovitskiy & Brox).
+    ``"dropout"``) changes the target features first (Dosovitskiy & Brox). ``progress``: a
+    :mod:`convlens.progress` callback, an event per step over all chunks; ``True`` stops there.
     """
     x0 = _one_image(model, image)
     if isinstance(layers, str):
@@ -127,7 +130,8 @@ def invert(
 
     # chunks over the layers, sized for the deepest (the whole request's objective)
     whole = objectives.per_image([objectives.feature_match(name, targets[name]) for name in layers])
-    r = render_chunked(model, n, build, (x0.shape[1], h, w), objective=whole, steps=steps, lr=lr, seed=seed)
+    r = render_chunked(model, n, build, (x0.shape[1], h, w), objective=whole, steps=steps, lr=lr, seed=seed,
+                       progress=progress, task="inversion")
     ferr = np.array([float((capture(model, r.images[i:i + 1], [name])[name][0] - targets[name][0]).norm()
                            / targets[name].norm().clamp_min(1e-12)) for i, name in enumerate(layers)])
     perr = (r.images - x0).pow(2).flatten(1).mean(1).sqrt().cpu().numpy()

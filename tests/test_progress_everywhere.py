@@ -32,18 +32,13 @@ CALLBACK_LIKE = re.compile(r"^(callback|progress|report|hook|on_\w+|\w+_callback
 NOT_PROGRESS = {
     "convlens.attribute._blend.blend_probs:on_batch": "receives each batch's probabilities and activations",
     "convlens.progress.notify:callback": "the protocol itself: it calls the callback it is given",
+    "convlens.optimize._render.render:callback": ("the engine's per-step hook: receives the step, loss and "
+                                                   "RenderState and may stop single images (attacks, DGN-AM)"),
+    "convlens.optimize._render.render_chunked:on_chunk": "receives each finished chunk's RenderResult",
 }
-#: Still on their own callbacks (embed/: engineer "cluster"; optimize/, visualize/: engineer
-#: "featvis"). Converted ones must leave this set and join LONG_RUNNING with a tiny run.
-PENDING = {
-    "convlens.embed._extract.extract_rows:callback", "convlens.embed._extract.extract_features:callback",
-    "convlens.embed._extract.extract_layers:callback", "convlens.embed._layerpick.run_layers:callback",
-    "convlens.embed._pipeline.run_pipelines:callback", "convlens.embed._reduce.TSNE.__init__:callback",
-    "convlens.embed._reduce.perplexity_sweep:callback", "convlens.embed._training.tsne_over_training:callback",
-    "convlens.optimize._render.render:callback", "convlens.optimize._render.render_chunked:on_chunk",
-    "convlens.visualize._am.activation_maximization:callback", "convlens.visualize._classes.class_model:callback",
-    "convlens.visualize._classes.fooling_images:callback",
-}
+#: Functions still on their own callbacks (none left): a converted one leaves this set and joins
+#: LONG_RUNNING with a tiny run.
+PENDING: set[str] = set()
 
 
 def _module(path: Path) -> str:
@@ -316,6 +311,134 @@ def _report(f, p):
     from convlens.report import build_report
 
     build_report(f["lenet"], f["small"], f["tmp_path"], only=["summary"], progress=p)
+
+
+@runs("convlens.embed._extract.extract_features")
+def _extract_features(f, p):
+    from convlens.embed import extract_features
+
+    extract_features(f["lenet"], f["small"], "relu3", batch_size=16, progress=p)
+
+
+@runs("convlens.embed._extract.extract_layers")
+def _extract_layers(f, p):
+    from convlens.embed import extract_layers
+
+    extract_layers(f["lenet"], f["small"], ["conv1", "relu3"], batch_size=16, progress=p)
+
+
+@runs("convlens.embed._extract.extract_rows")
+def _extract_rows(f, p):
+    from convlens.embed._extract import extract_rows
+
+    rows = {"relu3": np.zeros((len(f["small"]), 120), np.float32)}
+    extract_rows(f["lenet"], f["small"], ["relu3"], "avg", np.arange(len(f["small"])), rows, 16, (1, 28, 28),
+                 progress=p)
+
+
+def _features(f):
+    from convlens.embed import extract_layers
+
+    return extract_layers(f["lenet"], f["small"], ["relu2", "relu3"], batch_size=48)
+
+
+@runs("convlens.embed._pipeline.run_pipelines")
+def _run_pipelines(f, p):
+    from convlens.embed import run_pipelines
+
+    feats = _features(f)["relu3"]
+    run_pipelines(feats, f["small"].labels, seeds=2, n_components=5, perplexity=5, n_iter=250,
+                  pipelines=["PCA/k-means"], progress=p)
+
+
+@runs("convlens.embed._layerpick.run_layers")
+def _run_layers(f, p):
+    from convlens.embed import run_layers
+
+    run_layers(_features(f), f["small"].labels, seeds=2, pipelines=["PCA/k-means"], n_components=5, perplexity=5,
+               n_iter=250, progress=p)
+
+
+@runs("convlens.embed._reduce.TSNE.__init__")
+def _tsne(f, p):
+    from convlens.embed import TSNE
+
+    TSNE(perplexity=5, n_iter=250, progress=p).fit(np.random.default_rng(0).random((40, 6)))
+
+
+@runs("convlens.embed._reduce.perplexity_sweep")
+def _sweep(f, p):
+    from convlens.embed import perplexity_sweep
+
+    perplexity_sweep(np.random.default_rng(0).random((40, 6)), [3, 5], n_iter=250, progress=p)
+
+
+@runs("convlens.embed._training.tsne_over_training")
+def _tsne_over_training(f, p):
+    from convlens.embed import tsne_over_training
+
+    tsne_over_training(f["run_dir"], f["small"], "relu3", n_components=5, perplexity=5, n_iter=250, progress=p)
+
+
+def _tiny_render(f):
+    from convlens import optimize as opt
+    from convlens.optimize import objectives as O
+
+    return f["lenet"], O.channel("conv1", 0), opt.PixelImage(2, 1, 28)
+
+
+@runs("convlens.optimize._render.render")
+def _render(f, p):
+    from convlens import optimize as opt
+
+    m, objective, param = _tiny_render(f)
+    opt.render(m, objective, param, steps=3, progress=p)
+
+
+@runs("convlens.optimize._render.render_chunked")
+def _render_chunked(f, p):
+    from convlens import optimize as opt
+    from convlens.optimize import objectives as O
+
+    def build(a, b):
+        return O.channel("conv1", 0), opt.PixelImage(b - a, 1, 28), None
+
+    opt.render_chunked(f["lenet"], 3, build, (1, 28, 28), limit=2, steps=2, progress=p)
+
+
+@runs("convlens.visualize._am.activation_maximization")
+def _am(f, p):
+    from convlens.visualize import activation_maximization
+
+    activation_maximization(f["lenet"], "conv1", [0, 1], steps=3, progress=p)
+
+
+@runs("convlens.visualize._classes.class_model")
+def _class_model(f, p):
+    from convlens.visualize import class_model
+
+    class_model(f["lenet"], [0, 1], steps=3, progress=p)
+
+
+@runs("convlens.visualize._classes.fooling_images", reaches_total=False)  # stops once fooled
+def _fooling(f, p):
+    from convlens.visualize import fooling_images
+
+    fooling_images(f["lenet"], [0, 1], max_steps=3, progress=p)
+
+
+@runs("convlens.visualize._invert.invert")
+def _invert(f, p):
+    from convlens.visualize import invert
+
+    invert(f["lenet"], f["x"][0], ["relu2"], steps=3, progress=p)
+
+
+@runs("convlens.visualize._accentuate.feature_accentuation")
+def _accentuate(f, p):
+    from convlens.visualize import feature_accentuation
+
+    feature_accentuation(f["lenet"], "conv1", [0], f["x"][0], steps=3, progress=p)
 
 
 #: Those whose callback can stop the work (``True``): no further event after it.

@@ -17,12 +17,11 @@ from convlens.optimize._project import Compose as ComposeProjections
 from convlens.optimize._relu import redirected_relus
 from convlens.optimize._transforms import Compose as ComposeTransforms
 from convlens.optimize.objectives import OUTPUT, Objective, ObjectiveContext
-from convlens.progress import Callback as ProgressCallback
-from convlens.progress import notify
+from convlens.progress import Callback, notify
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[[int, float, "RenderState"], "bool | torch.Tensor | None"]
+StepHook = Callable[[int, float, "RenderState"], "bool | torch.Tensor | None"]
 
 
 @dataclass
@@ -245,8 +244,8 @@ class _Loop:
     opt: torch.optim.Optimizer
     gen: torch.Generator
     normalize_grad: bool
-    callback: Callback | None
-    progress: ProgressCallback | None
+    callback: StepHook | None
+    progress: Callback | None
     history: list[float] = field(default_factory=list)
     halted: bool = False
 
@@ -296,8 +295,8 @@ def render(
     model, objective: Objective, param: Parametrization, *, steps: int = 256, lr: float = 0.05,
     optimizer: str | Callable = "adam", transforms: Callable | Sequence[Callable] | None = None,
     project: Callable | Sequence[Callable] | None = None, normalize_grad: bool = False,
-    redirect_relu: bool = False, seed: int | torch.Generator = 0, callback: Callback | None = None,
-    progress: ProgressCallback | None = None, precision: str = "float32",
+    redirect_relu: bool = False, seed: int | torch.Generator = 0, callback: StepHook | None = None,
+    progress: Callback | None = None, precision: str = "float32",
     memory: int | float | str | None = None,
 ) -> RenderResult:
     """Optimize ``param`` so that the network's response minimizes ``objective``.
@@ -356,7 +355,7 @@ def render_chunked(
     image_shape: Sequence[int], *, objective: Objective | None = None, limit: int | None = None,
     precision: str = "float32", memory: int | float | str | None = None, extra: int = 0,
     on_chunk: Callable[[int, int, RenderResult], None] | None = None, steps: int = 256,
-    progress: ProgressCallback | None = None, task: str = "optimization", **render_kwargs,
+    progress: Callback | None = None, task: str = "optimization", **render_kwargs,
 ) -> RenderResult:
     """:func:`render` of ``n`` independent images in chunks that fit the memory budget.
 

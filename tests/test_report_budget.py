@@ -215,3 +215,22 @@ def test_compare_section_plans_to_budget_seconds_on_a_model_that_would_overrun(t
     assert [row[0] for row in r["rows"]] == ran["methods"] and len(r["images"]) == ran["images"]
     page = (tmp_path / "index.html").read_text(encoding="utf-8")
     assert "scaled down to fit" in page and "methods left out" in page
+
+
+def test_inverse_section_picks_neurons_in_a_network_without_a_linear_layer():
+    """SqueezeNet ends in a 1x1 convolution whose channels are its classes, with no nn.Linear:
+    the inverse-set section's first neuron is on that convolution, the second on the one before
+    (the section failed there with a TypeError in the real-network benchmark)."""
+    from convlens import load_model
+    from convlens.report.inverse_section import _choose, _neuron_layers
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    m = load_model(net, input_spec={"size": (12, 12), "channels": 1})
+    assert _neuron_layers(m) == ("2", "0")
+    unit, ranges, second, r2 = _choose(m, torch.rand(16, 1, 12, 12), {})
+    assert unit.startswith("2:") and second.startswith("0:")
+    assert ranges[0][0] <= ranges[0][1] <= ranges[1][0] <= ranges[1][1] and r2[0] <= r2[1]
+    with pytest.raises(ValueError, match="needs a linear or convolutional layer"):
+        _neuron_layers(load_model(nn.Sequential(nn.Flatten()), input_spec={"size": (4, 4), "channels": 1}))

@@ -27,9 +27,20 @@ from convlens.report._html import csv_table, figure
 NAME = "inverse"
 
 
-def _last(model, kind) -> str | None:
-    names = [n for n, m in model.net.named_modules() if isinstance(m, kind)]
-    return names[-1] if names else None
+def _neuron_layers(model) -> tuple[str, str]:
+    """The layer of the first neuron (the last linear layer; a network without one, such as
+    SqueezeNet, ends in a convolution whose channels are its classes: the last convolution) and
+    of the second (the last convolution other than the first's layer, else that layer)."""
+    from torch import nn
+
+    linear = [n for n, m in model.net.named_modules() if isinstance(m, nn.Linear)]
+    convs = [n for n, m in model.net.named_modules() if isinstance(m, nn.Conv2d)]
+    if not linear and not convs:
+        raise ValueError("the inverse-set section needs a linear or convolutional layer to pick neurons in; "
+                         "name them in the report config (inverse: {unit: LAYER:INDEX, second: LAYER:INDEX})")
+    first = linear[-1] if linear else convs[-1]
+    others = [n for n in convs if n != first]
+    return first, others[-1] if others else first
 
 
 def _values(model, x, unit: str) -> np.ndarray:
@@ -52,15 +63,14 @@ def _most_varied(model, x, layer: str) -> str:
 def _choose(model, x, opts) -> tuple[str, list[tuple[float, float]], str, tuple[float, float]]:
     """The neuron, its two ranges (60-75 % and 85-95 % quantiles over the images), a second
     neuron in another layer and its range among the images in the first neuron's upper range."""
-    from torch import nn
-
-    unit = opts.get("unit") or _most_varied(model, x, _last(model, nn.Linear))
+    first, other = _neuron_layers(model) if not (opts.get("unit") and opts.get("second")) else (None, None)
+    unit = opts.get("unit") or _most_varied(model, x, first)
     v = _values(model, x, unit)
     q = [float(f"{t:.3g}") for t in np.quantile(v, [0.60, 0.75, 0.85, 0.95])]
     ranges = [(q[0], q[1]), (q[2], q[3])]
     inside = (v >= q[2]) & (v <= q[3])
     sub = x[np.flatnonzero(inside)] if inside.sum() >= 4 else x
-    second = opts.get("second") or _most_varied(model, sub, _last(model, nn.Conv2d) or _last(model, nn.Linear))
+    second = opts.get("second") or _most_varied(model, sub, other)
     w = _values(model, sub, second)
     return unit, ranges, second, (float(f"{np.quantile(w, 0.2):.3g}"), float(f"{np.quantile(w, 0.9):.3g}"))
 

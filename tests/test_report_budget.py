@@ -234,3 +234,27 @@ def test_inverse_section_picks_neurons_in_a_network_without_a_linear_layer():
     assert ranges[0][0] <= ranges[0][1] <= ranges[1][0] <= ranges[1][1] and r2[0] <= r2[1]
     with pytest.raises(ValueError, match="needs a linear or convolutional layer"):
         _neuron_layers(load_model(nn.Sequential(nn.Flatten()), input_spec={"size": (4, 4), "channels": 1}))
+
+
+def test_embed_section_keeps_the_layers_its_budget_affords(tmp_path):
+    """The per-layer table's cost is measured on one layer, and only as many layers as fit
+    ``budget.seconds`` are kept (at least two, spread from the first to the deepest); the rest
+    are named on the page. With room for all, none is left out."""
+    from convlens import load_dataset, load_model
+    from convlens.embed import block_outputs
+    from convlens.files import read_json
+
+    m = load_model("lenet-digits")
+    ds = load_dataset("digits", limit=60, seed=0)
+    blocks = len(block_outputs(m))
+    assert blocks >= 3
+    for seconds, out in ((1e-3, tmp_path / "tight"), (1e4, tmp_path / "roomy")):
+        build_report(m, ds, out, config={"sections": ["embed"], "embed": {"images": 60, "seeds": 1},
+                                         "budget": {"seconds": seconds}})
+        r = read_json(out / "embed" / "result.json")
+        kept = {t["layer"] for t in r["layer_table"]}
+        if seconds < 1:
+            assert len(kept) == 2 and len(r["layers_left_out"]) == blocks - 2
+            assert "Left out of the per-layer table" in (out / "index.html").read_text()
+        else:
+            assert len(kept) == blocks and not r.get("layers_left_out")

@@ -15,6 +15,9 @@ that of structureless data of the same spread; ``silhouette``, ``stability``).
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 from markupsafe import Markup
 
@@ -22,6 +25,8 @@ from convlens.embed import format_score
 from convlens.files import read_json, save_figure, write_json
 from convlens.report._build import Context, Section, register_section
 from convlens.report._html import csv_table, figure
+
+log = logging.getLogger(__name__)
 
 NAME = "embed"
 
@@ -47,17 +52,45 @@ def _layers(ctx: Context, opt: dict) -> tuple[list[str], str]:
     return resolve_layers(ctx.model, spec)
 
 
+def _affordable_layers(layers: list[str], table, seconds_left: float, info: dict) -> list[str]:
+    """The candidate layers whose per-layer table fits ``seconds_left``: the pipelines' cost does
+    not come from the network (no multiply-adds to count), so it is measured on one layer (the
+    deepest) and as many layers as fit are kept, spread evenly from the first to the deepest.
+    The page says which were left out."""
+    from convlens.report._budget import fit_count
+
+    t0 = time.perf_counter()
+    table([layers[-1]])
+    per_layer = time.perf_counter() - t0
+    # the chosen layers' table, then the map on the chosen layer (about one more layer's work)
+    keep = fit_count(seconds_left - 2 * per_layer, per_layer, len(layers), minimum=2)
+    if keep >= len(layers):
+        return layers
+    spread = sorted({round(i * (len(layers) - 1) / (keep - 1)) for i in range(keep)})
+    chosen = [layers[i] for i in spread]
+    info["layers_left_out"] = [n for n in layers if n not in chosen]
+    log.info("embed: %d of %d candidate layers fit the budget (%.1f s a layer)", len(chosen), len(layers), per_layer)
+    return chosen
+
+
 def _pick_layer(all_feats, layers, how, k, opt, words, info, out, *, seeds, whiten, n_init, comps,
-                perplexity) -> str:
-    """The one layer, or, for several, the per-layer table (saved, and its rows in ``info``) and
-    the layer it picks (with the reason in ``info["choice"]``)."""
+                perplexity, seconds_left: float) -> str:
+    """The one layer, or, for several, the per-layer table (saved, and its rows in ``info``) over
+    the layers that fit ``seconds_left`` and the layer it picks (with the reason in
+    ``info["choice"]``)."""
     from convlens.embed import DEFAULT_CRITERION, choose_layer, run_layers
 
     if len(layers) == 1:
         return layers[0]
-    lt = run_layers(all_feats, None, k, seeds=max(2, seeds), whiten=whiten, n_init=n_init,
-                    n_components=comps, perplexity=perplexity,
-                    criterion=opt.get("criterion", DEFAULT_CRITERION), descriptions=words)
+
+    def table(names):
+        return run_layers({n: all_feats[n] for n in names}, None, k, seeds=max(2, seeds), whiten=whiten,
+                          n_init=n_init, n_components=comps, perplexity=perplexity,
+                          criterion=opt.get("criterion", DEFAULT_CRITERION),
+                          descriptions={n: words[n] for n in names})
+
+    layers = _affordable_layers(layers, table, seconds_left, info)
+    lt = table(layers)
     lt.save(out)
     layer, why = choose_layer(lt, how, whiten)
     info["choice"] = why
@@ -81,6 +114,7 @@ def _compute_sized(ctx: Context) -> None:
 
     opt = ctx.options(NAME)
     out = ctx.dir(NAME)
+    start = time.perf_counter()
     layers, how = _layers(ctx, opt)
     n = min(int(opt.get("images", 300)), ctx.budget_for(NAME).images)  # t-SNE time grows with n
     ds = conform(ctx.dataset.sample(max(n, 12), seed=ctx.seed), ctx.model)
@@ -96,7 +130,8 @@ def _compute_sized(ctx: Context) -> None:
     words = describe_features(ctx.model, all_feats, pooling)
     info: dict = {"whiten": whiten, "layers": layers}
     layer = _pick_layer(all_feats, layers, how, k, opt, words, info, out,
-                        seeds=seeds, whiten=whiten, n_init=n_init, comps=comps, perplexity=perplexity)
+                        seeds=seeds, whiten=whiten, n_init=n_init, comps=comps, perplexity=perplexity,
+                        seconds_left=ctx.budget_for(NAME).seconds - (time.perf_counter() - start))
     feats = all_feats[layer]
     result = cluster_map(feats, k, n_components=comps, perplexity=perplexity, seed=ctx.seed,
                          whiten=whiten, n_init=n_init)
@@ -165,6 +200,9 @@ def _render(ctx: Context) -> Markup:
                                "silhouette, its excess over structureless data of the same "
                                "spread, and stability need no labels: one of them (the excess "
                                "silhouette by default) chooses the layer without them"))
+    if r.get("layers_left_out"):
+        parts.append(Markup("<p>Left out of the per-layer table to fit the section's time budget "
+                            "(<code>budget.seconds</code>): {}.</p>").format(", ".join(r["layers_left_out"])))
     parts.append(Markup('<p><a href="{}">Interactive map</a>: hover a point to see its image.</p>').format(
         f"{NAME}.html"))
     _write_page(ctx, r)

@@ -126,7 +126,7 @@ def perturbation_curves(model, images, attributions, targets=None, *, kind: str 
             raise ValueError(f"{len(targets)} targets for {n} images: give one per image")
         chosen = [resolve_class(model, int(t) if isinstance(t, (np.integer, torch.Tensor)) else t) for t in targets]
     fractions = (counts.double() / (h * w)).cpu().numpy()
-    return [Curve(kind, int(t), fractions, probs[i, :, t].double().numpy()) for i, t in enumerate(chosen)]
+    return [Curve(kind, int(t), fractions, probs[i, :, t].double().cpu().numpy()) for i, t in enumerate(chosen)]
 
 
 def deletion_curve(model, image, attribution, target=None, **kw) -> Curve:

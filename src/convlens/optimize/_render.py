@@ -283,11 +283,11 @@ class _Loop:
         verdict = self.callback(step, self.history[-1], state)
         if isinstance(verdict, torch.Tensor):
             newly = verdict.to(torch.bool).cpu() & ~self.done
-            self.stopped_at[newly.numpy()] = step
+            self.stopped_at[newly.cpu().numpy()] = step
             self.done |= newly
             return bool(self.done.all())
         if verdict:
-            self.stopped_at[~self.done.numpy()] = step
+            self.stopped_at[~self.done.cpu().numpy()] = step
         return bool(verdict)
 
 

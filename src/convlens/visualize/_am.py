@@ -226,7 +226,7 @@ def _optimize(model, plan: _Plan, *, batch_size, normalize_grad, redirect_relu, 
                        redirect_relu=redirect_relu, seed=plan.seed, callback=watch, progress=progress,
                        task="activation maximization", precision=precision, memory=memory,
                        on_chunk=chunk_done)
-    return (r.images.cpu().numpy(), torch.cat(values).cpu().numpy(), moved.cpu().numpy(), ran.numpy(),
+    return (r.images.cpu().numpy(), torch.cat(values).cpu().numpy(), moved.cpu().numpy(), ran.cpu().numpy(),
             np.concatenate(transparency) if transparency else None)
 
 

@@ -241,7 +241,7 @@ def test_embed_section_keeps_the_layers_its_budget_affords(tmp_path):
     ``budget.seconds`` are kept (at least two, spread from the first to the deepest); the rest
     are named on the page. With room for all, none is left out."""
     from convlens import load_dataset, load_model
-    from convlens.embed import block_outputs
+    from convlens.embed import block_outputs, default_layer
     from convlens.files import read_json
 
     m = load_model("lenet-digits")
@@ -255,6 +255,7 @@ def test_embed_section_keeps_the_layers_its_budget_affords(tmp_path):
         kept = {t["layer"] for t in r["layer_table"]}
         if seconds < 1:
             assert len(kept) == 2 and len(r["layers_left_out"]) == blocks - 2
+            assert default_layer(m) in kept and block_outputs(m)[0].name in kept
             assert "Left out of the per-layer table" in (out / "index.html").read_text()
         else:
             assert len(kept) == blocks and not r.get("layers_left_out")

@@ -48,7 +48,9 @@ def reports(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, ds in data.items():
         out[name] = tmp / name
-        build_report(m, ds, out[name], config=CONFIG)
+        # CIFAR has classes to cluster: its page also shows the embedding section and its layer
+        config = {**CONFIG, "sections": SECTIONS + ["embed"]} if name == "cifar" else CONFIG
+        build_report(m, ds, out[name], config=config)
     return out
 
 
@@ -93,8 +95,14 @@ def test_real_report_pages_in_chromium(reports, browser, name):
     text = page.inner_text("main") if page.locator("main").count() else page.inner_text("body")
     if name == "cifar":  # an ImageNet model on CIFAR-10: no accuracy, a read-out for the labels
         assert "are not this model's classes" in text
-        assert "Accuracy on these images" not in text and "Confusion matrix" not in text
+        training = page.locator("#training").inner_text()  # (the embedding's cluster confusion is another)
+        assert "Accuracy on these images" not in training and "Confusion matrix" not in training
         assert "read-out" in text and any("lime-readout-" in s for s in srcs)
+        embed = page.locator("#embed")
+        embed.scroll_into_view_if_needed()
+        embed.screenshot(path=str(SHOTS / f"{name}-embed.png"))
+        # the embedding layer named in words, never a bare module name such as a Dropout's
+        assert "global-average-pooled output of" in embed.inner_text()
     visit.close()
 
 

@@ -52,29 +52,31 @@ def _layers(ctx: Context, opt: dict) -> tuple[list[str], str]:
     return resolve_layers(ctx.model, spec)
 
 
-def _affordable_layers(layers: list[str], table, seconds_left: float, info: dict) -> list[str]:
+def _affordable_layers(layers: list[str], table, seconds_left: float, info: dict, default: str) -> list[str]:
     """The candidate layers whose per-layer table fits ``seconds_left``: the pipelines' cost does
     not come from the network (no multiply-adds to count), so it is measured on one layer (the
-    deepest) and as many layers as fit are kept, spread evenly from the first to the deepest.
-    The page says which were left out."""
+    default one: the pooled vector before the classifier head, always kept) and as many others
+    as fit are kept, spread evenly from the first to the last. The page says which were left out."""
     from convlens.report._budget import fit_count
 
+    default = default if default in layers else layers[-1]
     t0 = time.perf_counter()
-    table([layers[-1]])
+    table([default])
     per_layer = time.perf_counter() - t0
     # the chosen layers' table, then the map on the chosen layer (about one more layer's work)
     keep = fit_count(seconds_left - 2 * per_layer, per_layer, len(layers), minimum=2)
     if keep >= len(layers):
         return layers
-    spread = sorted({round(i * (len(layers) - 1) / (keep - 1)) for i in range(keep)})
-    chosen = [layers[i] for i in spread]
+    others = [n for n in layers if n != default]
+    spread = {others[round(i * (len(others) - 1) / max(keep - 2, 1))] for i in range(keep - 1)}
+    chosen = [n for n in layers if n in spread or n == default]
     info["layers_left_out"] = [n for n in layers if n not in chosen]
     log.info("embed: %d of %d candidate layers fit the budget (%.1f s a layer)", len(chosen), len(layers), per_layer)
     return chosen
 
 
 def _pick_layer(all_feats, layers, how, k, opt, words, info, out, *, seeds, whiten, n_init, comps,
-                perplexity, seconds_left: float) -> str:
+                perplexity, seconds_left: float, default: str) -> str:
     """The one layer, or, for several, the per-layer table (saved, and its rows in ``info``) over
     the layers that fit ``seconds_left`` and the layer it picks (with the reason in
     ``info["choice"]``)."""
@@ -89,7 +91,7 @@ def _pick_layer(all_feats, layers, how, k, opt, words, info, out, *, seeds, whit
                           criterion=opt.get("criterion", DEFAULT_CRITERION),
                           descriptions={n: words[n] for n in names})
 
-    layers = _affordable_layers(layers, table, seconds_left, info)
+    layers = _affordable_layers(layers, table, seconds_left, info, default)
     lt = table(layers)
     lt.save(out)
     layer, why = choose_layer(lt, how, whiten)
@@ -104,6 +106,7 @@ def _compute_sized(ctx: Context) -> None:
     from convlens.data import conform
     from convlens.embed import (
         cluster_map,
+        default_layer,
         describe_features,
         extract_layers,
         plot_confusion,
@@ -131,7 +134,8 @@ def _compute_sized(ctx: Context) -> None:
     info: dict = {"whiten": whiten, "layers": layers}
     layer = _pick_layer(all_feats, layers, how, k, opt, words, info, out,
                         seeds=seeds, whiten=whiten, n_init=n_init, comps=comps, perplexity=perplexity,
-                        seconds_left=ctx.budget_for(NAME).seconds - (time.perf_counter() - start))
+                        seconds_left=ctx.budget_for(NAME).seconds - (time.perf_counter() - start),
+                        default=default_layer(ctx.model))
     feats = all_feats[layer]
     result = cluster_map(feats, k, n_components=comps, perplexity=perplexity, seed=ctx.seed,
                          whiten=whiten, n_init=n_init)

@@ -14,6 +14,7 @@ multiply-adds to fit the section's ``budget.seconds`` (:func:`plan`).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,12 @@ def _neuron_layers(model) -> tuple[str, str]:
     first = linear[-1] if linear else convs[-1]
     others = [n for n in convs if n != first]
     return first, others[-1] if others else first
+
+
+def _until(deadline: float):
+    """A progress callback (:mod:`convlens.progress`) that asks to stop once ``deadline``
+    (``time.perf_counter()``) has passed."""
+    return lambda event: time.perf_counter() > deadline
 
 
 def _values(model, x, unit: str) -> np.ndarray:
@@ -82,7 +89,8 @@ STEP_OVERHEAD_S = 13e-3
 SETS = 4  # two ranges, the second neuron, the intersection (plus DGN-AM)
 
 
-def plan(ctx: Context, n_images: int, opts: dict, decoder_macs: int | None = None) -> dict:
+def plan(ctx: Context, n_images: int, opts: dict, decoder_macs: int | None = None,
+         measured: tuple[float, float] | None = None) -> dict:
     """Decoder images and epochs, then (given the trained decoder's counted multiply-adds; the
     model's before it exists) which inverse sets fit, their seeding rounds and steps, sampling
     steps, and DGN-AM's images and steps. A step over a batch of B codes costs B decoder and
@@ -104,20 +112,26 @@ def plan(ctx: Context, n_images: int, opts: dict, decoder_macs: int | None = Non
     epochs = fit_count(S / 3, least_images * per_image_epoch, int(opts.get("epochs", 3)))
     images = fit_count(S / 3 / epochs, per_image_epoch, min(b.images, n_images), minimum=least_images)
     decoder_s = epochs * images * per_image_epoch
+    slow = 1.0
+    if measured is not None:  # (seconds the decoder took, seconds planned): price the rest alike
+        slow = max(1.0, measured[0] / max(measured[1], 1e-6))
+        decoder_s = measured[0]
+        fb, dec_fb = slow * fb, slow * dec_fb
     left = max(S - decoder_s, 0.0)
-    step = STEP_OVERHEAD_S + k * (fb + dec_fb)
+    step = slow * STEP_OVERHEAD_S + k * (fb + dec_fb)
     rounds, least = 4, 4 * 5 + 10  # smallest useful set: 4 rounds of 5 steps, 10 sampling steps
     sets = next((c for c in (SETS, 2) if c * least * step <= PLAN_SLACK * left * c / (c + 1)), 0)
     share = left / (sets + 1) if sets else left
     inner = fit_count(0.6 * share / rounds, step, 100, minimum=5) if sets else 0
     sample_steps = fit_count(0.4 * share, step, 20 * -(-(n - k) // k) + 50, minimum=10) if sets else 0
-    dgn_n = fit_count(share / 16, STEP_OVERHEAD_S / 16 + fb + dec_fb, min(n, 20), minimum=2)
-    dgn_steps = fit_count(share, STEP_OVERHEAD_S + dgn_n * (fb + dec_fb), max(b.steps, 64), minimum=8)
+    dgn_n = fit_count(share / 16, slow * STEP_OVERHEAD_S / 16 + fb + dec_fb, min(n, 20), minimum=2)
+    dgn_steps = fit_count(share, slow * STEP_OVERHEAD_S + dgn_n * (fb + dec_fb), max(b.steps, 64), minimum=8)
     planned = (decoder_s + sets * (rounds * inner + sample_steps) * step
-               + dgn_steps * (STEP_OVERHEAD_S + dgn_n * (fb + dec_fb)))
+               + dgn_steps * (slow * STEP_OVERHEAD_S + dgn_n * (fb + dec_fb)))
     needed = round(decoder_s + (SETS * least * step + 8 * (STEP_OVERHEAD_S + 2 * (fb + dec_fb))) * 1.25, 0)
     return checked_plan(NAME, {
-        "n": n, "decoder_images": images, "epochs": epochs, "sets": sets, "rounds": rounds,
+        "n": n, "decoder_images": images, "epochs": epochs, "decoder_seconds": round(decoder_s, 3),
+        "slowdown": round(slow, 2), "sets": sets, "rounds": rounds,
         "inner_steps": inner, "sample_steps": sample_steps, "dgn_am_n": dgn_n, "dgn_am_steps": dgn_steps,
         "planned_seconds": round(planned, 1), "all_sets_need_seconds": needed}, b.seconds,
         warn=decoder_macs is not None)
@@ -154,15 +168,21 @@ def _compute(ctx: Context) -> None:
     fast = {"mu0": float(opts.get("mu0", 100.0)), "seed": ctx.seed}  # mu0 100, not 10: fewer rounds
     data = data.sample(p["decoder_images"], seed=ctx.seed)
     layer = opts.get("code_layer") or default_code_layer(m)
-    dec = train_decoder(m, data, layer, epochs=p["epochs"], width=32, seed=ctx.seed, batch_size=32)
+    start = time.perf_counter()
+    dec = train_decoder(m, data, layer, epochs=p["epochs"], width=32, seed=ctx.seed, batch_size=32,
+                        progress=_until(start + PLAN_SLACK * p["decoder_seconds"]))
+    took = time.perf_counter() - start
     dec.save(out / "decoder")
     # the neuron's ranges come from these images, captured in one batch: fewer when they are large
     x, _ = data.sample(min(300 if max(m.spec.size) <= 64 else 64, len(data)), seed=ctx.seed + 1).tensors()
     reconstruction_figure(x[:8].cpu().numpy(), {f"up-conv {layer}": dec.reconstruct(m, x[:8]).cpu().numpy()},
                           out / "reconstructions.png")
     code = torch.zeros(1, *dec.code_shape, device=next(dec.net.parameters()).device)
-    p = plan(ctx, len(data), opts, decoder_macs=count_macs((dec.net, code)))
-    fast.update(max_rounds=p["rounds"], inner_steps=max(p["inner_steps"], 1), max_steps=p["sample_steps"])
+    planned_decoder = p["decoder_seconds"]
+    p = plan(ctx, len(data), opts, decoder_macs=count_macs((dec.net, code)), measured=(took, planned_decoder))
+    # the plan is a price list; the deadline is what holds budget.seconds when the prices are off
+    fast.update(max_rounds=p["rounds"], inner_steps=max(p["inner_steps"], 1), max_steps=p["sample_steps"],
+                progress=_until(start + PLAN_SLACK * ctx.budget_for(NAME).seconds))
     unit, ranges, second, r2 = _choose(m, x, opts)
     sets, other, joint = [], None, None
     if p["sets"] >= 2:
@@ -172,7 +192,7 @@ def _compute(ctx: Context) -> None:
         other = inverse_set(m, dec, (second, *r2), n, **fast)
         joint = inverse_set(m, dec, [(unit, *ranges[1]), (second, *r2)], n, **fast)
         intersection_figure([sets[1], other], joint, out / "intersection.png")
-    syn = dgn_am(m, dec, unit, n=p["dgn_am_n"], steps=p["dgn_am_steps"], seed=ctx.seed)
+    syn = dgn_am(m, dec, unit, n=p["dgn_am_n"], steps=p["dgn_am_steps"], seed=ctx.seed, progress=fast["progress"])
     sample_rows([(syn.images, syn.activations[:, None])], [f"DGN-AM\n{unit}"], out / "dgn-am.png")
     enc = Encoder(m, layer)
     dist = {"dgn_am": mean_pairwise_distance(enc, torch.from_numpy(syn.images)) if len(syn) > 1 else None}

@@ -143,6 +143,33 @@ def _stats(r) -> dict:
             "seconds": r.seconds, "message": r.message}
 
 
+def _decoder(ctx: Context, data, layer: str, p: dict, out: Path):
+    """Train the decoder to the plan's size; return it and the seconds it took."""
+    from convlens.generative import train_decoder
+
+    start = time.perf_counter()
+    dec = train_decoder(ctx.model, data, layer, epochs=p["epochs"], width=32, seed=ctx.seed, batch_size=32,
+                        progress=_until(start + PLAN_SLACK * p["decoder_seconds"]))
+    dec.save(out / "decoder")
+    return dec, start, time.perf_counter() - start
+
+
+def _sets(m, dec, x, n: int, p: dict, fast: dict, opts: dict, out: Path):
+    """The inverse sets the plan affords, and their figures."""
+    from convlens.generative import intersection_figure, inverse_set, range_figure
+
+    unit, ranges, second, r2 = _choose(m, x, opts)
+    sets, other, joint = [], None, None
+    if p["sets"] >= 2:
+        sets = [inverse_set(m, dec, (unit, z1, z2), n, **fast) for z1, z2 in ranges]
+        range_figure(sets, out / "ranges.png")
+    if p["sets"] >= 4:
+        other = inverse_set(m, dec, (second, *r2), n, **fast)
+        joint = inverse_set(m, dec, [(unit, *ranges[1]), (second, *r2)], n, **fast)
+        intersection_figure([sets[1], other], joint, out / "intersection.png")
+    return unit, second, sets, other, joint
+
+
 def _compute(ctx: Context) -> None:
     import torch
 
@@ -151,13 +178,9 @@ def _compute(ctx: Context) -> None:
         Encoder,
         default_code_layer,
         dgn_am,
-        intersection_figure,
-        inverse_set,
         mean_pairwise_distance,
-        range_figure,
         reconstruction_figure,
         sample_rows,
-        train_decoder,
     )
 
     m, out = ctx.model, ctx.dir(NAME)
@@ -168,30 +191,17 @@ def _compute(ctx: Context) -> None:
     fast = {"mu0": float(opts.get("mu0", 100.0)), "seed": ctx.seed}  # mu0 100, not 10: fewer rounds
     data = data.sample(p["decoder_images"], seed=ctx.seed)
     layer = opts.get("code_layer") or default_code_layer(m)
-    start = time.perf_counter()
-    dec = train_decoder(m, data, layer, epochs=p["epochs"], width=32, seed=ctx.seed, batch_size=32,
-                        progress=_until(start + PLAN_SLACK * p["decoder_seconds"]))
-    took = time.perf_counter() - start
-    dec.save(out / "decoder")
+    dec, start, took = _decoder(ctx, data, layer, p, out)
     # the neuron's ranges come from these images, captured in one batch: fewer when they are large
     x, _ = data.sample(min(300 if max(m.spec.size) <= 64 else 64, len(data)), seed=ctx.seed + 1).tensors()
     reconstruction_figure(x[:8].cpu().numpy(), {f"up-conv {layer}": dec.reconstruct(m, x[:8]).cpu().numpy()},
                           out / "reconstructions.png")
     code = torch.zeros(1, *dec.code_shape, device=next(dec.net.parameters()).device)
-    planned_decoder = p["decoder_seconds"]
-    p = plan(ctx, len(data), opts, decoder_macs=count_macs((dec.net, code)), measured=(took, planned_decoder))
+    p = plan(ctx, len(data), opts, decoder_macs=count_macs((dec.net, code)), measured=(took, p["decoder_seconds"]))
     # the plan is a price list; the deadline is what holds budget.seconds when the prices are off
     fast.update(max_rounds=p["rounds"], inner_steps=max(p["inner_steps"], 1), max_steps=p["sample_steps"],
                 progress=_until(start + PLAN_SLACK * ctx.budget_for(NAME).seconds))
-    unit, ranges, second, r2 = _choose(m, x, opts)
-    sets, other, joint = [], None, None
-    if p["sets"] >= 2:
-        sets = [inverse_set(m, dec, (unit, z1, z2), n, **fast) for z1, z2 in ranges]
-        range_figure(sets, out / "ranges.png")
-    if p["sets"] >= 4:
-        other = inverse_set(m, dec, (second, *r2), n, **fast)
-        joint = inverse_set(m, dec, [(unit, *ranges[1]), (second, *r2)], n, **fast)
-        intersection_figure([sets[1], other], joint, out / "intersection.png")
+    unit, second, sets, other, joint = _sets(m, dec, x, n, p, fast, opts, out)
     syn = dgn_am(m, dec, unit, n=p["dgn_am_n"], steps=p["dgn_am_steps"], seed=ctx.seed, progress=fast["progress"])
     sample_rows([(syn.images, syn.activations[:, None])], [f"DGN-AM\n{unit}"], out / "dgn-am.png")
     enc = Encoder(m, layer)

@@ -41,6 +41,8 @@ TrustOpt = Annotated[bool, typer.Option(
 DeviceOpt = Annotated[str | None, typer.Option(
     "--device", help="Where the network runs: cpu, cuda, cuda:N, mps (default: CUDA when available, "
                      "else cpu).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="float32, bfloat16, or auto: bfloat16 where the CPU or GPU runs it natively, else float32.")]
 ResizeOpt = Annotated[str | None, typer.Option(
     "--resize", help="Resize images: 'model' (the model's input size, default), 224 or 224x256, "
                      "or 'none' to keep sizes.")]
@@ -330,6 +332,12 @@ def open_data(data: str, model=None, *, resize: str | None = "model", tile=None,
     resize_value = None if (resize or "model").lower() == "none" else (resize or "model")
     return conform(ds, model, resize=resize_value, tile=tile, clahe=clahe,
                    grid=parse_size(grid) if grid else None)
+
+
+def split_names(*values: str | None) -> list[str]:
+    """Names given on the command line, each option value split at commas, blanks dropped
+    (``split_names("a, b", "c")`` is ``["a", "b", "c"]``)."""
+    return [n.strip() for v in values if v for n in v.split(",") if n.strip()]
 
 
 def split_image_spec(spec: str) -> tuple[str, str | None]:

@@ -21,6 +21,7 @@ from convlens.cli._common import (
     console,
     open_data,
     progress_events,
+    split_names,
 )
 
 
@@ -55,7 +56,7 @@ def adversarial(
     m = model_opts.open(model)
     ds = open_data(data, m, resize=resize, strict=strict, limit=limit, seed=seed)
     tgt = None if target.lower() == "none" else int(target) if target.strip().isdigit() else target
-    map_units = [u.strip() for u in units.split(",") if u.strip()] if units else None
+    map_units = split_names(units) or None
     with progress_events("adversarial") as progress:
         summary = run_study(m, ds, out, eps=eps, norm=norm, target=tgt, method=method, steps=steps,
                             step_size=step_size, fit_images=images, test_images=images, map_units=map_units,

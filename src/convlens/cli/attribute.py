@@ -18,6 +18,7 @@ from convlens.cli._common import (
     ModelArg,
     ModelOptions,
     OutOpt,
+    PrecisionOpt,
     ResizeOpt,
     SeedOpt,
     StrictOpt,
@@ -73,10 +74,6 @@ def saliency_cmd(model: ModelArg, image: ImageArg,
     if label is not None:
         projs["guided"] = guided_backprop(m, x, label)
     _save(plot_projections(projs, s.images, names), out, "saliency.png")
-
-
-PrecisionOpt = Annotated[str, typer.Option(
-    help="float32, bfloat16, or auto: bfloat16 where the CPU or GPU runs it natively, else float32.")]
 
 
 @command(app, "lime")

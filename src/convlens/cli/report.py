@@ -34,10 +34,6 @@ ForceOpt = Annotated[list[str] | None, typer.Option(
     "--force", help="Recompute this section even if its saved results are up to date (repeatable).")]
 
 
-def _names(values: list[str] | None) -> list[str]:
-    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
-
-
 @command(app, "report", resumes=True)
 def report(
     model: ModelArg,
@@ -60,7 +56,7 @@ def report(
     from convlens.report import section_names, sections
 
     names = [s.name for s in sections()]
-    only, force = section_names(_names(only), names), section_names(_names(force), names)  # before any work
+    only, force = section_names(only, names), section_names(force, names)  # checked before any work
     config_obj = None
     if config is not None:
         from convlens.report import load_config
@@ -70,7 +66,7 @@ def report(
     transform = resize is not None or tile is not None or clahe
     ds = open_data(data, m if transform else None, resize=resize, tile=tile, clahe=clahe,
                    strict=strict, limit=limit, seed=seed or 0)
-    run_report(m, ds, out, only=_names(only) or None, force=tuple(_names(force)), config=config_obj,
+    run_report(m, ds, out, only=only or None, force=tuple(force), config=config_obj,
                seed=seed, memory=memory)
 
 

@@ -13,6 +13,7 @@ from convlens.cli._common import (
     ModelArg,
     ModelOptions,
     OutOpt,
+    PrecisionOpt,
     SeedOpt,
     command,
     console,
@@ -20,8 +21,8 @@ from convlens.cli._common import (
     progress_bar,
     progress_events,
     read_images,
+    split_names,
 )
-from convlens.cli.attribute import PrecisionOpt
 
 StepsOpt = Annotated[int, typer.Option("--steps", help="Optimizer steps.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
@@ -32,6 +33,13 @@ SpectrumOpt = Annotated[str | None, typer.Option(
 GreyOpt = Annotated[bool | None, typer.Option(
     "--grey/--colour", help="Optimize one grey channel fed replicated (default: when the "
                             "spectrum data or the model's input is grey).")]
+ClassTargetOpt = Annotated[str, typer.Option(
+    "--class", help="all, a class name or index, or several separated by commas.")]
+
+
+def _classes(text: str):
+    """``"all"``, or the class names/indices of a comma-separated ``--class``."""
+    return text if text == "all" else split_names(text)
 
 
 def _one_image(spec: str, model):
@@ -146,8 +154,7 @@ def accentuate_cmd(
 @command(app, "class-model")
 def class_model_cmd(
     model: ModelArg,
-    target: Annotated[str, typer.Option("--class", help="all, a class name or index, or several "
-                                                        "separated by commas.")] = "all",
+    target: ClassTargetOpt = "all",
     l2: Annotated[float, typer.Option(help="L2 weight lambda (per pixel).")] = 50.0,
     tv: Annotated[float, typer.Option(help="Total-variation weight (per pixel).")] = 0.0,
     param: Annotated[str, typer.Option(help="pixel (Simonyan et al.) or fourier.")] = "pixel",
@@ -163,9 +170,8 @@ def class_model_cmd(
     from convlens.visualize import class_gallery, class_model, save_png
 
     m = model_opts.open(model)
-    chosen = target if target == "all" else [c.strip() for c in target.split(",")]
     with progress_events("class models (steps)") as progress:
-        r = class_model(m, chosen, size=size, steps=steps, lr=lr, l2=l2, tv=tv, param=param,
+        r = class_model(m, _classes(target), size=size, steps=steps, lr=lr, l2=l2, tv=tv, param=param,
                         transforms=transforms, seed=seed, progress=progress)
     r.save(out)
     for k, name in enumerate(r.names):
@@ -200,7 +206,7 @@ def invert_cmd(
 
     m = model_opts.open(model)
     x = _one_image(image, m)
-    names = [n.strip() for n in layers.split(",")] if layers else None
+    names = split_names(layers) or None
     results = []
     modes = [None, *(perturb or [])]
     with progress_bar("inverting", total=len(modes)) as update:
@@ -222,7 +228,7 @@ def invert_cmd(
 @command(app, "fool")
 def fool_cmd(
     model: ModelArg,
-    target_class: Annotated[str, typer.Option("--class", help="all, or class names/indices separated by commas.")] = "all",
+    target_class: ClassTargetOpt = "all",
     target: Annotated[float, typer.Option(help="Softmax confidence to reach.")] = 0.9999,
     max_steps: Annotated[int, typer.Option(help="Step cap.")] = 500,
     regularize: Annotated[bool, typer.Option(help="L2 decay and blur (Nguyen et al.'s regularized variant).")] = False,
@@ -236,9 +242,8 @@ def fool_cmd(
     from convlens.visualize import class_gallery, fooling_images
 
     m = model_opts.open(model)
-    chosen = target_class if target_class == "all" else [c.strip() for c in target_class.split(",")]
     with progress_events("fooling (steps)") as progress:
-        r = fooling_images(m, chosen, target=target, max_steps=max_steps, lr=lr, regularize=regularize,
+        r = fooling_images(m, _classes(target_class), target=target, max_steps=max_steps, lr=lr, regularize=regularize,
                            size=size, seed=seed, progress=progress)
     r.save(out)
     for k, name in enumerate(r.names):
@@ -269,7 +274,7 @@ def style_cmd(
     m = model_opts.open(model)
     with progress_bar("style transfer") as update:
         r = style_transfer(m, _one_image(content, m), _one_image(style, m), content_layer=content_layer,
-                           style_layers=[s.strip() for s in style_layers.split(",")],
+                           style_layers=split_names(style_layers),
                            ratios=ratio or [1e-3], steps=steps, lr=lr, init=init, seed=seed)
         update(completed=1, total=1)
     r.save(out)

@@ -12,7 +12,15 @@ from torch import nn
 _VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-class VGG(nn.Module):
+class _FeaturesPoolClassifier(nn.Module):
+    """torchvision's plain layout: ``features``, ``avgpool``, then ``classifier`` on the flattened map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class VGG(_FeaturesPoolClassifier):
     def __init__(self, cfg: list, num_classes: int = 1000, dropout: float = 0.5):
         super().__init__()
         layers: list[nn.Module] = []
@@ -35,17 +43,13 @@ class VGG(nn.Module):
             nn.Linear(4096, num_classes),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
-
 
 def vgg16(num_classes: int = 1000) -> nn.Module:
     """VGG16 (configuration D), torchvision layout: ``features.N``, ``classifier.N``."""
     return VGG(_VGG16_CFG, num_classes=num_classes)
 
 
-class AlexNet(nn.Module):
+class AlexNet(_FeaturesPoolClassifier):
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
@@ -73,10 +77,6 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
 
 
 def alexnet(num_classes: int = 1000) -> nn.Module:

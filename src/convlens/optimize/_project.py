@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens.optimize._param import Parametrization, PixelImage
+from convlens.optimize._transforms import InOrder
 
 Projection = Callable[[Parametrization, int], None]
 
@@ -167,16 +168,12 @@ def _clip_below(p: torch.Tensor, score: torch.Tensor, percentile: float, fill: f
     p.masked_fill_(mask, fill)
 
 
-class Compose:
+class Compose(InOrder):
     """Apply projections in order."""
 
-    def __init__(self, projections: Sequence[Projection]):
-        self.projections = list(projections)
-        for pr in self.projections:
-            if not callable(pr):
-                raise TypeError(f"a projection must be callable (param, step) -> None, got {pr!r}")
+    kind, signature = "projection", "(param, step) -> None"
 
     @torch.no_grad()
     def __call__(self, param: Parametrization, step: int) -> None:
-        for pr in self.projections:
+        for pr in self.parts:
             pr(param, step)

@@ -121,22 +121,31 @@ class JitterScaleRotate:
                 f"degrees={self.affine.degrees}, after={self.after})")
 
 
-class Compose:
-    """Apply transforms in order."""
+class InOrder:
+    """Callables applied in order (the one base of :class:`Compose` and the projections' ``Compose``);
+    ``kind`` and ``signature`` name what each part must be in the error for one that is not."""
 
-    def __init__(self, transforms: Sequence[Transform]):
-        self.transforms = list(transforms)
-        for t in self.transforms:
-            if not callable(t):
-                raise TypeError(f"a transform must be callable (x, generator) -> x, got {t!r}")
+    kind, signature = "part", "(...)"
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        for t in self.transforms:
-            x = t(x, g)
-        return x
+    def __init__(self, parts: Sequence):
+        self.parts = list(parts)
+        for p in self.parts:
+            if not callable(p):
+                raise TypeError(f"a {self.kind} must be callable {self.signature}, got {p!r}")
 
     def __repr__(self) -> str:
-        return f"Compose({self.transforms})"
+        return f"{type(self).__name__}({self.parts})"
+
+
+class Compose(InOrder):
+    """Apply transforms in order."""
+
+    kind, signature = "transform", "(x, generator) -> x"
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        for t in self.parts:
+            x = t(x, g)
+        return x
 
 
 def standard_transforms(size: int) -> JitterScaleRotate:

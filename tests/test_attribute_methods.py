@@ -246,6 +246,21 @@ def test_noisy_linear_imputation_solves_rong_et_al_system():
     assert 0.05 < np.std(noisy[:, removed] - got[:, removed]) < 0.15
 
 
+def test_imputation_in_dissection_order_solves_the_system_on_large_holes():
+    """Holes of hundreds of pixels go through the nested-dissection factorization (the small case
+    above is one leaf): a scattered 80 % and a contiguous disc, against the dense system."""
+    from convlens.attribute._road import dissection_order, impute_one
+
+    rng = np.random.default_rng(2)
+    img = rng.random((3, 30, 33))
+    yy, xx = np.mgrid[:30, :33]
+    for removed in (rng.random((30, 33)) < 0.8, (yy - 12) ** 2 + (xx - 20) ** 2 < 150):
+        assert removed.sum() > 400
+        np.testing.assert_allclose(impute_one(img, removed), _impute_by_hand(img, removed), atol=1e-9)
+    r, q = np.nonzero(rng.random((50, 41)) < 0.5)
+    assert np.array_equal(np.sort(dissection_order(r, q)), np.arange(len(r)))
+
+
 def test_road_morf_drops_faster_than_lerf_for_the_planted_region():
     from convlens.attribute import road
 

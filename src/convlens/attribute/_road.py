@@ -7,14 +7,17 @@ the sides, 1/12 on the diagonals, renormalised at the border), known pixels fixe
 noise (std ``noise``) is added. Rong et al. (and pytorch-grad-cam, Quantus) solve that sparse
 system with ``scipy.sparse.linalg.spsolve``, assembled through ``lil_matrix`` one offset at a
 time, and evaluate one perturbed image per forward pass; here the system is assembled in one
-vectorised pass, solved for all channels at once with SuperLU's COLAMD column ordering, and the
-network sees batches of imputed images. (The symmetric ``MMD_AT_PLUS_A`` ordering, used here
-before, is 1.5x faster on one contiguous hole but explodes on scattered ones: 80 % of a 227 px
-image removed by a random or saliency map took more than 100 s CPU, against 0.45 s with COLAMD;
-COLAMD's worst case measured, a contiguous 80 % hole, is 1.1 s.) Conjugate gradients over 3x3
-convolutions were tried too: on a CAM-shaped hole of 10-90 % of a 227 px image they took 13-48 s to reach 1e-4, against
-0.04-0.8 s for the direct solve. ``tests`` check the imputation against a system assembled
-entry by entry.
+vectorised pass, solved for all channels at once, and the network sees batches of imputed images.
+The system is symmetric positive definite (a weighted graph Laplacian with the known pixels as
+boundary), so SuperLU factors it without pivoting in a geometric nested-dissection order of the
+removed pixels (:func:`dissection_order`): against its COLAMD column ordering, 2.1-2.5x faster
+on 80-90 % of a 224 px image, scattered or contiguous (0.13 against 0.30 s CPU at 90 %), 1.7-2.1x
+on contiguous holes of 20-50 %, about equal on scattered ones below 50 % (both < 0.05 s). (The
+symmetric ``MMD_AT_PLUS_A`` ordering, used before COLAMD, explodes on scattered holes: more than
+100 s for 80 % of a 227 px image removed by a saliency map.) Conjugate gradients over 3x3
+convolutions were tried too: on a CAM-shaped hole of 10-90 % of a 227 px image they took 13-48 s
+to reach 1e-4, against 0.04-0.8 s for the direct solve. ``tests`` check the imputation against
+a system assembled entry by entry.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def impute_one(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
     sparse system is assembled in one vectorised pass and solved directly (all channels at once);
     pixels in a region with no known pixel at all take the image's mean."""
     from scipy.sparse import coo_matrix
-    from scipy.sparse.linalg import spsolve
+    from scipy.sparse.linalg import splu
 
     c, h, w = img.shape
     flat = img.reshape(c, -1).astype(np.float64)
@@ -70,9 +73,29 @@ def impute_one(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
     n = len(idx)
     a = coo_matrix((np.concatenate([deg, *vals]), (np.concatenate([np.arange(n), *rows]),
                                                    np.concatenate([np.arange(n), *cols]))), shape=(n, n))
-    sol = spsolve(a.tocsc(), rhs, permc_spec="COLAMD")
-    out[:, idx] = np.asarray(sol).reshape(n, c).T
+    p = dissection_order(r, q)  # the system is symmetric positive definite: no pivoting needed
+    lu = splu(a.tocsc()[p][:, p].tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0,
+              options={"SymmetricMode": True})
+    out[:, idx[p]] = lu.solve(rhs[p]).reshape(n, c).T
     return out.reshape(img.shape)
+
+
+def dissection_order(rows: np.ndarray, cols: np.ndarray, leaf: int = 64) -> np.ndarray:
+    """A nested-dissection order of grid points ``(rows, cols)``: split the points' bounding box
+    across its longer side, order both halves recursively, the separating line last (George 1973).
+    On a grid graph it keeps the factor's fill near ``n log n``."""
+    parts: list[np.ndarray] = []
+    stack = [(np.arange(len(rows)), False)]
+    while stack:  # depth first, the separator after both halves
+        ix, done = stack.pop()
+        if done or len(ix) <= leaf:
+            parts.append(ix)
+            continue
+        r, q = rows[ix], cols[ix]
+        key = r if np.ptp(r) >= np.ptp(q) else q
+        mid = (key.min() + key.max()) // 2
+        stack += [(ix[key == mid], True), (ix[key > mid], False), (ix[key < mid], False)]
+    return np.concatenate(parts)
 
 
 def impute(img: torch.Tensor, removed: torch.Tensor, *, noise: float = 0.01,

@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import re
+import sys
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -161,12 +162,17 @@ class _Tally:
 
         tally = self
 
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tally._add(out)
-                return out
+        def dispatch(mode, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tally._add(out)
+            return out
 
+        if "torch._dynamo" not in sys.modules:
+            # torch wraps a mode's __torch_dispatch__ so that its first call imports torch._dynamo
+            # to exclude it from compilation (1.0-1.4 s CPU, once per process, in every command's
+            # first pass); this pass is never compiled, so the wrapper may call it directly
+            setattr(dispatch, "__dynamo_disable", dispatch)
+        Mode = type("Mode", (TorchDispatchMode,), {"__torch_dispatch__": dispatch})
         self.mode, self.kept, self.bytes = Mode(), {}, 0
 
     def _add(self, out) -> None:

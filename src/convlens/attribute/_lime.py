@@ -252,8 +252,7 @@ def lime(model, image, *, labels=None, top_labels: int = 2, segments: np.ndarray
     progress : receives the :class:`~convlens.progress.Progress` events ``("perturbed images",
         done, samples)`` of the network's passes
     batch_size : the most perturbed images per forward pass; ``None``: as many as the memory
-        budget admits (:func:`convlens.attribute._blend.fit_batch`), at most
-        :data:`~convlens.attribute._blend.BATCH_PIXELS` pixels a batch
+        budget admits, at most :data:`~convlens.attribute._blend.BATCH_PIXELS` pixels a batch
     precision : ``"auto"`` (default: bfloat16 where the CPU or GPU runs it natively, else
         float32), ``"float32"`` or ``"bfloat16"``; see :mod:`convlens.fast`. The dtype used is
         recorded in ``meta["dtype"]``. Results are reproducible from ``seed`` on one machine in

@@ -81,36 +81,38 @@ def _uptime() -> str:
 
 
 def ours(model, units: list[int], steps: int, size: int, layer: str, precision: str,
-         seed: int = 0) -> tuple[float, np.ndarray]:
-    """Seconds for one ``render`` of ``units`` (one image each), and the activations reached."""
+         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds (wall, CPU) for one ``render`` of ``units`` (one image each), and the activations
+    reached."""
     from convlens.optimize import FourierImage, objectives, render, standard_transforms
 
     channels = model.spec.channels
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     r = render(model, objectives.channel(layer, units), FourierImage(len(units), channels, size, seed=seed),
                steps=steps, transforms=standard_transforms(size), seed=seed, precision=precision)
-    return time.perf_counter() - t, -r.losses
+    return np.array([time.perf_counter() - t, time.process_time() - c]), -r.losses
 
 
 def compare(model, layer: str, size: int, steps: int, sequential: int, units: list[int],
-            precisions: list[str], repeats: int) -> dict[str, tuple[float, float]]:
-    """Per precision: seconds per unit for ``units`` in one batch and one unit per run (best of
-    ``repeats`` interleaved rounds)."""
+            precisions: list[str], repeats: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per precision: seconds (wall, CPU) per unit for ``units`` in one batch and one unit per
+    run (best of ``repeats`` interleaved rounds)."""
     out, reached = {}, {}
     for precision in precisions:
         ours(model, units[:1], 2, size, layer, precision)  # warm-up
-        best_t, best_s = float("inf"), float("inf")
+        best_t, best_s = np.full(2, np.inf), np.full(2, np.inf)
         for _ in range(repeats):  # rounds interleave the two sides
             dt, reached[precision] = ours(model, units, steps, size, layer, precision)
-            best_t = min(best_t, dt / len(units))
+            best_t = np.minimum(best_t, dt / len(units))
             seq = sum(ours(model, [u], steps, size, layer, precision, seed=i)[0]
                       for i, u in enumerate(units[:sequential])) / sequential
-            best_s = min(best_s, seq)
+            best_s = np.minimum(best_s, seq)
         out[precision] = (best_t, best_s)
-        print(f"  [{precision}] {len(units)} units together : {best_t:8.4f} s per unit")
-        print(f"  [{precision}] one after another  : {best_s:8.4f} s per unit ({sequential} units)")
-        print(f"  [{precision}] ratio one-after-another / together: {best_s / best_t:.1f}x "
-              "(target >= 10x)")
+        print(f"  [{precision}] {len(units)} units together : {best_t[0]:8.4f} s wall, {best_t[1]:8.4f} s CPU per unit")
+        print(f"  [{precision}] one after another  : {best_s[0]:8.4f} s wall, {best_s[1]:8.4f} s CPU per unit "
+              f"({sequential} units)")
+        print(f"  [{precision}] ratio one-after-another / together: {best_s[0] / best_t[0]:.1f}x wall, "
+              f"{best_s[1] / best_t[1]:.1f}x CPU (target >= 10x)")
     if "float32" in reached and "bfloat16" in reached:
         r = reached["bfloat16"] / np.where(reached["float32"] == 0, np.nan, reached["float32"])
         print(f"  activation reached (evaluated in float32, {len(units)} units): mean float32 "
@@ -120,8 +122,8 @@ def compare(model, layer: str, size: int, steps: int, sequential: int, units: li
     return out
 
 
-def lucent(model, layer: str, units: list[int], steps: int, repeats: int) -> float | None:
-    """Seconds per unit with Lucent's defaults (best of ``repeats`` rounds)."""
+def lucent(model, layer: str, units: list[int], steps: int, repeats: int) -> np.ndarray | None:
+    """Seconds (wall, CPU) per unit with Lucent's defaults (best of ``repeats`` rounds)."""
     try:
         import kornia
         from kornia.geometry import transform as kt
@@ -133,13 +135,13 @@ def lucent(model, layer: str, units: list[int], steps: int, repeats: int) -> flo
     kornia.get_rotation_matrix2d = getattr(kornia, "get_rotation_matrix2d", kt.get_rotation_matrix2d)
     kornia.warp_affine = getattr(kornia, "warp_affine", kt.warp_affine)
     name = layer.replace(".", "_")
-    best = float("inf")
+    best = np.full(2, np.inf)
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for u in units:
             render.render_vis(model.net, f"{name}:{u}", thresholds=(steps,), progress=False,
                               show_image=False)
-        best = min(best, (time.perf_counter() - t) / len(units))
+        best = np.minimum(best, np.array([time.perf_counter() - t, time.process_time() - c]) / len(units))
     return best
 
 
@@ -271,11 +273,12 @@ def main() -> None:
                       a.repeats)
         luc = lucent(model, LAYER, list(range(a.lucent)), a.steps, a.repeats) if a.lucent else None
         if luc is not None:
-            print(f"  Lucent defaults, one per call: {luc:8.3f} s per unit ({a.lucent} units; its "
-                  f"128 px image is upsampled to 224 px)")
+            print(f"  Lucent defaults, one per call: {luc[0]:8.3f} s wall, {luc[1]:8.3f} s CPU per unit "
+                  f"({a.lucent} units; its 128 px image is upsampled to 224 px)")
             for precision, (together, seq) in res.items():
-                print(f"  [{precision}] ratio Lucent / convlens together: {luc / together:.1f}x; "
-                      f"Lucent / convlens one after another: {luc / seq:.1f}x")
+                print(f"  [{precision}] ratio Lucent / convlens together: {luc[0] / together[0]:.1f}x wall, "
+                      f"{luc[1] / together[1]:.1f}x CPU; Lucent / convlens one after another: "
+                      f"{luc[0] / seq[0]:.1f}x wall, {luc[1] / seq[1]:.1f}x CPU")
     if "squeezenet7" in settings:
         print(f"squeezenet1_1 ({kind}), layer features.7 (units 0-63), {a.size} px; {_uptime()}")
         compare(model, "features.7", a.size, a.steps, a.sequential, list(range(64)), precisions,

@@ -16,6 +16,7 @@ from convlens.optimize import (
     objectives,
     render,
 )
+from convlens.optimize._param import decorrelate_color
 from convlens.optimize._spectrum import Spectrum, resample_magnitude, spectrum_of_images
 
 F32 = torch.finfo(torch.float32).eps
@@ -56,15 +57,45 @@ def test_phase_only_parametrization_keeps_the_magnitude_exactly(size):
     assert torch.allclose(rms, torch.ones(2), atol=1e-5)
 
 
-def test_transparency_is_the_sum_of_the_absolute_image_gradients():
+def test_canvas_is_fft_fast_and_the_image_its_centre_crop():
+    """A Spectrum of a prime size is optimized on the next FFT-fast canvas (227 -> 240 px);
+    the canvas keeps the magnitude exactly, and what comes back has the size asked for."""
+    from convlens.optimize._param import canvas_size, fft_size
+
+    assert [fft_size(n) for n in (28, 32, 128, 224, 227, 299)] == [28, 32, 128, 224, 240, 300]
+    assert canvas_size((128, 227), "auto") == (128, 240) and canvas_size((13, 13), None) == (13, 13)
+    with pytest.raises(ValueError, match="smaller"):
+        canvas_size((13, 13), (12, 14))
+    h, w = 13, 11
+    spec = Spectrum(_random_magnitude(3, h, w, seed=4), (h, w), "test", 1)
+    p = MacoImage(2, spec, seed=1)
+    assert p.canvas == (14, 12) and p.phase.shape == (2, 3, 14, 7)
+    net = _tiny_net()
+    r = render(net, objectives.channel("2", [0, 1]), p, steps=3, lr=0.3)
+    assert r.images.shape == (2, 3, h, w) and p.transparency.shape == (2, 3, h, w)
+    x = p.spatial().detach()
+    got = torch.fft.rfft2(x, norm="ortho").abs()
+    assert torch.allclose(got, p.magnitude.expand_as(got), atol=16 * F32 * float(p.magnitude.max()) * 14, rtol=0)
+    want = torch.sigmoid(decorrelate_color(p.contrast * x[:, :, :h, :w]))  # (14 - 13) // 2 = 0
+    assert torch.allclose(p.image().detach(), want, atol=8 * F32)
+    # a magnitude tensor is bin by bin: its own size unless a canvas is asked for
+    assert MacoImage(1, spec.magnitude, (h, w)).canvas == (h, w)
+    # Fourier: the same canvas, the same images at a size that is already fast
+    f = FourierImage(2, 3, 13, seed=0)
+    assert f.canvas == (14, 14) and f.image().shape == (2, 3, 13, 13)
+    assert torch.equal(FourierImage(2, 3, 16, seed=0).image(), FourierImage(2, 3, 16, seed=0, canvas=None).image())
+
+
+@pytest.mark.parametrize("canvas", [None, (12, 13)])
+def test_transparency_is_the_sum_of_the_absolute_image_gradients(canvas):
     net = _tiny_net()
     mag = _random_magnitude(3, 10, 10, seed=3)
-    p = MacoImage(3, mag, (10, 10), seed=0)
+    p = MacoImage(3, mag, (10, 10), seed=0, canvas=canvas)
     obj = objectives.channel("2", [0, 1, 2])
     phases = []
     render(net, obj, p, steps=5, lr=0.2, callback=lambda s, loss, st: phases.append(st.param.phase.detach().clone()))
     # independent recomputation: the image from each step's phase by hand, its gradient by autograd
-    ref = MacoImage(3, mag, (10, 10), seed=0, transparency=False)
+    ref = MacoImage(3, mag, (10, 10), seed=0, transparency=False, canvas=canvas)
     want = torch.zeros(3, 3, 10, 10)
     for ph in phases:
         with torch.no_grad():
@@ -77,15 +108,18 @@ def test_transparency_is_the_sum_of_the_absolute_image_gradients():
     assert torch.allclose(p.transparency, want, rtol=1e-4, atol=1e-7 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("size,channels", [((8, 8), 3), ((7, 5), 3), ((6, 9), 1)])
-def test_fused_image_equals_its_composition_and_its_gradient(size, channels):
+@pytest.mark.parametrize("size,channels,canvas", [((8, 8), 3, None), ((7, 5), 3, None), ((6, 9), 1, None),
+                                                 ((7, 5), 3, (8, 6)), ((5, 7), 1, (6, 8))])
+def test_fused_image_equals_its_composition_and_its_gradient(size, channels, canvas):
     """MacoImage.image (one autograd node, hand-written backward) against the same map composed
     of ordinary differentiable steps, and its backward against finite differences (float64)."""
     from convlens.optimize._maco import _MacoImage
     from convlens.optimize._param import _COLOR_SQRT_NORMALIZED
 
     h, w = size
-    p = MacoImage(2, _random_magnitude(channels, h, w, seed=5), size, seed=2, transparency=False)
+    p = MacoImage(2, _random_magnitude(channels, h, w, seed=5), size, seed=2, transparency=False,
+                  canvas=canvas)
+    assert p.image().shape == (2, channels, h, w)
     g = torch.randn(2, channels, h, w, generator=torch.Generator().manual_seed(0))
     fused = p.image()
     (got,) = torch.autograd.grad((fused * g).sum(), p.phase)
@@ -114,16 +148,17 @@ def test_random_crops_decay_and_keep_the_size():
     assert torch.allclose(y[0, 0, 0], 3.75 + 0.5 * torch.arange(16.0), atol=1e-4)
 
 
-def test_grey_mode_produces_identical_channels():
+@pytest.mark.parametrize("side", [16, 13])  # 13: on a 14 px canvas (MaCo, Fourier)
+def test_grey_mode_produces_identical_channels(side):
     from convlens.visualize._common import make_param
 
     net = _tiny_net(3)
     for kind in ("maco", "fourier", "pixel"):
-        spec = natural_spectrum((16, 16), 1) if kind == "maco" else None
-        p, proj = make_param(kind, 2, 3, (16, 16), 0, spectrum=spec, grey=True)
+        spec = natural_spectrum((side, side), 1) if kind == "maco" else None
+        p, proj = make_param(kind, 2, 3, (side, side), 0, spectrum=spec, grey=True)
         assert isinstance(p, Replicated) and p.inner.image().shape[1] == 1
         r = render(net, objectives.channel("2", [0, 1]), p, steps=3, lr=0.1, project=proj)
-        assert r.images.shape == (2, 3, 16, 16)
+        assert r.images.shape == (2, 3, side, side)
         assert torch.equal(r.images[:, 0], r.images[:, 1]) and torch.equal(r.images[:, 0], r.images[:, 2])
 
 

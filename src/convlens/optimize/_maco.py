@@ -31,9 +31,11 @@ from convlens.optimize._param import (
     _COLOR_SQRT_NORMALIZED,
     Parametrization,
     _generator,
+    canvas_size,
+    centre_crop,
     decorrelate_color,
 )
-from convlens.optimize._spectrum import Spectrum
+from convlens.optimize._spectrum import Spectrum, resample_magnitude
 
 
 def _conjugate_rows(h: int) -> torch.Tensor:
@@ -77,39 +79,36 @@ class MacoImage(Parametrization):
         3 saturates the images of a flat spectrum to black and white)
     transparency : accumulate ``|d loss / d image|`` over the steps into :attr:`transparency`
     seed : an int or a ``torch.Generator`` (the random starting phase)
+    canvas : the size the spectrum lives at (:func:`~convlens.optimize._param.canvas_size`);
+        the image is its centre crop of the spectrum's size. ``"auto"`` (default): for a
+        :class:`Spectrum`, the next FFT-fast size (its magnitude resampled there in cycles per
+        pixel, as any spectrum of another size is), so a prime size such as 227 px does not
+        take the FFT's slow path -- MaCo's images are crops of a larger spectral image anyway;
+        for a magnitude tensor, which is given bin by bin, its own size. ``None``: the
+        spectrum's size, no crop.
 
-    The image is ``sigmoid(contrast * decorrelate(irfft2(M exp(i phase))))``; ``M`` is the
-    spectrum made Hermitian-consistent and unit-RMS (:func:`hermitian_magnitude`), so
-    ``rfft2`` of the image before the colour mix and sigmoid (:meth:`spatial`) has magnitude
-    exactly ``M`` at every step.
+    The canvas image is ``sigmoid(contrast * decorrelate(irfft2(M exp(i phase))))``; ``M`` is
+    the magnitude made Hermitian-consistent and unit-RMS (:func:`hermitian_magnitude`), so
+    ``rfft2`` of the canvas image before the colour mix and sigmoid (:meth:`spatial`) has
+    magnitude exactly ``M`` at every step; with no crop that is the returned image.
+    :attr:`transparency` and :meth:`image` have the requested size.
     """
 
     def __init__(self, n: int, spectrum: Spectrum | torch.Tensor, size: tuple[int, int] | None = None,
                  *, contrast: float = 2.0, transparency: bool = True,
-                 seed: int | torch.Generator | None = 0, device: str | torch.device = "cpu"):
-        if isinstance(spectrum, Spectrum):
-            mag, size = spectrum.magnitude, tuple(spectrum.size)
-        else:
-            if size is None:
-                raise ValueError("give size with a magnitude tensor (or pass a Spectrum)")
-            mag = torch.as_tensor(spectrum)
-            size = (size, size) if isinstance(size, int) else tuple(size)
-        h, w = int(size[0]), int(size[1])
-        if mag.ndim != 3 or mag.shape[0] not in (1, 3) or tuple(mag.shape[1:]) != (h, w // 2 + 1):
-            raise ValueError(f"the magnitude must be (1 or 3, {h}, {w // 2 + 1}) for {h}x{w} images, "
-                             f"got {tuple(mag.shape)}")
-        if not torch.isfinite(mag).all() or (mag < 0).any():
-            raise ValueError("the magnitude must be finite and non-negative")
+                 seed: int | torch.Generator | None = 0, device: str | torch.device = "cpu",
+                 canvas: str | tuple[int, int] | None = "auto"):
+        mag, (h, w), (H, W) = _magnitude_on_canvas(spectrum, size, canvas)
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        self.batch_size, self.size, self.contrast = n, (h, w), float(contrast)
+        self.batch_size, self.size, self.canvas, self.contrast = n, (h, w), (H, W), float(contrast)
         self.channels = int(mag.shape[0])
-        self.magnitude = hermitian_magnitude(mag, (h, w)).to(device)
+        self.magnitude = hermitian_magnitude(mag, (H, W)).to(device)
         g = _generator(seed)
-        phase = (2 * torch.rand(n, self.channels, h, w // 2 + 1, generator=g) - 1) * torch.pi
+        phase = (2 * torch.rand(n, self.channels, H, W // 2 + 1, generator=g) - 1) * torch.pi
         self.phase = phase.to(device).requires_grad_(True)
-        self._rows = _conjugate_rows(h).to(device)
-        self._cols = _self_conjugate_columns(w)
+        self._rows = _conjugate_rows(H).to(device)
+        self._cols = _self_conjugate_columns(W)
         self.accumulate = transparency
         self.transparency = torch.zeros(n, self.channels, h, w, device=device)
 
@@ -131,8 +130,9 @@ class MacoImage(Parametrization):
         return torch.polar(self.magnitude.expand_as(self.phase), self.effective_phase())
 
     def spatial(self) -> torch.Tensor:
-        """The unit-RMS image before colour mixing and sigmoid; ``|rfft2(.)| == magnitude``."""
-        return torch.fft.irfft2(self.spectrum(), s=self.size, norm="ortho")
+        """The unit-RMS canvas image before the crop, colour mixing and sigmoid;
+        ``|rfft2(.)| == magnitude``."""
+        return torch.fft.irfft2(self.spectrum(), s=self.canvas, norm="ortho")
 
     def image(self) -> torch.Tensor:
         """``sigmoid(contrast * decorrelate(spatial()))``, forward and backward in one autograd
@@ -143,7 +143,7 @@ class MacoImage(Parametrization):
 
     def reference_image(self) -> torch.Tensor:
         """:meth:`image` composed of ordinary differentiable steps (its reference in the tests)."""
-        x = self.contrast * self.spatial()
+        x = self.contrast * centre_crop(self.spatial(), self.size)
         return torch.sigmoid(decorrelate_color(x) if self.channels == 3 else x)
 
     def _odd(self, p: torch.Tensor) -> list[torch.Tensor]:
@@ -156,20 +156,23 @@ class MacoImage(Parametrization):
 
 
 class _MacoImage(torch.autograd.Function):
-    """phase -> ``sigmoid(mix @ irfft2(M exp(i odd(phase))))`` with a hand-written backward:
-    ``dphase = odd(Im(conj(z) * rfft2*(mix^T (g * s (1 - s)))))``, where ``rfft2*`` is the
-    adjoint of ``irfft2`` (``rfft2`` with the interior columns, which stand for two, doubled).
+    """phase -> ``sigmoid(mix @ crop(irfft2(M exp(i odd(phase)))))`` with a hand-written
+    backward: ``dphase = odd(Im(conj(z) * rfft2*(pad(mix^T (g * s (1 - s))))))``, where
+    ``rfft2*`` is the adjoint of ``irfft2`` (``rfft2`` with the interior columns, which stand
+    for two, doubled) and ``pad`` (zeros around the crop) the adjoint of the centre crop.
     ``ctx.image._accumulate`` gets the image's gradient, as a hook on the image would."""
 
     @staticmethod
     def forward(ctx, phase, magnitude, image: MacoImage, mix):
-        z = torch.polar(magnitude.expand_as(phase), phase)
+        z = _polar(magnitude, phase)
         for c, odd in zip(image._cols, image._odd(phase)):
-            z[..., c] = torch.polar(magnitude[..., c].expand_as(odd), odd)
-        x = torch.fft.irfft2(z, s=image.size, norm="ortho")
+            z[..., c] = _polar(magnitude[..., c], odd)
+        x = centre_crop(torch.fft.irfft2(z, s=image.canvas, norm="ortho"), image.size)
         if mix is not None:
             n, ch, h, w = x.shape
-            x = (mix @ x.view(n, ch, h * w)).view(n, ch, h, w)
+            x = (mix @ x.reshape(n, ch, h * w)).view(n, ch, h, w)
+        elif image.canvas != image.size:
+            x = x.contiguous()
         out = x.sigmoid_()
         ctx.save_for_backward(z, out, mix)
         ctx.image = image
@@ -182,17 +185,51 @@ class _MacoImage(torch.autograd.Function):
         if image.accumulate:
             image._accumulate(grad)
         g = torch.ops.aten.sigmoid_backward(grad, out)
+        n, ch, h, w = g.shape
         if mix is not None:
-            n, ch, h, w = g.shape
             g = (mix.T @ g.reshape(n, ch, h * w)).view(n, ch, h, w)
+        if image.canvas != image.size:  # the crop's adjoint: zeros around it, NCHW for the FFT
+            padded = g.new_zeros(n, ch, *image.canvas)
+            centre_crop(padded, image.size).copy_(g)
+            g = padded
+        else:
+            g = g.contiguous()
         gz = torch.view_as_real(torch.fft.rfft2(g, norm="ortho"))
-        interior = slice(1, gz.shape[-2] - 1 if image.size[1] % 2 == 0 else gz.shape[-2])
+        interior = slice(1, gz.shape[-2] - 1 if image.canvas[1] % 2 == 0 else gz.shape[-2])
         zr = torch.view_as_real(z)
         gp = zr[..., 0] * gz[..., 1] - zr[..., 1] * gz[..., 0]
         gp[..., interior] *= 2
         for c, odd in zip(image._cols, image._odd(gp)):
             gp[..., c] = odd
         return gp, None, None, None
+
+
+def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """``torch.polar(magnitude, phase)`` (magnitude broadcast) in 2.4x less time: on 16 colour
+    240 px spectra 4.7 against 11.1 ms, the same values to rounding (8e-8)."""
+    return torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+
+
+def _magnitude_on_canvas(spectrum, size, canvas):
+    """``(magnitude on the canvas grid, image size, canvas size)`` for :class:`MacoImage`."""
+    if isinstance(spectrum, Spectrum):
+        mag, size = spectrum.magnitude, tuple(spectrum.size)
+    else:
+        if size is None:
+            raise ValueError("give size with a magnitude tensor (or pass a Spectrum)")
+        mag = torch.as_tensor(spectrum)
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        canvas = None if isinstance(canvas, str) and canvas == "auto" else canvas
+    h, w = int(size[0]), int(size[1])
+    if mag.ndim != 3 or mag.shape[0] not in (1, 3) or tuple(mag.shape[1:]) != (h, w // 2 + 1):
+        raise ValueError(f"the magnitude must be (1 or 3, {h}, {w // 2 + 1}) for {h}x{w} images, "
+                         f"got {tuple(mag.shape)}")
+    if not torch.isfinite(mag).all() or (mag < 0).any():
+        raise ValueError("the magnitude must be finite and non-negative")
+    H, W = canvas_size((h, w), canvas)
+    if (H, W) != (h, w):
+        mag = resample_magnitude(mag, (h, w), (H, W))
+    return mag, (h, w), (H, W)
 
 
 class RandomCrops:

@@ -103,8 +103,10 @@ class ClusterOptions(OptionGroup):
         "Scale every principal component to unit variance before t-SNE/k-means (Cohn & Holm)."))] = False
     n_init: Annotated[int, typer.Option("--n-init", help="k-means restarts per run (the best is kept).")] = 10
     criterion: Annotated[str, typer.Option("--layer-criterion", help=(
-        "How --layer auto chooses without labels: excess_silhouette (silhouette above that of "
-        "structureless data of the same spread), silhouette or stability."))] = "excess_silhouette"
+        "How --layer auto chooses without labels: prediction_agreement (the layer whose clusters "
+        "agree most with the network's own predictions: its classes, not your labels), "
+        "excess_silhouette (silhouette above that of structureless data of the same spread), "
+        "silhouette or stability."))] = "prediction_agreement"
     components: ComponentsOpt = 50
     map_method: Annotated[str, typer.Option("--map", help="2-D map: tsne, umap or pca.")] = "tsne"
     perplexity: PerplexityOpt = 30.0
@@ -158,7 +160,7 @@ def embed(
     summary = {"model": m.name, "data": ds.name, "pooling": extract.pooling, "whiten": co.whiten,
                "n_init": co.n_init}
     if len(layers) > 1:
-        chosen = _choose_layer(all_feats, how, labelled, co, words, out, summary)
+        chosen = _choose_layer(m, all_feats, how, labelled, co, words, out, summary)
     else:
         chosen = summary["layer"] = layers[0]
     feats = all_feats[chosen]
@@ -221,10 +223,10 @@ def _check_tiles(data, tile, strict, limit, seed) -> None:
         check_tile(tuple(raw.image(i).shape), tile, raw.ids[i])
 
 
-def _choose_layer(all_feats, how, labelled, co: ClusterOptions, words, out, summary) -> str:
+def _choose_layer(m, all_feats, how, labelled, co: ClusterOptions, words, out, summary) -> str:
     """Table 1 on every layer (saved to ``out/layers.*``), the layer chosen and why (into
-    ``summary``)."""
-    from convlens.embed import choose_layer, run_layers
+    ``summary``); the network ``m``'s own predictions for the label-free criterion."""
+    from convlens.embed import choose_layer, network_predictions, run_layers
 
     if co.seeds < 1:
         raise ValueError("choosing among layers runs the pipelines on each: give --seeds 1 or more")
@@ -233,12 +235,14 @@ def _choose_layer(all_feats, how, labelled, co: ClusterOptions, words, out, summ
     with progress_events(f"pipelines on {len(all_feats)} layers") as progress:
         lt = run_layers(dict(all_feats), None, co.clusters, seeds=co.seeds, whiten=co.whiten,
                         n_init=co.n_init, n_components=co.components, perplexity=co.perplexity,
-                        criterion=co.criterion, descriptions=words, progress=progress)
+                        criterion=co.criterion, descriptions=words,
+                        predictions=network_predictions(m, all_feats),
+                        progress=progress)
     lt.save(out)
     chosen, why = choose_layer(lt, how, co.whiten)
     console.print(lt.to_markdown())
     console.print(why)
-    summary.update(layers=list(all_feats), layer=chosen, layer_choice=why, criterion=co.criterion)
+    summary.update(layers=list(all_feats), layer=chosen, layer_choice=why, criterion=lt.criterion)
     return chosen
 
 

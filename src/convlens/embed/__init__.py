@@ -60,6 +60,7 @@ from convlens.embed._layers import (
     candidate_layers,
     default_layer,
     describe_feature,
+    network_predictions,
 )
 from convlens.embed._outputs import save_map_outputs
 from convlens.embed._pipeline import (
@@ -90,7 +91,7 @@ __all__ = [
     "PIPELINES", "POOLINGS", "TSNE", "Block", "ClusterMap", "Features", "LayerTable",
     "PipelineTable", "Scores", "Scree", "Sweep", "TrainingMaps", "UMAPMap", "best_matching",
     "block_outputs", "cache_key", "candidate_layers", "cluster_map", "cluster_scores",
-    "confusion_matrix", "default_layer", "describe_feature", "extract_features",
+    "confusion_matrix", "default_layer", "describe_feature", "extract_features", "network_predictions",
     "extract_layers", "kmeans", "majority_mapping", "many_to_one_accuracy", "mapped_predictions",
     "matching_accuracy", "run_layers", "pca_reduce", "perplexity_sweep", "plot_confusion", "plot_map",
     "plot_scree", "plot_sweep", "plot_training_maps", "pool", "run_pipelines",

@@ -11,8 +11,14 @@ Data sets: the built-in ``digits`` through the built-in ``lenet-digits``; the bu
 ``textures`` and, when ``../shared`` is present, 2 000 CIFAR-10 test images, both through the
 Caffe SqueezeNet 1.1. CPU seconds (one BLAS thread), wall seconds, load average and peak memory.
 
+With both whitenings it also chooses whether to whiten without labels (``choose_whitening``:
+the pair of whitening and layer whose clusters agree most with the network's predictions) and
+prints the points that loses against the best pair.
+
 Run: ``python benchmarks/bench_layer_choice.py [--data digits,textures,cifar] [--seeds 3]
-[--json out.json]`` (digits about 2 CPU minutes, textures about 8, CIFAR about 20).
+[--whiten no,yes] [--k classes,classes+1] [--json out.json] [--out tables/]`` (5 seeds, one
+BLAS thread: digits about 40 CPU s per configuration, textures about 40, CIFAR about 130; four
+configurations each).
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ def gaps(lt) -> list[dict]:
     return rows
 
 
-def one_config(name, feats, pred, clusters, whiten, seeds, out: Path | None) -> list[dict]:
+def one_config(name, feats, pred, clusters, whiten, seeds, out: Path | None) -> tuple[list[dict], object]:
     from threadpoolctl import threadpool_limits
 
     from convlens.embed import run_layers
@@ -108,16 +114,36 @@ def one_config(name, feats, pred, clusters, whiten, seeds, out: Path | None) -> 
         print(f"  {r['pipeline']:28s} {r['criterion']:40s} pick {r['pick']:13s} best "
               f"{r['best']:13s} ({r['best_accuracy']:5.1f} %)  lost {r['gap']:5.1f} points")
     print(f"  {wall:.0f} s wall, {cpu:.0f} s CPU", flush=True)
-    return rows
+    return rows, lt
+
+
+def whitening_row(name: str, k: int, tables: dict) -> dict:
+    """Whether to whiten, chosen without labels (``choose_whitening``), against the best of the
+    full pipeline over both tables."""
+    from convlens.embed import choose_whitening
+    from convlens.embed._layerpick import full_pipeline
+
+    whiten, layer, _ = choose_whitening(tables)
+    acc = {w: t.scores(full_pipeline(w), f"{t.metric()}_mean") for w, t in tables.items()}
+    best = max((a, w, lay) for w in acc for lay, a in acc[w].items())
+    row = {"data": name, "k": k, "whiten": whiten, "layer": layer, "accuracy": 100 * acc[whiten][layer],
+           "best": f"{best[2]} {'whitened' if best[1] else 'not whitened'}", "best_accuracy": 100 * best[0]}
+    row["gap"] = row["best_accuracy"] - row["accuracy"]
+    print(f"  whitening chosen without labels: {'whitened' if whiten else 'not whitened'}, {layer} "
+          f"({row['accuracy']:.1f} %); best {row['best']} ({row['best_accuracy']:.1f} %); lost "
+          f"{row['gap']:.1f} points", flush=True)
+    return row
 
 
 def summarise(results: list[dict]) -> None:
     print("\ncriterion                                 worst   mean   within 2 points")
     for c in dict.fromkeys(r["criterion"] for r in results):
-        for w in (False, True):
-            g = [r["gap"] for r in results if r["criterion"] == c and r["whiten"] == w]
+        for w in (False, True, None):
+            g = [r["gap"] for r in results if r["criterion"] == c
+                 and (r["whiten"] == w if c != "whitening chosen" else w is None)]
             if g:
-                print(f"{c:40s} {'whitened' if w else 'plain':8s} {max(g):7.1f} {sum(g) / len(g):6.2f}"
+                how = {False: "plain", True: "whitened", None: "chosen"}[w]
+                print(f"{c:40s} {how:8s} {max(g):7.1f} {sum(g) / len(g):6.2f}"
                       f"   {sum(x <= 2 for x in g)}/{len(g)}")
 
 
@@ -137,11 +163,16 @@ def main(argv=None) -> int:
     for name in names:
         feats, pred = features(name)
         k = len(set(next(iter(feats.values())).labels.tolist()))
-        for whiten in [w == "yes" for w in args.whiten.split(",")]:
-            for clusters in [k + (c == "classes+1") for c in args.k.split(",")]:
-                results += one_config(name, feats, pred, clusters, whiten, args.seeds, args.out)
-                if args.json:
-                    args.json.write_text(json.dumps(results, indent=1))
+        for clusters in [k + (c == "classes+1") for c in args.k.split(",")]:
+            tables = {}
+            for whiten in [w == "yes" for w in args.whiten.split(",")]:
+                rows, tables[whiten] = one_config(name, feats, pred, clusters, whiten, args.seeds,
+                                                  args.out)
+                results += rows
+            if len(tables) == 2:
+                results.append({"criterion": "whitening chosen", **whitening_row(name, clusters, tables)})
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=1))
     summarise(results)
     print(f"load average {os.getloadavg()[0]:.1f}; peak resident memory "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

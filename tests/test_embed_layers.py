@@ -12,6 +12,7 @@ from torch import nn
 
 from convlens.embed import (
     block_outputs,
+    choose_whitening,
     cluster_map,
     default_layer,
     extract_features,
@@ -21,6 +22,7 @@ from convlens.embed import (
     run_layers,
     run_pipelines,
 )
+from convlens.embed._layerpick import full_pipeline
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -197,15 +199,10 @@ def test_layer_auto_picks_the_planted_layer_without_labels():
     assert scored.scores("PCA/k-means", "accuracy_mean")["planted"] > 0.95
 
 
-def test_prediction_agreement_picks_the_layer_the_networks_decision_is_made_of():
-    """CIFAR through an ImageNet network in miniature: an early layer holds real clusters that
-    are not the classes (colour), strong enough that the excess silhouette picks it; the planted
-    layer holds the classes, less sharply. The network's own predictions are a finer partition
-    (each class split into three of its own classes, as ImageNet's hundreds of classes split
-    CIFAR's ten) with a tenth of them wrong: agreement with them picks the planted layer without
-    the labels."""
-    rng = np.random.default_rng(2)
-    n, k = 300, 3
+def _colour_trap(rng, n=300, k=3):
+    """A layer of real clusters that are not the classes (colour), the planted layer holding the
+    classes less sharply, noise, and the network's own predictions: a finer partition (each
+    class split into three of its own classes) with a tenth of them wrong."""
     y = np.repeat(np.arange(k), n // k)
     colour = rng.permutation(y)  # real clusters, independent of the classes
     centres_c, centres_y = rng.normal(size=(k, 8)) * 8, rng.normal(size=(k, 20)) * 2.5
@@ -215,17 +212,33 @@ def test_prediction_agreement_picks_the_layer_the_networks_decision_is_made_of()
     pred = 3 * y + rng.integers(0, 3, n)
     wrong = rng.random(n) < 0.1
     pred[wrong] = rng.integers(0, 3 * k, wrong.sum())
+    return feats, y, pred
+
+
+def test_prediction_agreement_picks_the_layer_the_networks_decision_is_made_of():
+    """CIFAR through an ImageNet network in miniature (:func:`_colour_trap`): the colour layer's
+    clusters are real and sharp enough that the excess silhouette picks it; agreement with the
+    network's own predictions picks the planted layer without the labels."""
+    feats, y, pred = _colour_trap(np.random.default_rng(2))
+    k = 3
+    tables = {}
     for whiten in (False, True):
-        lt = run_layers(feats, None, k, seeds=2, pipelines=["PCA/k-means", "PCA/t-SNE/k-means"],
-                        n_iter=250, perplexity=20, whiten=whiten, predictions=pred)
+        lt = tables[whiten] = run_layers(feats, None, k, seeds=2, n_iter=250, perplexity=20,
+                                         pipelines=["PCA/k-means", "PCA/t-SNE/k-means"],
+                                         whiten=whiten, predictions=pred)
         assert lt.criterion == "prediction_agreement"
         for p in lt.pipelines:
             assert lt.pick(p) == "planted", (p, lt.scores(p, "prediction_agreement"))
             if not whiten:
                 assert lt.pick(p, "excess_silhouette") == "colour"  # the trap
         assert "network's own predictions" in lt.explain(lt.pipelines[0])
+    whiten, layer, why = choose_whitening(tables)
+    agree = {w: t.criterion_scores(full_pipeline(w))["planted"] for w, t in tables.items()}
+    assert layer == "planted" and agree[whiten] == max(agree.values()) and "agree more" in why
     alone = run_layers(feats, None, k, seeds=2, pipelines=["PCA/k-means"])
-    assert alone.criterion == "excess_silhouette"  # no predictions: the fallback, said so
+    assert alone.criterion == "excess_silhouette" and "not available" in alone.explain("PCA/k-means")
+    with pytest.raises(ValueError, match="network's own"):
+        choose_whitening({False: alone, True: alone})
     with pytest.raises(ValueError, match="predictions"):
         run_layers(feats, None, k, seeds=1, pipelines=["PCA/k-means"], predictions=pred[:10])
 
@@ -320,6 +333,23 @@ def test_cli_layer_auto_tables_every_block_and_names_the_pick(tmp_path):
     assert "accuracy many-to-one (%)" in md and "| relu4 | output of relu4, 84 values |" in md
     assert "agreement with predictions" in md
     assert md.count("PCA-whitened/t-SNE/k-means") >= 5
+
+
+def test_cli_choose_whitening_keeps_the_pair_and_saves_both_tables(tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    r = _cli(["embed", "lenet-digits", "digits", "--layer", "auto", "--limit", "150", "--seeds", "2",
+              "--no-scree", "--no-interactive", "--perplexity", "15", "--choose-whitening",
+              "--n-init", "2", "--no-cache", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["params"]["whiten"] == s["whiten"] and "agree more" in s["layer_choice"]
+    other = out / ("layers-unwhitened" if s["whiten"] else "layers-whitened")
+    assert (other / "layers.md").is_file() and (out / "layers.md").is_file()
+    r = _cli(["embed", "lenet-digits", "digits", "--choose-whitening", "--limit", "60", "--no-cache",
+              "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "give --layer auto" in r.output
 
 
 def test_cli_bad_input_clusters_below_classes_and_tile_larger_than_image(tmp_path):

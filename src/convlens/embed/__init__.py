@@ -50,6 +50,7 @@ from convlens.embed._layerpick import (
     LayerTable,
     check_criterion,
     choose_layer,
+    choose_whitening,
     describe_features,
     resolve_layers,
     run_layers,
@@ -86,7 +87,7 @@ from convlens.embed._tiles import TileVotes, check_tile, parse_tile_id, plot_til
 from convlens.embed._training import TrainingMaps, tsne_over_training
 
 __all__ = [
-    "CRITERIA", "DEFAULT_CRITERION", "null_spaces", "check_criterion", "check_n_init", "check_tile", "choose_layer", "describe_features",
+    "CRITERIA", "DEFAULT_CRITERION", "null_spaces", "check_criterion", "check_n_init", "check_tile", "choose_layer", "choose_whitening", "describe_features",
     "format_score", "resolve_layers",
     "PIPELINES", "POOLINGS", "TSNE", "Block", "ClusterMap", "Features", "LayerTable",
     "PipelineTable", "Scores", "Scree", "Sweep", "TrainingMaps", "UMAPMap", "best_matching",

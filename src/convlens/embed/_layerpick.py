@@ -270,3 +270,37 @@ def choose_layer(table, how: str, whiten: bool) -> tuple[str, str]:
         best = table.best(p)
         return best, f"{best}: the best layer for {p} with the labels. " + table.explain(p)
     return table.pick(p), table.explain(p)
+
+
+def choose_whitening(tables: Mapping[bool, LayerTable], how: str = "auto") -> tuple[bool, str, str]:
+    """Whether to whiten, the layer to draw the map on, and why: ``tables`` is the per-layer
+    table unwhitened (``False``) and whitened (``True``). With labels and ``how="best"``, the
+    pair with the best accuracy of the full pipeline; otherwise the pair whose clusters agree
+    most with the network's own predictions (``prediction_agreement``: the only criterion here
+    that compares the two, since the whitened null of the excess silhouette is the same
+    isotropic Gaussian for every layer)."""
+    if set(tables) != {False, True}:
+        raise ValueError("give the per-layer table unwhitened (False) and whitened (True)")
+    if how == "best" and all(t.labelled for t in tables.values()):
+        acc = {w: t.scores(full_pipeline(w), f"{t.metric()}_mean") for w, t in tables.items()}
+        w = max(acc, key=lambda v: max(acc[v].values()))
+        layer, _ = choose_layer(tables[w], how, w)
+        return w, layer, (f"{'Whitened' if w else 'Not whitened'}, {layer}: the best pair for the "
+                          f"full pipeline with the labels ({100 * acc[w][layer]:.1f} % against "
+                          f"{100 * max(acc[not w].values()):.1f} % "
+                          f"{'not whitened' if w else 'whitened'}).")
+    if any(t.criterion != "prediction_agreement" for t in tables.values()):
+        raise ValueError("choosing whether to whiten without labels needs the network's own "
+                         "predictions (the prediction_agreement criterion), from the network's "
+                         "output layer: include it in --layer (auto and all do), or give "
+                         "--whiten or --no-whiten instead")
+    agree = {}
+    for w, t in tables.items():
+        p = full_pipeline(w)
+        layer = t.pick(p)
+        agree[w] = (t.criterion_scores(p)[layer], layer)
+    w = max(agree, key=lambda v: agree[v][0])
+    why = (f"{'Whitened' if w else 'Not whitened'}: its best layer's clusters agree more with the "
+           f"network's own predictions ({agree[w][0]:.3f} at {agree[w][1]}, against "
+           f"{agree[not w][0]:.3f} at {agree[not w][1]} {'not whitened' if w else 'whitened'}). ")
+    return w, agree[w][1], why + tables[w].explain(full_pipeline(w))

@@ -12,6 +12,7 @@ from torch import nn
 
 from convlens.embed import (
     block_outputs,
+    choose_whitening,
     cluster_map,
     default_layer,
     extract_features,
@@ -21,6 +22,7 @@ from convlens.embed import (
     run_layers,
     run_pipelines,
 )
+from convlens.embed._layerpick import full_pipeline
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -197,6 +199,65 @@ def test_layer_auto_picks_the_planted_layer_without_labels():
     assert scored.scores("PCA/k-means", "accuracy_mean")["planted"] > 0.95
 
 
+def _colour_trap(rng, n=300, k=3):
+    """A layer of real clusters that are not the classes (colour), the planted layer holding the
+    classes less sharply, noise, and the network's own predictions: a finer partition (each
+    class split into three of its own classes) with a tenth of them wrong."""
+    y = np.repeat(np.arange(k), n // k)
+    colour = rng.permutation(y)  # real clusters, independent of the classes
+    centres_c, centres_y = rng.normal(size=(k, 8)) * 8, rng.normal(size=(k, 20)) * 2.5
+    feats = {"colour": (centres_c[colour] + rng.normal(size=(n, 8))).astype(np.float32),
+             "planted": (centres_y[y] + rng.normal(size=(n, 20))).astype(np.float32),
+             "noise": rng.normal(size=(n, 30)).astype(np.float32)}
+    pred = 3 * y + rng.integers(0, 3, n)
+    wrong = rng.random(n) < 0.1
+    pred[wrong] = rng.integers(0, 3 * k, wrong.sum())
+    return feats, y, pred
+
+
+def test_prediction_agreement_picks_the_layer_the_networks_decision_is_made_of():
+    """CIFAR through an ImageNet network in miniature (:func:`_colour_trap`): the colour layer's
+    clusters are real and sharp enough that the excess silhouette picks it; agreement with the
+    network's own predictions picks the planted layer without the labels."""
+    feats, y, pred = _colour_trap(np.random.default_rng(2))
+    k = 3
+    tables = {}
+    for whiten in (False, True):
+        lt = tables[whiten] = run_layers(feats, None, k, seeds=2, n_iter=250, perplexity=20,
+                                         pipelines=["PCA/k-means", "PCA/t-SNE/k-means"],
+                                         whiten=whiten, predictions=pred)
+        assert lt.criterion == "prediction_agreement"
+        for p in lt.pipelines:
+            assert lt.pick(p) == "planted", (p, lt.scores(p, "prediction_agreement"))
+            if not whiten:
+                assert lt.pick(p, "excess_silhouette") == "colour"  # the trap
+        assert "network's own predictions" in lt.explain(lt.pipelines[0])
+    whiten, layer, why = choose_whitening(tables)
+    agree = {w: t.criterion_scores(full_pipeline(w))["planted"] for w, t in tables.items()}
+    assert layer == "planted" and agree[whiten] == max(agree.values()) and "agree more" in why
+    alone = run_layers(feats, None, k, seeds=2, pipelines=["PCA/k-means"])
+    assert alone.criterion == "excess_silhouette" and "not available" in alone.explain("PCA/k-means")
+    with pytest.raises(ValueError, match="network's own"):
+        choose_whitening({False: alone, True: alone})
+    with pytest.raises(ValueError, match="predictions"):
+        run_layers(feats, None, k, seeds=1, pipelines=["PCA/k-means"], predictions=pred[:10])
+
+
+def test_network_predictions_are_the_argmax_of_the_output_layer(lenet, digits):
+    import torch
+
+    from convlens.data import conform
+    from convlens.embed import network_predictions
+
+    ds = conform(digits.sample(40, seed=0), lenet)
+    feats = extract_layers(lenet, ds, ["relu4", "fc3"], cache_dir=None)
+    pred = network_predictions(lenet, feats)
+    with torch.no_grad():
+        out = lenet(torch.stack([torch.as_tensor(ds[i][0]) for i in range(len(ds))]))
+    assert (pred == out.argmax(1).numpy()).all()
+    assert network_predictions(lenet, {"relu4": feats["relu4"]}) is None  # output not extracted
+
+
 def test_excess_silhouette_is_zero_on_structureless_data_and_sees_past_the_dimension():
     """The trap the plain silhouette falls into on CIFAR: a layer whose variance lies in a few
     directions gives k-means compact-looking clusters of nothing (a high silhouette), while the
@@ -266,10 +327,29 @@ def test_cli_layer_auto_tables_every_block_and_names_the_pick(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["layers"] == ["pool1", "pool2", "relu3", "relu4", "fc3"]
     assert s["layer"] in s["layers"] and "is chosen for PCA-whitened/t-SNE/k-means" in s["layer_choice"]
+    assert s["criterion"] == "prediction_agreement" and "network's own predictions" in s["layer_choice"]
     assert s["params"]["whiten"] and s["params"]["n_clusters"] == 11 and s["params"]["n_init"] == 2
     md = (out / "layers.md").read_text()
     assert "accuracy many-to-one (%)" in md and "| relu4 | output of relu4, 84 values |" in md
+    assert "agreement with predictions" in md
     assert md.count("PCA-whitened/t-SNE/k-means") >= 5
+
+
+def test_cli_choose_whitening_keeps_the_pair_and_saves_both_tables(tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    r = _cli(["embed", "lenet-digits", "digits", "--layer", "auto", "--limit", "150", "--seeds", "2",
+              "--no-scree", "--no-interactive", "--perplexity", "15", "--choose-whitening",
+              "--n-init", "2", "--no-cache", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["params"]["whiten"] == s["whiten"] and "agree more" in s["layer_choice"]
+    other = out / ("layers-unwhitened" if s["whiten"] else "layers-whitened")
+    assert (other / "layers.md").is_file() and (out / "layers.md").is_file()
+    r = _cli(["embed", "lenet-digits", "digits", "--choose-whitening", "--limit", "60", "--no-cache",
+              "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "give --layer auto" in r.output
 
 
 def test_cli_bad_input_clusters_below_classes_and_tile_larger_than_image(tmp_path):

@@ -50,6 +50,7 @@ from convlens.embed._layerpick import (
     LayerTable,
     check_criterion,
     choose_layer,
+    choose_whitening,
     describe_features,
     resolve_layers,
     run_layers,
@@ -60,6 +61,7 @@ from convlens.embed._layers import (
     candidate_layers,
     default_layer,
     describe_feature,
+    network_predictions,
 )
 from convlens.embed._outputs import save_map_outputs
 from convlens.embed._pipeline import (
@@ -85,12 +87,12 @@ from convlens.embed._tiles import TileVotes, check_tile, parse_tile_id, plot_til
 from convlens.embed._training import TrainingMaps, tsne_over_training
 
 __all__ = [
-    "CRITERIA", "DEFAULT_CRITERION", "null_spaces", "check_criterion", "check_n_init", "check_tile", "choose_layer", "describe_features",
+    "CRITERIA", "DEFAULT_CRITERION", "null_spaces", "check_criterion", "check_n_init", "check_tile", "choose_layer", "choose_whitening", "describe_features",
     "format_score", "resolve_layers",
     "PIPELINES", "POOLINGS", "TSNE", "Block", "ClusterMap", "Features", "LayerTable",
     "PipelineTable", "Scores", "Scree", "Sweep", "TrainingMaps", "UMAPMap", "best_matching",
     "block_outputs", "cache_key", "candidate_layers", "cluster_map", "cluster_scores",
-    "confusion_matrix", "default_layer", "describe_feature", "extract_features",
+    "confusion_matrix", "default_layer", "describe_feature", "extract_features", "network_predictions",
     "extract_layers", "kmeans", "majority_mapping", "many_to_one_accuracy", "mapped_predictions",
     "matching_accuracy", "run_layers", "pca_reduce", "perplexity_sweep", "plot_confusion", "plot_map",
     "plot_scree", "plot_sweep", "plot_training_maps", "pool", "run_pipelines",

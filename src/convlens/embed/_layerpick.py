@@ -4,22 +4,34 @@ With labels the best layer of a pipeline is the one with the highest mean accura
 when there are as many clusters as classes, many-to-one when there are more). Without labels a
 label-free criterion of the clustering picks it (:data:`CRITERIA`):
 
-- ``excess_silhouette`` (the default): the silhouette of the k-means clusters less the
+- ``prediction_agreement`` (the default): the agreement (adjusted mutual information) of the
+  layer's k-means clusters with the network's own predictions, the class its output gives each
+  image (:func:`~convlens.embed.network_predictions`); for the PCA pipelines, the mean over both
+  (they cluster the same principal components). It uses the model, not the user's labels. A network trained on the images (LeNet
+  on digits) predicts the user's classes, so the criterion is nearly the labelled choice; an
+  ImageNet network predicts its own classes (200 of its 1 000 on 2 000 CIFAR-10 images, 63 on
+  the textures), and the layer whose clusters are unions of those is where the images are
+  grouped the way the network decides, not by colour or brightness. It is not a depth prior: the
+  output layer is a candidate like any other, and on CIFAR it scores below the layer before it.
+  Without the network's predictions (a layer table from bare arrays), ``excess_silhouette``
+  chooses instead, and the explanation says so;
+- ``excess_silhouette``: the silhouette of the k-means clusters less the
   silhouette k-means finds on a Gaussian null with the layer's principal variances
   (:func:`~convlens.embed._pipeline.null_spaces`): how much more clustered than structureless
   data of the same spread. The plain silhouette rewards a layer whose variance lies in a few
   directions whether or not it holds clusters; against the null such a layer scores ~0.
-  What no label-free criterion here can tell is whether real clusters are the ones the user
-  means: on CIFAR-10 through the SqueezeNet the first blocks hold real (colour) clusters and
-  every criterion picks them, 17-18 points below the best layer (measured, see below);
+  What it cannot tell is whether real clusters are the ones the user means: on CIFAR-10
+  through the SqueezeNet the first blocks hold real (colour) clusters and it picks them, 13-18
+  points below the best layer;
 - ``silhouette``: the mean silhouette of the k-means clusters in the space k-means ran in (the
   features, the principal components, or the t-SNE map): how far apart the clusters are against
   how spread out each is;
 - ``stability``: the agreement (mean pairwise adjusted Rand index) of the clusterings from
   different seeds.
 
-Which criterion agrees best with the labelled choice was measured on three data sets
-(docs/notes/issue-17.md, ``benchmarks/bench_layer_choice.py``).
+Which criterion agrees best with the labelled choice was measured on three data sets, whitened
+and not, k = classes and classes + 1 (docs/notes/issue-17.md, session 5,
+``benchmarks/bench_layer_choice.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ from convlens.embed._pipeline import (
 from convlens.files import load_result, save_result, write_text
 from convlens.progress import Callback, notify
 
-DEFAULT_CRITERION = "excess_silhouette"
+DEFAULT_CRITERION = "prediction_agreement"
 
 
 def check_criterion(criterion: str) -> str:
@@ -60,6 +72,7 @@ class LayerTable:
     tables: dict[str, PipelineTable]
     descriptions: dict[str, str] = field(default_factory=dict)
     criterion: str = DEFAULT_CRITERION
+    note: str = ""  # why the criterion is not the one asked for, when it is not
 
     @property
     def layers(self) -> list[str]:
@@ -94,23 +107,41 @@ class LayerTable:
         acc = self.scores(pipeline, f"{self.metric()}_mean")
         return max(acc, key=acc.get)
 
+    def criterion_scores(self, pipeline: str, criterion: str | None = None) -> dict[str, float]:
+        """``{layer: score}`` of a label-free criterion for ``pipeline``. ``prediction_agreement``
+        of a PCA pipeline is the mean over the PCA pipelines: PCA/k-means and PCA/t-SNE/k-means
+        cluster the same principal components (the map is made from them), so theirs are two
+        measurements of one representation, and the t-SNE pipeline's alone is close to a single
+        one (its seeds share one map). k-means on the raw features has its own."""
+        c = check_criterion(criterion or self.criterion)
+        if c != "prediction_agreement" or "PCA" not in pipeline:
+            return self.scores(pipeline, c)
+        per = [self.scores(p, c) for p in self.pipelines if "PCA" in p]
+        return {k: float(np.mean([s[k] for s in per])) for k in self.layers}
+
     def pick(self, pipeline: str, criterion: str | None = None) -> str:
         """The layer the label-free criterion prefers (the first in network order on ties)."""
-        crit = self.scores(pipeline, check_criterion(criterion or self.criterion))
+        crit = self.criterion_scores(pipeline, criterion)
         ok = {k: v for k, v in crit.items() if not math.isnan(v)}
         if not ok:
             raise ValueError(f"no layer has a {criterion or self.criterion} score (one seed gives no "
-                             "stability: run two or more, or use silhouette)")
+                             "stability: run two or more, or use silhouette; prediction_agreement "
+                             "needs the network's predictions)")
         return max(ok, key=ok.get)
 
     def explain(self, pipeline: str) -> str:
         """Why the label-free pick was made, in a sentence or two (for pages and the console)."""
         c = self.criterion
-        crit = self.scores(pipeline, c)
+        crit = self.criterion_scores(pipeline)
         pick = self.pick(pipeline)
         ranked = sorted((v, k) for k, v in crit.items() if not math.isnan(v))[::-1]
         runner = ranked[1] if len(ranked) > 1 else None
-        what = {"excess_silhouette": "mean silhouette of its k-means clusters in excess of the "
+        what = {"prediction_agreement": "agreement of its k-means clusters with the network's own "
+                                        "predictions (adjusted mutual information with the class "
+                                        "the network gives each image, its own classes, not your "
+                                        "labels; 0: no more than chance), i.e. its clusters are "
+                                        "the ones the network's decision is made of",
+                "excess_silhouette": "mean silhouette of its k-means clusters in excess of the "
                                      "silhouette k-means finds in structureless (Gaussian) data of "
                                      "the same spread, i.e. the layer's principal variances (how "
                                      "much more clustered than chance)",
@@ -121,6 +152,7 @@ class LayerTable:
         text = (f"Without labels, {pick} is chosen for {pipeline}: it has the highest {what}, "
                 f"{crit[pick]:.3f}")
         text += f", against {runner[0]:.3f} for the next, {runner[1]}." if runner else "."
+        text += f" {self.note}" if self.note else ""
         best = self.best(pipeline)
         if best is not None:
             acc = self.scores(pipeline, f"{self.metric()}_mean")
@@ -149,7 +181,7 @@ class LayerTable:
         folder = Path(folder)
         write_text(folder / "layers.md", self.to_markdown())
         return save_result(folder, "layers", {}, {
-            "criterion": self.criterion, "descriptions": self.descriptions,
+            "criterion": self.criterion, "descriptions": self.descriptions, "note": self.note,
             "tables": {k: {"layer": t.layer, "runs": t.runs, "params": t.params,
                            "criteria": t.criteria} for k, t in self.tables.items()}})
 
@@ -158,20 +190,28 @@ class LayerTable:
         _, d = load_result(folder, "layers")
         tables = {k: PipelineTable(v["layer"], v["runs"], v["params"], v["criteria"])
                   for k, v in d["tables"].items()}
-        return cls(tables, d["descriptions"], d["criterion"])
+        return cls(tables, d["descriptions"], d["criterion"], d.get("note", ""))
 
 
 def run_layers(features: Mapping[str, object], labels=None, n_clusters: int | None = None, *,
                seeds: int | Sequence[int] = 5, pipelines: Sequence[str] = PIPELINES,
                whiten: bool = False, n_init: int = 10, n_components: int = 50,
                perplexity: float = 30.0, n_iter: int = 500, criterion: str = DEFAULT_CRITERION,
-               descriptions: Mapping[str, str] | None = None,
+               descriptions: Mapping[str, str] | None = None, predictions=None,
                progress: Callback | None = None) -> LayerTable:
     """:func:`run_pipelines` on every layer of ``features`` (``{layer: Features or array}``,
     from :func:`extract_layers`: one pass over the images), the same seeds and clusters for
-    each. ``progress``: a ``("pipelines", runs done, runs)`` event after each run, counted over
-    all layers (``info``: the layer and pipeline; its answer is ignored)."""
+    each. ``predictions``: the network's own prediction for each image
+    (:func:`network_predictions`), for the ``prediction_agreement`` criterion; without them
+    that criterion falls back to ``excess_silhouette``. ``progress``: a ``("pipelines", runs
+    done, runs)`` event after each run, counted over all layers (``info``: the layer and
+    pipeline; its answer is ignored)."""
     check_criterion(criterion)
+    note = ""
+    if predictions is None and criterion == "prediction_agreement":
+        criterion = "excess_silhouette"
+        note = ("(The network's predictions were not available, so the excess silhouette chose "
+                "instead of the agreement with them.)")
     if len(features) < 1:
         raise ValueError("give the features of at least one layer")
     seed_n = seeds if isinstance(seeds, int) else len(list(seeds))
@@ -183,13 +223,14 @@ def run_layers(features: Mapping[str, object], labels=None, n_clusters: int | No
 
         t = run_pipelines(f, labels, n_clusters, seeds=seeds, pipelines=pipelines, layer=layer,
                           whiten=whiten, n_init=n_init, n_components=n_components,
-                          perplexity=perplexity, n_iter=n_iter, null=True, progress=cb)
+                          perplexity=perplexity, n_iter=n_iter, null=True, reference=predictions,
+                          progress=cb)
         y = labels if labels is not None else getattr(f, "labels", None)
         if y is not None and (np.asarray(y) >= 0).all():
             t.params["n_classes"] = int(len(np.unique(y)))
         tables[layer] = t
         done += len(t.runs)
-    return LayerTable(tables, dict(descriptions or {}), criterion)
+    return LayerTable(tables, dict(descriptions or {}), criterion, note)
 
 
 def full_pipeline(whiten: bool = False) -> str:
@@ -229,3 +270,37 @@ def choose_layer(table, how: str, whiten: bool) -> tuple[str, str]:
         best = table.best(p)
         return best, f"{best}: the best layer for {p} with the labels. " + table.explain(p)
     return table.pick(p), table.explain(p)
+
+
+def choose_whitening(tables: Mapping[bool, LayerTable], how: str = "auto") -> tuple[bool, str, str]:
+    """Whether to whiten, the layer to draw the map on, and why: ``tables`` is the per-layer
+    table unwhitened (``False``) and whitened (``True``). With labels and ``how="best"``, the
+    pair with the best accuracy of the full pipeline; otherwise the pair whose clusters agree
+    most with the network's own predictions (``prediction_agreement``: the only criterion here
+    that compares the two, since the whitened null of the excess silhouette is the same
+    isotropic Gaussian for every layer)."""
+    if set(tables) != {False, True}:
+        raise ValueError("give the per-layer table unwhitened (False) and whitened (True)")
+    if how == "best" and all(t.labelled for t in tables.values()):
+        acc = {w: t.scores(full_pipeline(w), f"{t.metric()}_mean") for w, t in tables.items()}
+        w = max(acc, key=lambda v: max(acc[v].values()))
+        layer, _ = choose_layer(tables[w], how, w)
+        return w, layer, (f"{'Whitened' if w else 'Not whitened'}, {layer}: the best pair for the "
+                          f"full pipeline with the labels ({100 * acc[w][layer]:.1f} % against "
+                          f"{100 * max(acc[not w].values()):.1f} % "
+                          f"{'not whitened' if w else 'whitened'}).")
+    if any(t.criterion != "prediction_agreement" for t in tables.values()):
+        raise ValueError("choosing whether to whiten without labels needs the network's own "
+                         "predictions (the prediction_agreement criterion), from the network's "
+                         "output layer: include it in --layer (auto and all do), or give "
+                         "--whiten or --no-whiten instead")
+    agree = {}
+    for w, t in tables.items():
+        p = full_pipeline(w)
+        layer = t.pick(p)
+        agree[w] = (t.criterion_scores(p)[layer], layer)
+    w = max(agree, key=lambda v: agree[v][0])
+    why = (f"{'Whitened' if w else 'Not whitened'}: its best layer's clusters agree more with the "
+           f"network's own predictions ({agree[w][0]:.3f} at {agree[w][1]}, against "
+           f"{agree[not w][0]:.3f} at {agree[not w][1]} {'not whitened' if w else 'whitened'}). ")
+    return w, agree[w][1], why + tables[w].explain(full_pipeline(w))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -153,3 +154,21 @@ def describe_feature(layer: str, pooling: str, shape: tuple[int, ...], width: in
         return f"{how} of {layer}{extra}, {width} values"
     word = {"avg": "global-average-pooled", "max": "global-max-pooled"}[pooling]
     return f"{word} output of {layer}, {width} values (one per channel of its {shape[1]}×{shape[2]} maps)"
+
+
+def network_predictions(model, features) -> np.ndarray | None:
+    """The network's own prediction for each image, the arg-max of its output: the last block's
+    features in ``features`` (``{layer: Features or array}``, as :func:`extract_layers` captured
+    them, so no second pass). None when that layer was not extracted, holds one value per image,
+    or the network gives every image the same class (nothing to agree with).
+    It uses the model, not the user's labels: the partition of the images the network was
+    trained to make (its own classes, which need not be the user's)."""
+    last = block_outputs(model)[-1].name
+    f = features.get(last) if hasattr(features, "get") else None
+    if f is None:
+        return None
+    v = np.asarray(getattr(f, "values", f))
+    if v.ndim != 2 or v.shape[1] < 2:
+        return None
+    pred = v.argmax(axis=1)
+    return pred if len(np.unique(pred)) > 1 else None

@@ -148,7 +148,7 @@ def _unpack(features, labels, ids, class_names):
 
 
 METRICS = ("accuracy", "accuracy_m2o", "nmi", "ari")
-CRITERIA = ("excess_silhouette", "silhouette", "stability")
+CRITERIA = ("prediction_agreement", "excess_silhouette", "silhouette", "stability")
 
 
 def pipeline_name(p: str, whiten: bool) -> str:
@@ -219,9 +219,10 @@ class PipelineTable:
 def markdown_header(labelled: bool) -> str:
     if labelled:
         return ("| pipeline | accuracy one-to-one (%) | accuracy many-to-one (%) | NMI | ARI | "
-                "silhouette | excess silhouette | stability | seconds |\n"
-                "|---|---|---|---|---|---|---|---|---|")
-    return "| pipeline | silhouette | excess silhouette | stability | seconds |\n|---|---|---|---|---|"
+                "agreement with predictions | silhouette | excess silhouette | stability | seconds |\n"
+                "|---|---|---|---|---|---|---|---|---|---|")
+    return ("| pipeline | agreement with predictions | silhouette | excess silhouette | stability | "
+            "seconds |\n|---|---|---|---|---|---|")
 
 
 def format_score(v) -> str:
@@ -229,8 +230,8 @@ def format_score(v) -> str:
 
 
 def markdown_row(r: dict, labelled: bool) -> str:
-    crit = (f"| {format_score(r.get('silhouette'))} | {format_score(r.get('excess_silhouette'))} "
-            f"| {format_score(r.get('stability'))} ")
+    crit = "".join(f"| {format_score(r.get(c))} " for c in
+                   ("prediction_agreement", "silhouette", "excess_silhouette", "stability"))
     if not labelled:
         return f"| {r['pipeline']} {crit}| {r['seconds_mean']:.2f} |"
     return (f"| {r['pipeline']} | {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f} "
@@ -262,7 +263,7 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
                   n_components: int = 50, perplexity: float = 30.0, n_iter: int = 500,
                   pipelines: Sequence[str] = PIPELINES, layer: str | None = None,
                   whiten: bool = False, n_init: int = 10, null: bool = False,
-                  progress: Callback | None = None) -> PipelineTable:
+                  reference=None, progress: Callback | None = None) -> PipelineTable:
     """Each pipeline of Table 1 at each seed, scored when labelled (one-to-one and many-to-one
     accuracy, NMI, ARI) and by label-free criteria (silhouette, agreement across seeds).
 
@@ -273,6 +274,10 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
     variance before k-means or t-SNE (Cohn & Holm); ``n_init`` k-means restarts per run.
     ``null``: also the ``excess_silhouette`` criterion (:func:`null_spaces`: k-means on a
     Gaussian of the same spectrum, one more t-SNE map), used to choose a layer.
+    ``reference``: a label-free partition of the images to compare the clusters with (the
+    network's own predictions, :func:`~convlens.embed.network_predictions`): the
+    ``prediction_agreement`` criterion, the mean adjusted mutual information of each seed's
+    clusters with it.
 
     Returns a :class:`PipelineTable`; ``progress``: a :class:`~convlens.progress.Progress` event
     ``("pipelines", runs done, runs)`` after each run (``info``: the pipeline; its answer is
@@ -287,6 +292,7 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
                          "give the number of clusters to run them unscored")
     k = _n_clusters(n_clusters, y, x.shape[0])
     seed_list = _check_runs(x, y, k, n_init, pipelines, seeds)
+    ref = _check_reference(reference, x.shape[0])
     spaces, shared = _spaces(x, pipelines, n_components, whiten, perplexity, n_iter, seed_list[0])
     nulls = null_spaces(x, spaces, whiten, perplexity, n_iter, seed_list[0]) if null else {}
     runs, total = [], len(seed_list) * len(pipelines)
@@ -306,15 +312,42 @@ def run_pipelines(features, labels=None, n_clusters: int | None = None, *, seeds
             runs.append(run)
             sil.append(_silhouette(spaces[p], c, s))
             notify(progress, "pipelines", len(runs), total, pipeline=name)
-        stab = _stability(found[p])
-        criteria[name] = {"silhouette": None if np.isnan(sil).all() else float(np.nanmean(sil)),
-                          "stability": None if np.isnan(stab) else stab}  # None: JSON has no NaN
-        if p in nulls:
-            criteria[name].update(_excess(criteria[name]["silhouette"], nulls[p], k, n_init, seed_list[0]))
+        criteria[name] = _criteria(sil, found[p], nulls.get(p), ref, k, n_init, seed_list[0])
     return PipelineTable(layer, runs, {"n_clusters": k, "n_components": n_components,
                                        "perplexity": perplexity, "n_iter": n_iter, "images": x.shape[0],
                                        "dims": int(x.shape[1]), "whiten": whiten, "n_init": n_init},
                          criteria)
+
+
+def _criteria(sil: list[float], clusterings: list[np.ndarray], null, ref, k: int, n_init: int,
+              seed: int) -> dict:
+    """The label-free scores of one pipeline's clusterings (None where undefined: JSON has no
+    NaN)."""
+    stab = _stability(clusterings)
+    out = {"silhouette": None if np.isnan(sil).all() else float(np.nanmean(sil)),
+           "stability": None if np.isnan(stab) else stab}
+    if null is not None:
+        out.update(_excess(out["silhouette"], null, k, n_init, seed))
+    if ref is not None:
+        out["prediction_agreement"] = _agreement(ref, clusterings)
+    return out
+
+
+def _check_reference(reference, n: int) -> np.ndarray | None:
+    if reference is None:
+        return None
+    ref = np.asarray(reference).ravel()
+    if len(ref) != n:
+        raise ValueError(f"{n} feature rows but {len(ref)} predictions to compare the clusters with")
+    return ref
+
+
+def _agreement(reference: np.ndarray, clusterings: list[np.ndarray]) -> float:
+    """Mean adjusted mutual information of the clusterings with ``reference`` (0: no more than
+    chance, 1: the same partition)."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    return float(np.mean([adjusted_mutual_info_score(reference, c) for c in clusterings]))
 
 
 def _check_runs(x, y, k: int, n_init: int, pipelines, seeds) -> list[int]:

@@ -9,8 +9,9 @@ the best with labels and on the label-free pick without, as ``convlens embed --l
 head; a name or a list), ``pooling`` (``avg``), ``images`` (a seeded sample of at
 most this many, default 300, and never more than the section's budget of images), ``seeds`` (2),
 ``perplexity`` (30), ``components`` (50), ``whiten`` (false), ``n_init`` (10), ``clusters``
-(default: the number of classes), ``criterion`` (``excess_silhouette``: the silhouette above
-that of structureless data of the same spread; ``silhouette``, ``stability``).
+(default: the number of classes), ``criterion`` (``prediction_agreement``: the layer whose
+clusters agree most with the network's own predictions; ``excess_silhouette``: the silhouette
+above that of structureless data of the same spread; ``silhouette``, ``stability``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _affordable_layers(layers: list[str], table, seconds_left: float, info: dict
 
 
 def _pick_layer(all_feats, layers, how, k, opt, words, info, out, *, seeds, whiten, n_init, comps,
-                perplexity, seconds_left: float, default: str) -> str:
+                perplexity, seconds_left: float, default: str, predictions=None) -> str:
     """The one layer, or, for several, the per-layer table (saved, and its rows in ``info``) over
     the layers that fit ``seconds_left`` and the layer it picks (with the reason in
     ``info["choice"]``)."""
@@ -89,7 +90,8 @@ def _pick_layer(all_feats, layers, how, k, opt, words, info, out, *, seeds, whit
         return run_layers({n: all_feats[n] for n in names}, None, k, seeds=max(2, seeds), whiten=whiten,
                           n_init=n_init, n_components=comps, perplexity=perplexity,
                           criterion=opt.get("criterion", DEFAULT_CRITERION),
-                          descriptions={n: words[n] for n in names})
+                          descriptions={n: words[n] for n in names},
+                          predictions=predictions)
 
     layers = _affordable_layers(layers, table, seconds_left, info, default)
     lt = table(layers)
@@ -109,6 +111,7 @@ def _compute_sized(ctx: Context) -> None:
         default_layer,
         describe_features,
         extract_layers,
+        network_predictions,
         plot_confusion,
         plot_map,
         run_pipelines,
@@ -135,7 +138,8 @@ def _compute_sized(ctx: Context) -> None:
     layer = _pick_layer(all_feats, layers, how, k, opt, words, info, out,
                         seeds=seeds, whiten=whiten, n_init=n_init, comps=comps, perplexity=perplexity,
                         seconds_left=ctx.budget_for(NAME).seconds - (time.perf_counter() - start),
-                        default=default_layer(ctx.model))
+                        default=default_layer(ctx.model),
+                        predictions=network_predictions(ctx.model, all_feats))
     feats = all_feats[layer]
     result = cluster_map(feats, k, n_components=comps, perplexity=perplexity, seed=ctx.seed,
                          whiten=whiten, n_init=n_init)
@@ -193,17 +197,19 @@ def _render(ctx: Context) -> Markup:
         parts.append(figure(f"{NAME}/map_cluster.png", "t-SNE map coloured by k-means cluster."))
     if r.get("layer_table"):
         cols = ["layer", "features", "pipeline", "accuracy one-to-one (%)", "accuracy many-to-one (%)",
-                "silhouette", "excess silhouette", "stability"]
+                "agreement with the network's predictions", "silhouette", "excess silhouette",
+                "stability"]
         rows = [[t["layer"], t["features"], t["pipeline"].split("/", 1)[1] if "/" in t["pipeline"]
                  else t["pipeline"], _pct(t, "accuracy"), _pct(t, "accuracy_m2o"),
-                 format_score(t.get("silhouette")), format_score(t.get("excess_silhouette")),
+                 format_score(t.get("prediction_agreement")), format_score(t.get("silhouette")), format_score(t.get("excess_silhouette")),
                  format_score(t.get("stability"))]
                 for t in r["layer_table"]]
         parts.append(csv_table(out, "layers_table", cols, rows,
                                "Table 1 on every block output (one pass over the images); the "
-                               "silhouette, its excess over structureless data of the same "
-                               "spread, and stability need no labels: one of them (the excess "
-                               "silhouette by default) chooses the layer without them"))
+                               "agreement of the clusters with the network's own predictions, "
+                               "the silhouette, its excess over structureless data of the same "
+                               "spread, and stability need no labels: one of them (the agreement "
+                               "by default) chooses the layer without them"))
     if r.get("layers_left_out"):
         parts.append(Markup("<p>Left out of the per-layer table to fit the section's time budget "
                             "(<code>budget.seconds</code>): {}.</p>").format(", ".join(r["layers_left_out"])))

@@ -244,7 +244,7 @@ class FourierImage(Parametrization):
     init : starting images ``(N, C, H, W)`` in ``[0, 1]`` instead of noise (feature
         accentuation): the spectrum that makes them, by inverting the sigmoid (pixels clamped
         to ``[1e-3, 1 - 1e-3]``), the colour mix and the scaled FFT (on a larger canvas, of
-        the images reflect-padded to it: their centre crop is the images again)
+        the images edge-padded to it: their centre crop is the images again)
     canvas : the spectrum is of ``canvas`` images, cropped at the centre to ``size``
         (:func:`canvas_size`): ``"auto"`` (default) the next FFT-fast size, so a prime size
         such as 227 px does not take the FFT's slow path; ``None`` exactly ``size`` (periodic

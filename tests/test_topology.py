@@ -409,3 +409,40 @@ def test_mixed_architectures_in_one_folder_are_refused(tmp_path, digits):
     with pytest.raises(ValueError, match=r"mix architectures \(C\(4,0,8\): net_001; M\(4,0,8\): net_000\)"):
         filter_cloud(tmp_path, "conv1", step="all")
     assert len(filter_cloud(tmp_path / "net_000", "conv1", step="all")) == 4
+
+
+def test_study_recipe_is_the_papers_then_the_studys_own_then_the_options(study, tmp_path):
+    """Gabrielsson & Carlsson train M networks with ADAM and C networks with SGD on shifted and
+    flipped images (Tables 1-2, Sec. 5.2); a study that resumes keeps its own recipe; options win."""
+    from convlens.topology import PAPER_RECIPES, study_recipe
+
+    c, source = study_recipe("C(64,32,64)")
+    assert (c["optimizer"], c["augment_shift"], c["augment_flip"]) == ("sgd", 4, True) and "paper" in source
+    assert study_recipe("M(64,0,64)")[0]["optimizer"] == "adam" == PAPER_RECIPES["M"]["optimizer"]
+    assert study_recipe("lenet")[0] == {"optimizer": "adam", "lr": None, "weight_decay": 0.0,
+                                        "augment_shift": 0, "augment_flip": False}
+    stored, source = study_recipe("C(64,32,64)", study)  # the fixture's study: M, trained with adam
+    assert stored["optimizer"] == "adam" and not stored["augment_flip"] and str(study) in source
+    mine, source = study_recipe("C(64,32,64)", tmp_path, optimizer="rmsprop", lr=0.5, augment_flip=None)
+    assert (mine["optimizer"], mine["lr"], mine["augment_flip"]) == ("rmsprop", 0.5, True)
+    assert "optimizer=rmsprop" in source and "augment_flip" not in source
+    with pytest.raises(TypeError, match="unknown recipe options: momentum"):
+        study_recipe("C(64,32,64)", momentum=0.9)
+
+
+def test_cli_trains_a_c_study_with_the_papers_recipe(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    r = CliRunner().invoke(app, ["topology", "train", "C(4,0,8)", "digits", "-n", "1", "--steps", "2",
+                                 "--snapshot-every", "2", "--limit", "64", "--batch-size", "16",
+                                 "--workers", "1", "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "recipe: sgd, shifts of up to 4 px, flips (the paper's for C(X,Y,Z))" in " ".join(r.output.split())
+    cfg = json.loads((tmp_path / "study.json").read_text())["config"]
+    assert (cfg["optimizer"], cfg["augment_shift"], cfg["augment_flip"]) == ("sgd", 4, True)
+    card = json.loads((tmp_path / "net_000" / "model.json").read_text())["train"]["config"]
+    assert (card["optimizer"], card["augment_shift"], card["augment_flip"]) == ("sgd", 4, True)

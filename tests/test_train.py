@@ -76,3 +76,28 @@ def test_progress_reports_every_step_and_can_stop_training(tmp_path, small_digit
     for k, v in short.net.state_dict().items():
         torch.testing.assert_close(v, stopped.net.state_dict()[k])
     assert (tmp_path / "model.pt").is_file() and result.val_accuracy is not None
+
+
+def test_flips_mirror_about_half_of_each_batch_and_leave_runs_without_them_unchanged():
+    """`augment_flip`: every image of a batch is the image or its left-right mirror, both occur,
+    and the flips are drawn after the shifts, so a run without flips sees the batches it saw
+    before the option existed (the same seeded shifts)."""
+    from convlens.training import _shift, _step
+
+    model = load_model("M(4,0,8)")
+    seen = []
+    model.net.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    x_all, y_all = torch.rand(200, 1, 28, 28), torch.randint(0, 10, (200,))
+    opt = torch.optim.SGD(model.net.parameters(), lr=0.0)
+    for flip in (False, True):
+        _step(model, opt, x_all, y_all, TrainConfig(seed=3, steps=5, batch_size=64, augment_shift=2,
+                                                    augment_flip=flip), 4, 3)
+    plain, flipped = seen
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(3 * 100003 + 1))
+    idx = perm[64:128]  # step 4 of 3 steps per epoch: epoch 1, offset 1
+    expected = _shift(x_all[idx], 2, torch.Generator().manual_seed(3 * 7919 + 4))
+    assert torch.equal(plain, expected)
+    same = (flipped == plain).flatten(1).all(1)
+    mirrored = (flipped == plain.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all())
+    assert 16 <= int(mirrored.sum()) <= 48 and int(same.sum()) >= 16

@@ -37,6 +37,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     snapshot_every: int | None = None
     augment_shift: int = 0  # random translation of up to this many pixels
+    augment_flip: bool = False  # random left-right flips (half the images of each batch)
     eval_every: int | None = None  # steps; default once per epoch
 
     def __post_init__(self):
@@ -245,7 +246,11 @@ def _step(model: Model, opt, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Trai
     perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     idx = perm[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
-    x = _shift(x_all[idx], cfg.augment_shift, gen).to(model.device)
+    x = _shift(x_all[idx], cfg.augment_shift, gen)
+    if cfg.augment_flip:  # drawn after the shifts, so runs without flips keep their batches
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x[flip] = x[flip].flip(-1)
+    x = x.to(model.device)
     y = y_all[idx].to(model.device)
     loss = F.cross_entropy(model(x), y)
     if not torch.isfinite(loss):

@@ -56,6 +56,12 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 MemoryOpt = Annotated[str | None, typer.Option(
     "--memory", help="Memory budget for running the network, e.g. 512MB or 2GB (default: half the "
                      "available RAM, at most 2 GiB): larger requests run in chunks that fit it.")]
+# The training recipe, shared by `train` and `topology train`
+OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="adam, sgd (momentum 0.9), adadelta or rmsprop.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate (the optimizer's default if unset).")]
+WeightDecayOpt = Annotated[float | None, typer.Option("--weight-decay", help="L2 weight decay.")]
+AugmentShiftOpt = Annotated[int | None, typer.Option("--augment-shift", help="Random shifts of up to N pixels.")]
+FlipOpt = Annotated[bool | None, typer.Option("--flip/--no-flip", help="Random left-right flips.")]
 
 
 

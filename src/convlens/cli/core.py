@@ -10,14 +10,19 @@ from rich.table import Table
 
 from convlens.cli import app
 from convlens.cli._common import (
+    AugmentShiftOpt,
     DataArg,
     DeviceOpt,
+    FlipOpt,
     LimitOpt,
+    LrOpt,
     ModelArg,
     ModelOptions,
+    OptimizerOpt,
     OutOpt,
     SeedOpt,
     StrictOpt,
+    WeightDecayOpt,
     command,
     console,
     open_data,
@@ -64,12 +69,13 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(help="Epochs (ignored when --steps is given).")] = 20,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    optimizer: Annotated[str, typer.Option(help="adam, sgd, adadelta or rmsprop.")] = "adam",
-    lr: Annotated[float | None, typer.Option(help="Learning rate (optimizer default if unset).")] = None,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
+    optimizer: OptimizerOpt = "adam",
+    lr: LrOpt = None,
+    weight_decay: WeightDecayOpt = 0.0,
     val_fraction: Annotated[float, typer.Option(help="Held-out fraction (stratified, seeded).")] = 0.2,
     snapshot_every: Annotated[int | None, typer.Option(help="Write a snapshot every N steps.")] = None,
-    augment_shift: Annotated[int, typer.Option(help="Random shifts of up to N pixels.")] = 0,
+    augment_shift: AugmentShiftOpt = 0,
+    flip: FlipOpt = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last snapshot in --out.")] = False,
     seed: SeedOpt = 0,
     model_opts: ModelOptions = ModelOptions(),
@@ -84,7 +90,8 @@ def train_cmd(
     torch.manual_seed(seed)
     cfg = TrainConfig(seed=seed, epochs=epochs, steps=steps, batch_size=batch_size, optimizer=optimizer,
                       lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
-                      snapshot_every=snapshot_every, augment_shift=augment_shift)
+                      snapshot_every=snapshot_every, augment_shift=augment_shift,
+                      augment_flip=bool(flip))
     m = model_opts.open(arch, untrained_ok=True)  # training starts from random weights
     ds = open_data(data, strict=strict, limit=limit, seed=seed)
     with progress_bar(f"training {m.name}") as update:

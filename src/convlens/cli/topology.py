@@ -11,14 +11,19 @@ import typer
 
 from convlens.cli import app
 from convlens.cli._common import (
+    AugmentShiftOpt,
     DataArg,
     DeviceOpt,
+    FlipOpt,
     LimitOpt,
+    LrOpt,
     ModelArg,
     ModelOptions,
+    OptimizerOpt,
     OptionGroup,
     OutOpt,
     SeedOpt,
+    WeightDecayOpt,
     command,
     console,
     progress_bar,
@@ -134,6 +139,14 @@ def _study_info(info: dict, steps: int) -> str:
     return f"{info['networks_done']}/{info['networks']} networks done" + (f"; {running}" if running else "")
 
 
+def _recipe_text(r: dict) -> str:
+    parts = [r["optimizer"] + (f" lr {r['lr']:g}" if r["lr"] is not None else "")]
+    parts += [f"weight decay {r['weight_decay']:g}"] if r["weight_decay"] else []
+    parts += [f"shifts of up to {r['augment_shift']} px"] if r["augment_shift"] else []
+    parts += ["flips"] if r["augment_flip"] else []
+    return ", ".join(parts)
+
+
 @command(topology_app, "train", resumes=True)
 def train_cmd(
     arch: Annotated[str, typer.Argument(help="Architecture, e.g. 'M(64,0,64)' or 'C(64,32,64)'.")],
@@ -150,14 +163,24 @@ def train_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Dask's and convlens' INFO logs.")] = False,
     out: OutOpt = Path("runs/topology"),
     device: DeviceOpt = None,
+    optimizer: OptimizerOpt = None,
+    lr: LrOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    augment_shift: AugmentShiftOpt = None,
+    flip: FlipOpt = None,
 ) -> None:
     """Train N networks in parallel on a Dask cluster, keeping their snapshots (interrupt and
-    rerun to resume; rerun with more --steps to extend)."""
-    from convlens.topology import StudyConfig, train_study
+    rerun to resume; rerun with more --steps to extend). The training recipe is the paper's for
+    M and C networks (M: ADAM; C: SGD, shifts of up to 4 px, flips), or the study's own when it
+    resumes; the options override it."""
+    from convlens.topology import StudyConfig, study_recipe, train_study
 
     _quiet_logs(verbose)
+    recipe, source = study_recipe(arch, out, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                                  augment_shift=augment_shift, augment_flip=flip)
+    console.print(f"recipe: {_recipe_text(recipe)} ({source})")
     cfg = StudyConfig(arch, data, networks=networks, steps=steps, snapshot_every=snapshot_every,
-                      batch_size=batch_size, seed=seed, limit=limit)
+                      batch_size=batch_size, seed=seed, limit=limit, **recipe)
     state = {"before": None}
     with progress_bar(f"training {networks} x {arch}, steps", total=networks * steps) as update:
         def progress(p) -> None:

@@ -50,12 +50,12 @@ from convlens.topology._reference import (
     three_circle_patches,
     three_circle_score,
 )
-from convlens.topology._study import Study, StudyConfig, train_study
+from convlens.topology._study import PAPER_RECIPES, Study, StudyConfig, study_recipe, train_study
 
 __all__ = [
-    "CloudAnalysis", "Study", "StudyConfig", "TopologyGrid", "analyze_cloud", "analyze_layers",
+    "CloudAnalysis", "PAPER_RECIPES", "Study", "StudyConfig", "TopologyGrid", "analyze_cloud", "analyze_layers",
     "analyze_study", "draw_angles", "draw_barcodes", "draw_mapper", "mapper_page", "plot_analysis",
-    "plot_grid", "train_study",
+    "plot_grid", "study_recipe", "train_study",
     "Bar", "Barcodes", "CircleScore", "FilterCloud", "GapSingleLinkage", "Mapper", "MapperGraph", "gap_threshold", "nerve_edges",
     "barcodes", "conv_layers", "density_filtration",
     "filter_cloud", "layer_weight", "gaussian_patches", "klein_bottle_patches", "knn_distance", "maxmin_landmarks",

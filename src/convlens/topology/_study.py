@@ -43,6 +43,9 @@ class StudyConfig:
     optimizer: str = "adam"
     lr: float | None = None
     val_fraction: float = 0.05
+    weight_decay: float = 0.0
+    augment_shift: int = 0  # random translation of up to this many pixels
+    augment_flip: bool = False  # random left-right flips
 
     def __post_init__(self):
         for name in ("networks", "steps", "batch_size"):
@@ -93,6 +96,38 @@ class Study:
         return cls(out, StudyConfig(**r["config"]), r["networks"])
 
 
+# How the paper trains each family (Gabrielsson & Carlsson, Tables 1 and 2, Sec. 5.2): M with
+# ADAM; C with SGD, on random 24 x 24 crops of the 32 px CIFAR images and random left-right flips
+# (here: shifts of up to 4 px of the image fitted to the model's 24 px, and flips).
+PAPER_RECIPES = {"M": {"optimizer": "adam"},
+                 "C": {"optimizer": "sgd", "augment_shift": 4, "augment_flip": True}}
+RECIPE_KEYS = ("optimizer", "lr", "weight_decay", "augment_shift", "augment_flip")
+
+
+def study_recipe(arch: str, out: str | Path | None = None, **given) -> tuple[dict, str]:
+    """The training recipe of a study, and where it came from: the options ``given`` (None: not
+    given), else the recipe of the study already in ``out`` (so resuming or extending never
+    changes it), else the paper's for the architecture's family (``PAPER_RECIPES``), else
+    :class:`StudyConfig`'s defaults."""
+    from convlens.nets import parse_arch
+
+    unknown = set(given) - set(RECIPE_KEYS)
+    if unknown:
+        raise TypeError(f"unknown recipe options: {', '.join(sorted(unknown))}")
+    stored = out is not None and (Path(out) / "study.json").is_file()
+    if stored:
+        base, source = {k: getattr(Study.load(out).config, k) for k in RECIPE_KEYS}, f"the study in {out}"
+    else:
+        family = (parse_arch(arch) or ("",))[0]
+        base = PAPER_RECIPES.get(family, {})
+        source = f"the paper's for {family}(X,Y,Z)" if base else "the defaults"
+    recipe = {k: getattr(StudyConfig, k) for k in RECIPE_KEYS} | base
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if chosen:
+        source += " and your options (" + ", ".join(f"{k}={v}" for k, v in chosen.items()) + ")"
+    return recipe | chosen, source
+
+
 _DATA: dict = {}  # per worker process: (data, limit, seed, arch) -> the conformed data set in memory
 
 
@@ -141,7 +176,9 @@ def _train_one(cfg: dict, index: int, out: str) -> dict:
                              f"extended to {cfg['steps']}; start a new study with --snapshot-every")
     tc = TrainConfig(seed=seed, steps=cfg["steps"], batch_size=cfg["batch_size"],
                      snapshot_every=cfg["snapshot_every"], optimizer=cfg["optimizer"], lr=cfg["lr"],
-                     val_fraction=cfg["val_fraction"], eval_every=cfg["steps"])
+                     val_fraction=cfg["val_fraction"], eval_every=cfg["steps"],
+                     weight_decay=cfg.get("weight_decay", 0.0), augment_shift=cfg.get("augment_shift", 0),
+                     augment_flip=cfg.get("augment_flip", False))
     torch.manual_seed(seed)  # the initial weights too: train() seeds only after the model exists
     model = load_model(cfg["arch"], device=cfg.get("device"))
     ds = _worker_data(cfg, model)

@@ -446,3 +446,17 @@ def test_cli_trains_a_c_study_with_the_papers_recipe(tmp_path):
     assert (cfg["optimizer"], cfg["augment_shift"], cfg["augment_flip"]) == ("sgd", 4, True)
     card = json.loads((tmp_path / "net_000" / "model.json").read_text())["train"]["config"]
     assert (card["optimizer"], card["augment_shift"], card["augment_flip"]) == ("sgd", 4, True)
+
+
+def test_cli_refuses_a_bad_recipe_before_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+
+    base = ["topology", "train", "M(4,0,8)", "digits", "-n", "1", "--steps", "2", "--workers", "1"]
+    for extra, message in ((["--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'; choose from adam, sgd"),
+                           (["--lr", "0"], "the learning rate must be positive")):
+        r = CliRunner().invoke(app, [*base, *extra, "-o", str(tmp_path / extra[1])])
+        assert r.exit_code == 2, r.output
+        assert message in " ".join(r.output.split()) and "Traceback" not in r.output
+        assert not (tmp_path / extra[1] / "net_000").exists()

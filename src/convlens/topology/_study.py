@@ -32,6 +32,9 @@ PROGRESS_EVERY = 1.0  # seconds between progress.json writes of one network
 
 @dataclass
 class StudyConfig:
+    """The settings of a study. The training recipe (optimizer ... augment_flip) defaults to ADAM
+    without augmentation; :func:`study_recipe` gives the paper's for M and C networks."""
+
     arch: str
     data: str
     networks: int
@@ -52,6 +55,13 @@ class StudyConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        from convlens.training import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.weight_decay < 0 or self.augment_shift < 0 or (self.lr is not None and self.lr <= 0):
+            raise ValueError("the learning rate must be positive, the weight decay and the shifts at least 0 "
+                             f"(got lr {self.lr}, weight decay {self.weight_decay}, shifts {self.augment_shift})")
         k = self.snapshot_every
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"snapshot_every must be a positive integer, got {k!r}")

@@ -1,11 +1,20 @@
 """How far the first layer moved from its initialisation: mean cosine between each filter
 (mean-centred, as the analysis sees it) at a snapshot and at step 0 (rebuilt from the seed)."""
-import sys, glob, json, torch
+import glob
+import sys
+
+import torch
+
 from convlens import load_model
+
+
 def centred(w):
-    w = w.flatten(1); w = w - w.mean(1, keepdim=True); return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    w = w.flatten(1)
+    w = w - w.mean(1, keepdim=True)
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 def init_of(arch, seed, tf):
-    torch.manual_seed(seed); m = load_model(arch)
+    torch.manual_seed(seed)
+    m = load_model(arch)
     if tf:
         torch.nn.init.trunc_normal_(m.net.conv1.weight, std=0.05, a=-0.1, b=0.1)
     return m.net.conv1.weight.detach()

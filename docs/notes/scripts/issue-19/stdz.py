@@ -1,9 +1,13 @@
 """4 x C(64,32,64) on grey CIFAR, the paper's recipe (SGD, shifts, flips) with the paper's input
 preprocessing: each image mean-centred and normalised (TF's per_image_standardization)."""
-import sys, torch
+import sys
+
+import torch
+
 from convlens import load_model
 from convlens.data import conform, load_dataset
 from convlens.training import TrainConfig, train
+
 torch.set_num_threads(1)
 out = sys.argv[1]
 ds0 = load_dataset("/work/shared/data/cifar10-small.npz")

@@ -1,5 +1,7 @@
 """Markdown rows from a `convlens topology analyze` summary.json."""
-import json, sys
+import json
+import sys
+
 rows = json.load(open(sys.argv[1] + "/summary.json"))
 print("| layer, step | filters (kept) | longest H1 bars | 1st/2nd | near primary circle | coverage | near 3 circles (gain) | Mapper loops | angle agreement |")
 print("|---|---|---|---|---|---|---|---|---|")

@@ -9,7 +9,7 @@ The construction, on ``n_landmarks`` maxmin landmarks:
 2. At a Rips scale ``eps`` in ``[b, d)`` (the class is alive there) the integer cocycle ``z`` is
    split by least squares into ``z = delta f + theta``: ``theta`` is its harmonic (smoothest)
    representative, ``f`` a real function on the landmarks (edges weighted by
-   ``1/sqrt(deg_i deg_k)``, see below). ``f mod 1`` is the circle-valued map:
+   ``1/(deg_i deg_k)``, see below). ``f mod 1`` is the circle-valued map:
    along every edge it moves by ``-theta`` (small), and once around the loop by an integer.
 3. Every point ``x`` within ``eps / 2`` of some landmark is placed by a partition of unity over
    those landmarks: ``f(j) - sum_k phi_k(x) theta(j, k)``, ``j`` its nearest landmark (the balls
@@ -143,11 +143,14 @@ def _harmonic(coc: np.ndarray, prime: int, d_lm: np.ndarray, eps: float) -> tupl
     ne = len(i)
     delta = coo_matrix((np.r_[-np.ones(ne), np.ones(ne)], (np.r_[np.arange(ne), np.arange(ne)], np.r_[i, k])),
                        shape=(ne, m)).tocsr()
-    # edge weights 1/sqrt(deg_i deg_k), as in a normalised graph Laplacian: unweighted, the
-    # coordinate slows down where landmarks crowd (measured: median error 10 -> 6 degrees on noisy
-    # primary-circle patches, circular correlation 0.95 -> 0.98)
+    # edge weights w = 1/(deg_i deg_k). The coordinate is a potential and the edges are
+    # conductances: with n landmarks per unit length of the circle about n^2 edges cross each cut,
+    # so unweighted the coordinate slows down where landmarks crowd and races across sparse arcs.
+    # deg ~ n makes the conductance of every cut the same, and the angle proportional to arc
+    # length. Planted circles whose density varies as 1 + 0.8 cos t: |circular correlation|
+    # 0.85-0.91 with w = 1/sqrt(deg_i deg_k), 0.97-0.99 with this (docs/notes/issue-19.md).
     deg = np.bincount(np.r_[i, k], minlength=m).astype(float)
-    sw = (deg[i] * deg[k]) ** -0.25
+    sw = (deg[i] * deg[k]) ** -0.5  # square root of w: lsqr weights the rows
     f = lsqr(diags(sw) @ delta, sw * z[i, k], atol=1e-12, btol=1e-12)[0]
     theta = np.zeros((m, m))
     theta[i, k] = z[i, k] - (f[k] - f[i])
